@@ -1,0 +1,213 @@
+"""The ``discovery`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-driven discovery of losses and optimizers.")
+console = Console()
+err = Console(stderr=True)
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name or path to a task file.")]
+SuiteOpt = Annotated[str, typer.Option("--suite", help="discover | heldout")]
+SeedsOpt = Annotated[int | None, typer.Option("--seeds", help="Seeds per configuration (default: the suite's).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+SandboxOpt = Annotated[str, typer.Option("--sandbox", help="local | docker")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="Evaluations in parallel.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and logs.")]
+ImageOpt = Annotated[str | None, typer.Option("--docker-image", help="Image for --sandbox docker.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load_task(ref: str):  # noqa: ANN202
+    from discovery.tasks import TaskNotFound, get_task  # type: ignore[attr-defined]
+
+    try:
+        return get_task(ref)
+    except TaskNotFound as exc:
+        fail(str(exc))
+    except Exception as exc:  # a broken user task file
+        fail(f"cannot load task {ref}: {type(exc).__name__}: {exc}")
+
+
+def _pool(kind: str, workers: int, image: str | None):  # noqa: ANN202
+    from discovery.sandboxes import SandboxUnavailable, make_pool
+
+    try:
+        return make_pool(kind, workers, image)
+    except (SandboxUnavailable, RuntimeError) as exc:
+        fail(str(exc))
+
+
+def _fmt(est) -> str:  # noqa: ANN001
+    if est is None:
+        return "-"
+    if est.n < 2:
+        return f"{est.mean:.3f}"
+    return f"{est.mean:.3f} ± {est.half_width:.3f}"
+
+
+def print_report(report, title: str) -> None:  # noqa: ANN001
+    """The per-configuration table of one evaluation."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("configuration")
+    table.add_column("fitness (95% CI)", justify="right")
+    metric_names = sorted({k for c in report.configs for k in c.metrics})
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    table.add_column("seeds", justify="right")
+    table.add_column("time (s)", justify="right")
+    for c in report.configs:
+        table.add_row(c.name, _fmt(c.fitness), *[_fmt(c.metrics.get(m)) for m in metric_names],
+                      str(c.fitness.n), f"{c.seconds:.2f}")
+    console.print(table)
+    console.print(f"overall fitness: [bold]{_fmt(report.fitness)}[/] (mean over configurations; 95% CI over "
+                  f"{report.fitness.n if report.fitness else 0} seeds) in {report.seconds:.1f} s")
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks and their slots."""
+    from discovery.tasks import get_task, task_names
+
+    for name in task_names():
+        task = get_task(name)
+        console.print(f"[bold]{name}[/]: {task.description}")
+        console.print(f"  slot: {task.slot.signature}")
+        console.print(f"  suites: " + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)"
+                                               for s in task.suites().values()))
+
+
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="Python file defining the slot function.")],
+    task: TaskOpt = "preference",
+    suite: SuiteOpt = "discover",
+    seeds: SeedsOpt = None,
+    as_json: JsonOpt = False,
+    sandbox: SandboxOpt = "local",
+    docker_image: ImageOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check a candidate, run it on a suite in the sandbox, print its scores."""
+    from discovery.evaluation import Evaluator
+
+    try:
+        source = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    t = _load_task(task)
+    if suite not in t.suites():
+        fail(f"task {t.name!r} has no suite {suite!r} (have: {', '.join(t.suites())})")
+    evaluator = Evaluator(t)
+    with _pool(sandbox, 1, docker_image) as pool:
+        report = pool.submit(lambda box: evaluator.evaluate(source, box, suite, seeds)).result()
+        notes = pool.isolation_notes
+    if as_json:
+        data = report.to_dict()
+        data["candidate"] = str(path)
+        data["sandbox"] = {"backend": sandbox, "isolation": notes}
+        print(json.dumps(data))
+    elif report.ok:
+        print_report(report, f"{path} on {t.name}/{suite}")
+    if not report.ok:
+        if not as_json:
+            err.print(f"[bold red]{report.status.value}[/] at {report.stage}: {report.reason}", highlight=False)
+        if verbose and report.log_tail:
+            err.print(report.log_tail, highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def baselines(
+    task: TaskOpt = "preference",
+    suite: Annotated[str, typer.Option("--suite", help="discover | heldout | both")] = "discover",
+    seeds: SeedsOpt = None,
+    as_json: JsonOpt = False,
+    sandbox: SandboxOpt = "local",
+    docker_image: ImageOpt = None,
+    workers: WorkersOpt = 1,
+    only: Annotated[str | None, typer.Option("--only", help="Comma-separated baseline names.")] = None,
+) -> None:
+    """Evaluate the task's whole baseline library and print a ranked leaderboard."""
+    from discovery.evaluation import Evaluator
+    from discovery.stats import spearman
+
+    t = _load_task(task)
+    suites = ["discover", "heldout"] if suite == "both" else [suite]
+    for s in suites:
+        if s not in t.suites():
+            fail(f"task {t.name!r} has no suite {s!r}")
+    library = t.baselines
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in library]
+        if unknown:
+            fail(f"unknown baseline(s): {', '.join(unknown)} (have: {', '.join(library)})")
+        library = {n: library[n] for n in wanted}
+    evaluator = Evaluator(t)
+    started = time.monotonic()
+    results: dict[str, dict[str, object]] = {s: {} for s in suites}
+    with _pool(sandbox, workers, docker_image) as pool:
+        futures = {
+            (s, name): pool.submit(lambda box, src=src, s=s: evaluator.evaluate(src, box, s, seeds))
+            for s in suites for name, src in library.items()
+        }
+        for (s, name), fut in futures.items():
+            results[s][name] = fut.result()
+    elapsed = time.monotonic() - started
+    out: dict[str, object] = {"task": t.name, "seconds": elapsed, "suites": {}}
+    for s in suites:
+        ranked = sorted(results[s].items(),
+                        key=lambda kv: kv[1].fitness.mean if kv[1].ok else float("-inf"), reverse=True)
+        out["suites"][s] = [{"name": n, **r.to_dict()} for n, r in ranked]  # type: ignore[index]
+        if not as_json:
+            table = Table(title=f"{t.name} baselines on {s}", title_justify="left")
+            for col in ("rank", "baseline", "fitness (95% CI)"):
+                table.add_column(col, justify="right" if col != "baseline" else "left")
+            config_names = [c.name for c in t.suite(s).configs]
+            for c in config_names:
+                table.add_column(c, justify="right")
+            for i, (name, rep) in enumerate(ranked, 1):
+                per = {c.name: c.fitness for c in rep.configs}
+                table.add_row(str(i), name, _fmt(rep.fitness) if rep.ok else rep.one_line()[:40],
+                              *[_fmt(per.get(c)) for c in config_names])
+            console.print(table)
+    if len(suites) == 2:
+        names = [n for n in library if results["discover"][n].ok and results["heldout"][n].ok]
+        rho = spearman([results["discover"][n].fitness.mean for n in names],
+                       [results["heldout"][n].fitness.mean for n in names])
+        out["spearman_discover_heldout"] = rho
+        if not as_json:
+            console.print(f"Spearman rank correlation, discover vs held-out: [bold]{rho:.3f}[/] "
+                          f"over {len(names)} baselines")
+    if as_json:
+        print(json.dumps(out))
+    else:
+        console.print(f"{len(library) * len(suites)} evaluations in {elapsed:.1f} s with {workers} worker(s)")
+
+
+def main() -> None:
+    """Entry point that turns unexpected errors into one line (``--verbose`` shows them)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Trusted orchestration of one candidate's evaluation: policy, sandboxed training, scoring.
+
+The flow is: static policy (no code runs) -> one sandboxed job that loads the candidate,
+runs the contract check and trains on every (configuration, seed) -> scoring of the raw
+outputs here, on the trusted side -> aggregation with confidence intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from discovery.stats import Estimate, mean_ci
+from discovery.tasks import SeedMetrics, Suite, Task
+from sandbox.base import Job, Limits, Outcome, Sandbox, Status
+from sandbox.jobfiles import input_key
+from sandbox.policy import Policy, check_source
+
+
+@dataclass
+class ConfigResult:
+    """One configuration: fitness and metrics over seeds."""
+
+    name: str
+    fitness: Estimate
+    metrics: dict[str, Estimate]
+    seeds: list[SeedMetrics]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.name,
+            "fitness": self.fitness.as_dict(),
+            "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
+            "per_seed": [{"seed": s.seed, "fitness": s.fitness, **s.metrics} for s in self.seeds],
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class EvaluationReport:
+    """Everything one evaluation established about a candidate on one suite."""
+
+    task: str
+    suite: str
+    status: Status
+    stage: str = ""
+    reason: str = ""
+    line: int | None = None
+    fitness: Estimate | None = None
+    configs: list[ConfigResult] = field(default_factory=list)
+    seconds: float = 0.0
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def one_line(self) -> str:
+        """``ok: fitness ...`` or ``<status> at <stage>: <reason>``."""
+        if self.ok and self.fitness is not None:
+            return f"ok: fitness {self.fitness}"
+        where = f" at {self.stage}" if self.stage else ""
+        return f"{self.status.value}{where}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "suite": self.suite,
+            "status": self.status.value,
+            "stage": self.stage,
+            "reason": self.reason,
+            "line": self.line,
+            "fitness": self.fitness.as_dict() if self.fitness else None,
+            "configs": [c.to_dict() for c in self.configs],
+            "seconds": self.seconds,
+        }
+
+
+def aggregate(suite: Suite, per_seed: list[SeedMetrics]) -> tuple[Estimate, list[ConfigResult]]:
+    """Per-configuration estimates, and the overall fitness: mean over configurations,
+    with its interval over seeds (each seed's configurations averaged first)."""
+    configs: list[ConfigResult] = []
+    for cfg in suite.configs:
+        rows = [m for m in per_seed if m.config == cfg.name]
+        if not rows:
+            continue
+        keys = sorted({k for r in rows for k in r.metrics})
+        configs.append(ConfigResult(
+            name=cfg.name,
+            fitness=mean_ci([r.fitness for r in rows]),
+            metrics={k: mean_ci([r.metrics[k] for r in rows if k in r.metrics]) for k in keys},
+            seeds=rows,
+            seconds=sum(r.seconds for r in rows),
+        ))
+    seeds = sorted({m.seed for m in per_seed})
+    weights = {cfg.name: cfg.weight for cfg in suite.configs}
+    per_seed_overall = []
+    for seed in seeds:
+        rows = [m for m in per_seed if m.seed == seed]
+        total = sum(weights[m.config] for m in rows)
+        per_seed_overall.append(sum(weights[m.config] * m.fitness for m in rows) / total)
+    return mean_ci(per_seed_overall), configs
+
+
+class Evaluator:
+    """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
+
+    def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None):
+        self.task = task
+        self.device = device
+        self.limits = limits or Limits()
+        self.policy = Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name)
+        self._inputs: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._inputs_lock = threading.Lock()
+
+    def static_check(self, source: str) -> EvaluationReport | None:
+        """A report with status ``policy`` when the source breaks the static policy, else None."""
+        violations = check_source(source, self.policy)
+        if not violations:
+            return None
+        first = violations[0]
+        more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
+        syntax = first.reason.startswith("syntax error")
+        return EvaluationReport(
+            task=self.task.name, suite="", status=Status.PARSE if syntax else Status.POLICY,
+            stage="parse" if syntax else "policy", reason=first.one_line() + more, line=first.line,
+        )
+
+    def inputs_for(self, suite: Suite, config: str, seed: int) -> dict[str, Any]:
+        """Trusted training inputs for one (configuration, seed), built once and cached."""
+        key = (suite.name, config, seed)
+        with self._inputs_lock:
+            if key not in self._inputs:
+                self._inputs[key] = self.task.prepare(suite.config(config), seed, self.device)
+            return self._inputs[key]
+
+    def evaluate(
+        self,
+        source: str,
+        sandbox: Sandbox,
+        suite_name: str = "discover",
+        n_seeds: int | None = None,
+        configs: list[str] | None = None,
+        seeds: list[int] | None = None,
+    ) -> EvaluationReport:
+        """Check, train in the sandbox, score here. Never raises for a bad candidate."""
+        start = time.monotonic()
+        rejected = self.static_check(source)
+        if rejected is not None:
+            rejected.suite = suite_name
+            return rejected
+        suite = self.task.suite(suite_name).with_seeds(n_seeds)
+        config_names = configs or [c.name for c in suite.configs]
+        seed_list = seeds or list(suite.seeds)
+        inputs = {
+            input_key(c, s): self.inputs_for(suite, c, s) for c in config_names for s in seed_list
+        }
+        # the suite may have grown seeds beyond its definition: the sandbox needs the same suite
+        job = Job(task=self.task_ref, source=source, stage="train", suite=suite_name, configs=config_names,
+                  seeds=seed_list, device=self.device, limits=self._limits_for(len(inputs)))
+        outcome = sandbox.run(job, inputs)
+        report = self._score(outcome, suite, config_names, seed_list, inputs)
+        report.seconds = time.monotonic() - start
+        return report
+
+    @property
+    def task_ref(self) -> str:
+        return getattr(self.task, "ref", self.task.name)
+
+    def _limits_for(self, n_runs: int) -> Limits:
+        base = self.limits
+        wall = base.wall_seconds + 10.0 * n_runs
+        return Limits(wall, int(base.cpu_seconds + 20 * n_runs * base.threads), base.memory_mb, base.file_mb,
+                      base.max_processes, base.threads)
+
+    def _score(
+        self, outcome: Outcome, suite: Suite, configs: list[str], seeds: list[int], inputs: dict[str, Any]
+    ) -> EvaluationReport:
+        report = EvaluationReport(task=self.task.name, suite=suite.name, status=outcome.status,
+                                  stage=outcome.stage, reason=outcome.reason, line=outcome.line,
+                                  log_tail=outcome.stderr_tail)
+        if not outcome.ok:
+            if not report.stage:
+                report.stage = "train"
+            return report
+        per_seed: list[SeedMetrics] = []
+        for config in configs:
+            for seed in seeds:
+                key = input_key(config, seed)
+                raw = outcome.outputs.get(key)
+                if not isinstance(raw, dict):
+                    report.status, report.stage = Status.INVALID, "train"
+                    report.reason = f"no outputs for {config} seed {seed}"
+                    return report
+                t0 = time.monotonic()
+                try:
+                    metrics = self.task.score(suite.config(config), seed, inputs[key], raw, self.device)
+                except Exception as exc:  # outputs are untrusted data: any failure is the candidate's
+                    report.status, report.stage = Status.INVALID, "score"
+                    report.reason = f"{config} seed {seed}: unusable outputs ({type(exc).__name__}: {exc})"[:300]
+                    return report
+                train_seconds = raw.get("train_seconds")
+                metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (
+                    time.monotonic() - t0)
+                per_seed.append(metrics)
+        report.fitness, report.configs = aggregate(suite, per_seed)
+        return report

@@ -1,0 +1,35 @@
+"""Choosing a sandbox backend by name and building a worker pool of it."""
+
+from __future__ import annotations
+
+from sandbox.base import Sandbox
+from sandbox.pool import SandboxPool
+
+BACKENDS = ("local", "docker")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested backend cannot run here (one-line message)."""
+
+
+def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = None) -> SandboxPool:
+    """A pool of ``workers`` sandboxes of backend ``kind``; GPUs are assigned one per worker."""
+    if kind not in BACKENDS:
+        raise SandboxUnavailable(f"unknown sandbox {kind!r} (choose from {', '.join(BACKENDS)})")
+
+    def factory(index: int, gpu: str | None, threads: int) -> Sandbox:
+        if kind == "local":
+            from sandbox.local import LocalSandbox
+
+            env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+            return LocalSandbox(env_extra=env, threads=threads)
+        from sandbox.docker_backend import DockerSandbox, DockerUnavailable
+
+        try:
+            box = DockerSandbox(image=docker_image or "discovery-sandbox:test", gpus=[gpu] if gpu else None)
+        except DockerUnavailable as exc:
+            raise SandboxUnavailable(str(exc)) from None
+        box.threads = threads  # type: ignore[attr-defined]
+        return box
+
+    return SandboxPool(factory, workers)

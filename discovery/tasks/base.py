@@ -1,0 +1,148 @@
+"""The task abstraction every discovery task plugs into.
+
+A task names the *slot* an LLM fills (one function with a pinned signature), the seed
+program and baseline library, a cheap contract check, and two fixed suites. Evaluation is
+split in two so that candidate code never touches the score:
+
+* ``train`` runs inside the sandbox, with the candidate function. It receives only what
+  training needs (``prepare``'s public inputs) and returns raw tensors (weights, curves).
+* ``score`` runs on the trusted side, in a process where no candidate code ever ran. It
+  rebuilds the hidden parts of the environment (gold reward, evaluation prompts) from the
+  seed and turns the raw tensors into metrics and a fitness.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ContractError(Exception):
+    """The candidate does not honour the slot's contract (shape, dtype, NaN, gradient)."""
+
+
+class TrainingFailed(Exception):
+    """The candidate broke training (NaN, wrong shape or dtype, no gradient): status invalid."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The function a proposer must write, as the proposer will see it."""
+
+    name: str
+    signature: str
+    contract: str
+    allowed_imports: tuple[str, ...] = ("torch", "torch.nn.functional", "math")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """One named configuration of a suite; ``params`` are task-specific settings."""
+
+    name: str
+    params: Mapping[str, Any]
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A fixed list of configurations, each evaluated with every seed in ``seeds``."""
+
+    name: str
+    configs: tuple[SuiteConfig, ...]
+    seeds: tuple[int, ...]
+
+    def config(self, name: str) -> SuiteConfig:
+        """Return the configuration called ``name``."""
+        for cfg in self.configs:
+            if cfg.name == name:
+                return cfg
+        raise KeyError(f"suite {self.name!r} has no configuration {name!r}")
+
+    def with_seeds(self, n: int | None) -> Suite:
+        """This suite with its first ``n`` seeds, or more seeds continuing its sequence."""
+        if n is None or n == len(self.seeds):
+            return self
+        if n <= len(self.seeds):
+            return Suite(self.name, self.configs, self.seeds[:n])
+        extra = tuple(self.seeds[-1] + 1 + i for i in range(n - len(self.seeds)))
+        return Suite(self.name, self.configs, self.seeds + extra)
+
+
+@dataclass
+class SeedMetrics:
+    """Metrics of one (configuration, seed) evaluation, computed on the trusted side."""
+
+    config: str
+    seed: int
+    fitness: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Task(ABC):
+    """A discovery task. Subclasses are stateless apart from caches of trusted inputs."""
+
+    name: str
+    description: str
+    slot: Slot
+    fitness_doc: str = ""
+    #: the baseline the feedback compares against ("worse than DPO on 3/5 configs")
+    reference_baseline: str = ""
+
+    @property
+    @abstractmethod
+    def seed_program(self) -> str:
+        """Source of the starting candidate (usually the reference baseline)."""
+
+    @property
+    @abstractmethod
+    def baselines(self) -> dict[str, str]:
+        """Baseline library: name -> complete candidate source defining the slot."""
+
+    @abstractmethod
+    def suites(self) -> dict[str, Suite]:
+        """The fixed suites, at least ``discover`` and ``heldout``."""
+
+    @abstractmethod
+    def contract_check(self, fn: Callable[..., Any]) -> None:
+        """Cheap check of the candidate function; raise ContractError with a reason."""
+
+    @abstractmethod
+    def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        """Trusted: the public training inputs for one (config, seed) (tensors only)."""
+
+    @abstractmethod
+    def train(
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+    ) -> dict[str, Any]:
+        """Sandboxed: train with the candidate ``fn``; return raw tensors (no scores)."""
+
+    @abstractmethod
+    def score(
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+    ) -> SeedMetrics:
+        """Trusted: turn the raw outputs of ``train`` into metrics and a fitness."""
+
+    def suite(self, name: str) -> Suite:
+        """Return the suite called ``name``."""
+        suites = self.suites()
+        if name not in suites:
+            raise KeyError(f"task {self.name!r} has no suite {name!r} (have: {', '.join(suites)})")
+        return suites[name]
+
+    def describe_slot(self) -> str:
+        """The slot as shown to a proposer."""
+        return f"{self.slot.signature}\n\n{self.slot.contract}"
+
+
+def source_of(fn: Callable[..., Any], slot_name: str, imports: str) -> str:
+    """Turn a library function into a standalone candidate program defining ``slot_name``."""
+    src = inspect.getsource(fn)
+    head, rest = src.split("(", 1)
+    assert head.startswith("def "), head
+    return f"{imports}\n\n\ndef {slot_name}({rest}"

@@ -1,0 +1,137 @@
+"""The preference-optimization loss task (DiscoPOP's slot, on a CPU-sized environment)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.preference import baselines as library
+from discovery.tasks.preference.env import (
+    EnvParams,
+    TrainingFailed,
+    build_inputs,
+    check_per_example,
+    score_policy,
+    train_policy,
+)
+
+SIGNATURE = (
+    "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
+    "reference_rejected_logps, beta) -> torch.Tensor"
+)
+
+CONTRACT = """\
+Arguments are float32 tensors of shape [B]: the summed token log-probabilities of the chosen
+and the rejected response under the policy being trained and under the frozen reference
+policy; `beta` is a Python float (0.02 to 0.5 in the suites). Return the per-example losses,
+a float32 tensor of shape [B] that is finite and differentiable with respect to the policy
+log-probs; the trainer minimises its mean. Use only torch, torch.nn.functional (as F) and
+math; put hyper-parameters as constants inside the function. This is the TRL / DiscoPOP
+contract, so a discovered loss drops into a DPO-style trainer unchanged."""
+
+FITNESS_DOC = """\
+Per (configuration, seed): fitness = reward_gain - 0.05 * KL(policy || reference), where
+reward_gain is the policy's mean gold reward minus the reference's, in units of the
+reference's reward standard deviation, on unseen prompts. This is the KL-regularised
+objective that RLHF and the DPO family target, with one fixed coefficient for every
+configuration (not each configuration's beta), so a loss cannot win by merely drifting far
+from the reference, and standing still (fitness 0) beats learning the wrong preference.
+Win rate against the reference and held-out preference accuracy are reported alongside.
+The overall fitness is the mean over configurations of the per-configuration mean over seeds."""
+
+IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
+
+
+def _config(name: str, **params: Any) -> SuiteConfig:
+    return SuiteConfig(name, dict(params))
+
+
+DISCOVER = Suite(
+    "discover",
+    (
+        _config("clean", label_noise=0.0, beta=0.1, n_pairs=512),
+        _config("noise20", label_noise=0.2, beta=0.1, n_pairs=512),
+        _config("noise40", label_noise=0.4, beta=0.1, n_pairs=1024),
+        _config("small_data", label_noise=0.1, beta=0.05, n_pairs=256),
+        _config("beta05_len8", label_noise=0.1, beta=0.5, n_pairs=512, length=8),
+    ),
+    seeds=(0, 1, 2),
+)
+
+HELDOUT = Suite(
+    "heldout",
+    (
+        _config("motif_clean_len5", reward_family="motif", label_noise=0.0, beta=0.1, length=5),
+        _config("motif_noise30_len10", reward_family="motif", label_noise=0.3, beta=0.2, n_pairs=1024, length=10),
+        _config("motif_noise10_beta002", reward_family="motif", label_noise=0.1, beta=0.02, n_pairs=512),
+        _config("linear_noise30_len7", label_noise=0.3, beta=0.1, n_pairs=768, length=7),
+    ),
+    seeds=(1000, 1001, 1002),
+)
+
+
+class PreferenceTask(Task):
+    """Discover offline preference-optimization losses (DPO and its relatives)."""
+
+    name = "preference"
+    description = "Offline preference-optimization losses (DiscoPOP slot) on a small autoregressive policy"
+    slot = Slot(name="loss", signature=SIGNATURE, contract=CONTRACT)
+    fitness_doc = FITNESS_DOC
+    reference_baseline = "dpo"
+
+    @property
+    def seed_program(self) -> str:
+        return self.baselines["dpo"]
+
+    @property
+    def baselines(self) -> dict[str, str]:
+        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.BASELINES.items()}
+
+    @property
+    def controls(self) -> dict[str, str]:
+        """Programs that must score badly (always zero, sign-flipped DPO): sanity checks."""
+        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.CONTROLS.items()}
+
+    def suites(self) -> dict[str, Suite]:
+        return {"discover": DISCOVER, "heldout": HELDOUT}
+
+    def contract_check(self, fn: Callable[..., Any]) -> None:
+        g = torch.Generator().manual_seed(1234)
+        args = [(torch.randn(10, generator=g) * 3 - 10).requires_grad_(True) for _ in range(4)]
+        try:
+            out = fn(*args, 0.1)
+            check_per_example(out, 10, torch.float32, "contract")
+            out.mean().backward()
+        except TrainingFailed as exc:
+            raise ContractError(str(exc).removeprefix("contract: ")) from None
+        for name, tensor in zip(("policy_chosen_logps", "policy_rejected_logps"), args, strict=False):
+            if tensor.grad is not None and not torch.isfinite(tensor.grad).all():
+                raise ContractError(f"gradient with respect to {name} is NaN or infinite")
+        if all(t.grad is None for t in args[:2]):
+            raise ContractError("loss does not depend on the policy log-probs (no gradient)")
+
+    def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        return build_inputs(EnvParams.from_mapping(config.params), seed)
+
+    def train(
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+    ) -> dict[str, Any]:
+        return train_policy(fn, EnvParams.from_mapping(config.params), inputs)
+
+    def score(
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+    ) -> SeedMetrics:
+        metrics = score_policy(EnvParams.from_mapping(config.params), seed, outputs["policy"])
+        fitness = metrics.pop("fitness")
+        curve = {
+            key.removeprefix("curve_"): [float(v) for v in outputs[key]]
+            for key in ("curve_loss", "curve_grad_norm", "curve_margin")
+            if key in outputs
+        }
+        return SeedMetrics(config=config.name, seed=seed, fitness=fitness, metrics=metrics, curve=curve)
+
+
+TASK = PreferenceTask()

@@ -1,0 +1,283 @@
+"""The local backend: one isolated process per job, forked from a warm template.
+
+Walls, outermost first:
+1. bubblewrap (when it works here): new network, IPC, UTS and PID namespaces; a read-only
+   view of only the system libraries, the Python installation and the project; a private
+   writable scratch area; no home directory, no /root, no /work beyond the project.
+   Without bubblewrap the template enters a new network namespace itself (as root), and
+   the missing filesystem wall is said loudly and recorded with the run.
+2. A scrubbed environment: the agent's variables (API keys, proxies) never reach the template.
+3. Per job, in the forked child: its own session and process group, rlimits (CPU, address
+   space, file size, processes, no core), a seccomp filter refusing fork/exec/sockets.
+4. A wall-clock timeout enforced by the trusted side, which kills the whole process group.
+The trusted side reads back only ``result.pt`` (raw tensors) and scores it itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sandbox.base import Job, Outcome, Sandbox, Status, project_root, scrubbed_env
+from sandbox.jobfiles import read_outcome, write_job
+
+KILL_GRACE_SECONDS = 10.0
+_ids = itertools.count()
+
+
+@lru_cache(maxsize=1)
+def bubblewrap_problem() -> str:
+    """Empty when bubblewrap can create the namespaces we need here, else why not."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed"
+    try:
+        proc = subprocess.run(
+            [exe, "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            capture_output=True, timeout=20, text=True,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap failed to start: {exc}"
+    if proc.returncode != 0:
+        return f"bubblewrap cannot create namespaces here: {proc.stderr.strip()[:200]}"
+    return ""
+
+
+def _bind_args(paths: list[str]) -> list[str]:
+    """--ro-bind arguments for existing paths, outermost first, without duplicates."""
+    args: list[str] = []
+    seen: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in paths if p and os.path.exists(p)}, key=len):
+        if any(path == s or path.startswith(s.rstrip("/") + "/") for s in seen):
+            continue
+        seen.append(path)
+        args += ["--ro-bind", path, path]
+    return args
+
+
+def bubblewrap_command(scratch: Path) -> list[str]:
+    """The bwrap prefix that gives a process only what running a candidate needs."""
+    args = [
+        "bwrap", "--die-with-parent", "--new-session",
+        "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+    ]
+    for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    system = ["/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
+              "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives"]
+    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+    site = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    args += _bind_args(system + python + site + [str(project_root())])
+    args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
+    return args
+
+
+class LocalSandbox(Sandbox):
+    """Runs each job in a fresh child of a warm template (or a fresh interpreter if ``warm=False``)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        jobs_root: Path | None = None,
+        warm: bool = True,
+        isolation: str = "auto",
+        env_extra: dict[str, str] | None = None,
+        threads: int | None = None,
+    ):
+        self.warm = warm
+        self.env_extra = dict(env_extra or {})
+        self.threads = threads
+        self._own_root = jobs_root is None
+        self.root = Path(tempfile.mkdtemp(prefix="discovery-sandbox-")) if jobs_root is None else Path(jobs_root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        problem = bubblewrap_problem() if isolation in ("auto", "bwrap") else "isolation disabled by caller"
+        if isolation == "bwrap" and problem:
+            raise RuntimeError(problem)
+        self.use_bwrap = not problem
+        self.isolation_notes: list[str] = []
+        if self.use_bwrap:
+            self.isolation_notes.append("bubblewrap: own network/pid/ipc namespaces, read-only system, private scratch")
+        else:
+            note = (f"WARNING: no filesystem isolation ({problem}); candidates can read and write what the "
+                    "agent's user can. Install bubblewrap (apt-get install bubblewrap) for the full sandbox.")
+            self.isolation_notes.append(note)
+            warnings.warn(note, stacklevel=2)
+        self.isolation_notes.append("per job: own session and process group, rlimits, seccomp (no fork/exec/sockets), "
+                                    "scrubbed environment")
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buffer = b""
+
+    # -- template management -------------------------------------------------------------------
+    def _base_env(self, threads: int) -> dict[str, str]:
+        env = scrubbed_env(threads, self.env_extra)
+        env["PYTHONPATH"] = str(project_root())
+        return env
+
+    def _start_template(self, threads: int) -> None:
+        env = self._base_env(threads)
+        cmd = [sys.executable, "-m", "sandbox.template", json.dumps(env)]
+        popen_env = dict(env)
+        if self.use_bwrap:
+            cmd = bubblewrap_command(self.root) + cmd
+        else:
+            popen_env["DISCOVERY_SANDBOX_NETNS"] = "self"
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=popen_env, cwd=str(self.root), start_new_session=True,
+        )
+        self._buffer = b""
+        ready = self._read_event(deadline=time.monotonic() + 120)
+        if ready is None or ready.get("event") != "ready":
+            self._stop_template()
+            raise RuntimeError("sandbox template failed to start")
+        if ready.get("network"):
+            note = f"WARNING: candidates keep the host network: {ready['network']}"
+            if note not in self.isolation_notes:
+                self.isolation_notes.append(note)
+                warnings.warn(note, stacklevel=2)
+
+    def _stop_template(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                stream.close()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write((json.dumps(message) + "\n").encode())
+        self._proc.stdin.flush()
+
+    def _read_event(self, deadline: float) -> dict[str, Any] | None:
+        """Next JSON event from the template, or None at the deadline or if it died."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    # -- running jobs -----------------------------------------------------------------------------
+    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
+        """Run one job in isolation and classify how it ended."""
+        if self.threads:
+            job.limits = type(job.limits)(**{**job.limits.__dict__, "threads": self.threads})
+        with self._lock:
+            job_dir = self.root / f"job-{os.getpid()}-{next(_ids)}"
+            job_dir.mkdir(mode=0o700)
+            try:
+                write_job(job_dir, job, inputs)
+                if self.warm:
+                    return self._run_warm(job, job_dir)
+                return self._run_fresh(job, job_dir)
+            finally:
+                self._wipe()
+
+    def _wipe(self) -> None:
+        """Nothing a candidate wrote survives into the next job."""
+        for entry in self.root.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def _run_warm(self, job: Job, job_dir: Path) -> Outcome:
+        if self._proc is None or self._proc.poll() is not None:
+            self._start_template(job.limits.threads)
+        job_id = job_dir.name
+        start = time.monotonic()
+        deadline = start + job.limits.wall_seconds
+        self._send({"op": "run", "id": job_id, "job_dir": str(job_dir)})
+        timed_out = False
+        exited: dict[str, Any] | None = None
+        while exited is None:
+            event = self._read_event(deadline if not timed_out else time.monotonic() + KILL_GRACE_SECONDS)
+            if event is None:
+                if self._proc.poll() is not None:
+                    self._stop_template()
+                    return Outcome(Status.CRASHED, "sandbox template died during the job",
+                                   seconds=time.monotonic() - start)
+                if timed_out:  # the template did not answer a kill: replace it wholesale
+                    self._stop_template()
+                    break
+                timed_out = True
+                self._send({"op": "kill", "id": job_id})
+                continue
+            if event.get("event") == "exited" and event.get("id") == job_id:
+                exited = event
+        seconds = time.monotonic() - start
+        exited = exited or {}
+        return read_outcome(
+            job_dir, exited.get("returncode"), exited.get("signal"), timed_out, False, seconds,
+            wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb,
+        )
+
+    def _run_fresh(self, job: Job, job_dir: Path) -> Outcome:
+        env = self._base_env(job.limits.threads)
+        env["HOME"] = str(job_dir)
+        cmd = [sys.executable, "-m", "sandbox.runner", str(job_dir)]
+        if self.use_bwrap:
+            cmd = bubblewrap_command(self.root) + cmd
+        start = time.monotonic()
+        with open(job_dir / "log.txt", "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                    cwd=str(job_dir), start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=job.limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        seconds = time.monotonic() - start
+        rc = proc.returncode
+        return read_outcome(job_dir, rc if rc >= 0 else None, -rc if rc < 0 else None, timed_out, False,
+                            seconds, wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb)
+
+    def close(self) -> None:
+        """Stop the template and remove the scratch area."""
+        with self._lock:
+            if self._proc is not None and self._proc.stdin is not None:
+                try:
+                    self._proc.stdin.close()
+                except OSError:
+                    pass
+            self._stop_template()
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)

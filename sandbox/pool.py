@@ -1,0 +1,75 @@
+"""A pool of sandboxes: ``workers`` jobs in parallel, CPU threads split among them, one GPU each."""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from sandbox.base import Sandbox
+
+T = TypeVar("T")
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this machine offers (``CUDA_VISIBLE_DEVICES`` if set, else what torch sees)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except Exception:  # torch without CUDA support
+        return []
+
+
+def threads_per_worker(workers: int) -> int:
+    """CPU threads each worker gets so that the workers together fill the machine once."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class SandboxPool:
+    """Owns ``workers`` sandboxes; a submitted function borrows one for its whole duration."""
+
+    def __init__(self, factory: Callable[[int, str | None, int], Sandbox], workers: int = 1):
+        self.workers = max(1, workers)
+        gpus = visible_gpus()
+        threads = threads_per_worker(self.workers)
+        self._idle: queue.Queue[Sandbox] = queue.Queue()
+        self.sandboxes = [
+            factory(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(self.workers)
+        ]
+        for box in self.sandboxes:
+            self._idle.put(box)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox-worker")
+
+    @property
+    def isolation_notes(self) -> list[str]:
+        return list(self.sandboxes[0].isolation_notes) if self.sandboxes else []
+
+    def submit(self, fn: Callable[[Sandbox], T]) -> Future[T]:
+        """Run ``fn(sandbox)`` on the next free sandbox."""
+
+        def borrow() -> T:
+            box = self._idle.get()
+            try:
+                return fn(box)
+            finally:
+                self._idle.put(box)
+
+        return self._executor.submit(borrow)
+
+    def close(self) -> None:
+        """Wait for running work, then stop every sandbox."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for box in self.sandboxes:
+            box.close()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

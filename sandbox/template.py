@@ -1,0 +1,145 @@
+"""The warm template: a process that has imported torch and the tasks, and forks one child per job.
+
+Protocol (JSON lines): the trusted side writes ``{"op": "run", "id": ..., "job_dir": ...}``
+or ``{"op": "kill", "id": ...}`` on stdin; the template answers ``{"event": "started", ...}``
+and ``{"event": "exited", "id", "returncode", "signal", "cpu_seconds", "maxrss_kb"}``.
+
+The template only imports (no torch computation happens in it: forking after torch has
+run parallel work can hang the child). Each child, before any candidate code runs, starts
+its own session, points stdout/stderr at a log file in its scratch directory, replaces the
+environment, applies rlimits and installs a seccomp filter that refuses fork/exec/sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+from typing import Any
+
+
+def _emit(message: dict[str, Any]) -> None:
+    os.write(1, (json.dumps(message) + "\n").encode())
+
+
+def _child(job_dir: str, env: dict[str, str]) -> None:
+    """In the forked child: put up the walls, run the job, never return."""
+    code = 70
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        log = os.open(os.path.join(job_dir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(devnull)
+        os.close(log)
+        os.chdir(job_dir)
+        os.environ.clear()
+        os.environ.update(env)
+        os.environ["HOME"] = job_dir
+        os.environ["TMPDIR"] = job_dir
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from pathlib import Path
+
+        from sandbox.base import Job
+        from sandbox.confine import apply_rlimits, install_seccomp
+        from sandbox.runner import execute
+
+        job = Job.read(Path(job_dir))
+        lim = job.limits
+        memory = 0 if job.device.startswith("cuda") else lim.memory_mb  # CUDA maps huge virtual ranges
+        apply_rlimits(lim.cpu_seconds, memory, lim.file_mb, lim.max_processes)
+        install_seccomp(deny_network=True)
+        code = execute(Path(job_dir))
+    except BaseException:  # noqa: BLE001 - report on the log, never fall back into the template loop
+        try:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            code = 71
+    finally:
+        os._exit(code)
+
+
+def serve(env: dict[str, str]) -> None:
+    """Read job requests on stdin until it closes; fork a child per job; report exits."""
+    running: dict[int, str] = {}  # pid -> job id
+    buffer = b""
+    stdin_open = True
+    while stdin_open or running:
+        readable, _, _ = select.select([0] if stdin_open else [], [], [], 0.01)
+        if readable:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                stdin_open = False
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                request = json.loads(line)
+                if request["op"] == "run":
+                    pid = os.fork()
+                    if pid == 0:
+                        _child(request["job_dir"], env)
+                    running[pid] = request["id"]
+                    _emit({"event": "started", "id": request["id"], "pid": pid})
+                elif request["op"] == "kill":
+                    for pid, job_id in running.items():
+                        if job_id == request["id"]:
+                            try:
+                                os.killpg(pid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+        while running:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            job_id = running.pop(pid, None)
+            if job_id is None:
+                continue
+            try:  # anything the child left behind in its group dies with it
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            _emit({
+                "event": "exited",
+                "id": job_id,
+                "returncode": os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "maxrss_kb": usage.ru_maxrss,
+            })
+
+
+def main() -> None:
+    """Preload, report readiness, serve."""
+    env = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the agent's; it stops us by closing stdin
+    import torch  # noqa: F401
+
+    import discovery.tasks as tasks
+
+    for name in tasks.task_names():
+        tasks.get_task(name)
+    import sandbox.confine  # noqa: F401
+    import sandbox.jobfiles  # noqa: F401
+    import sandbox.runner  # noqa: F401
+
+    network_note = ""
+    if os.environ.get("DISCOVERY_SANDBOX_NETNS") == "self":
+        from sandbox.confine import enter_network_namespace
+
+        network_note = enter_network_namespace()
+    _emit({"event": "ready", "pid": os.getpid(), "network": network_note})
+    serve(env)
+
+
+if __name__ == "__main__":
+    main()
