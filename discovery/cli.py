@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-driven discovery of losses and optimizers.")
@@ -28,7 +29,7 @@ ImageOpt = Annotated[str | None, typer.Option("--docker-image", help="Image for 
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -125,7 +126,8 @@ def evaluate(
         print_report(report, f"{path} on {t.name}/{suite}")
     if not report.ok:
         if not as_json:
-            err.print(f"[bold red]{report.status.value}[/] at {report.stage}: {report.reason}", highlight=False)
+            err.print(f"[bold red]{report.stage} stage failed[/] ({report.status.value}): {escape(report.reason)}",
+                      highlight=False, soft_wrap=True, markup=True)
         if verbose and report.log_tail:
             err.print(report.log_tail, highlight=False, markup=False)
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ outputs here, on the trusted side -> aggregation with confidence intervals over 
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,28 @@ from discovery.tasks import SeedMetrics, Suite, Task
 from sandbox.base import Job, Limits, Outcome, Sandbox, Status
 from sandbox.jobfiles import input_key
 from sandbox.policy import Policy, check_source
+
+
+def _positional_params(fn: ast.FunctionDef) -> list[str]:
+    return [a.arg for a in fn.args.posonlyargs + fn.args.args]
+
+
+def signature_problem(source: str, slot_name: str, signature: str) -> tuple[int, str] | None:
+    """(line, reason) when the slot function's parameters differ from the pinned signature."""
+    expected_fn = ast.parse(signature.split("->")[0].rstrip() + ":\n    pass").body[0]
+    assert isinstance(expected_fn, ast.FunctionDef)
+    expected = _positional_params(expected_fn)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == slot_name:
+            got = _positional_params(node)
+            required_kwonly = [a.arg for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)
+                               if d is None]
+            if len(got) != len(expected) or required_kwonly:
+                return node.lineno, (f"{slot_name} must take {len(expected)} arguments "
+                                     f"({', '.join(expected)}), it takes {len(got)} ({', '.join(got)})"
+                                     + (f" and requires {', '.join(required_kwonly)}" if required_kwonly else ""))
+            return None
+    return 1, f"no top-level function named {slot_name!r}"
 
 
 @dataclass
@@ -117,10 +140,15 @@ class Evaluator:
         self._inputs_lock = threading.Lock()
 
     def static_check(self, source: str) -> EvaluationReport | None:
-        """A report with status ``policy`` when the source breaks the static policy, else None."""
+        """A report (status policy, parse or contract) when the source is rejected before running."""
         violations = check_source(source, self.policy)
         if not violations:
-            return None
+            problem = signature_problem(source, self.task.slot.name, self.task.slot.signature)
+            if problem is None:
+                return None
+            line, reason = problem
+            return EvaluationReport(task=self.task.name, suite="", status=Status.CONTRACT, stage="contract",
+                                    reason=reason, line=line)
         first = violations[0]
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
         syntax = first.reason.startswith("syntax error")

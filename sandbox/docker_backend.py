@@ -74,6 +74,8 @@ class DockerSandbox(Sandbox):
         self.image = image
         self.gpus = [str(g) for g in gpus or []]
         self.jobs_root = Path(jobs_root) if jobs_root is not None else None
+        #: when set (the worker pool does), overrides ``job.limits.threads`` for every job
+        self.threads: int | None = None
         if self.jobs_root is not None:
             self.jobs_root.mkdir(parents=True, exist_ok=True)
         self._free_gpus: queue.Queue[str] = queue.Queue()
@@ -115,6 +117,8 @@ class DockerSandbox(Sandbox):
     def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
         job_dir = Path(tempfile.mkdtemp(prefix="discovery-job-", dir=self.jobs_root))
         try:
+            if self.threads:
+                job = replace(job, limits=replace(job.limits, threads=self.threads))
             gpu = self._take_gpu() if job.device.startswith("cuda") else None
             try:
                 if job.device.startswith("cuda"):

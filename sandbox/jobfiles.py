@@ -7,7 +7,10 @@ numbers, strings and tensors only, so nothing in it can run code on the trusted 
 
 from __future__ import annotations
 
+import io
+import os
 import signal as signals
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +33,31 @@ def input_key(config: str, seed: int) -> str:
     return f"{config}/{seed}"
 
 
+def read_regular_file(path: Path, tail: int | None = None) -> bytes | None:
+    """Bytes of ``path`` only if it is a regular file, not a link or FIFO the candidate planted
+    (a ``log.txt`` symlinked to ``/proc/self/environ`` must not make us read our own secrets)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if tail is not None and info.st_size > tail:
+            os.lseek(fd, info.st_size - tail, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_log_tail(job_dir: Path) -> str:
     """The last lines the candidate's process printed (bounded), for feedback only."""
-    path = job_dir / "log.txt"
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - LOG_TAIL_CHARS))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    data = read_regular_file(job_dir / "log.txt", tail=LOG_TAIL_CHARS)
+    return data.decode("utf-8", "replace") if data else ""
 
 
 def _signal_name(sig: int) -> str:
@@ -87,11 +104,11 @@ def read_outcome(
                        stderr_tail=tail, seconds=seconds)
     if oom:
         return Outcome(Status.MEMORY, "killed for exceeding the memory limit", stderr_tail=tail, seconds=seconds)
-    result_path = job_dir / "result.pt"
+    raw = read_regular_file(job_dir / "result.pt")
     data: Any = None
-    if result_path.exists():
+    if raw is not None:
         try:
-            data = torch.load(result_path, weights_only=True)
+            data = torch.load(io.BytesIO(raw), weights_only=True)
         except Exception as exc:  # a forged or torn file is a crash, never trusted
             return Outcome(Status.CRASHED, f"unreadable result file ({type(exc).__name__})",
                            stderr_tail=tail, seconds=seconds)

@@ -126,8 +126,9 @@ def main() -> None:
 
     import discovery.tasks as tasks
 
+    torch.set_num_threads(1)  # no intra-op thread pool exists before fork; each child sets its own
     for name in tasks.task_names():
-        tasks.get_task(name)
+        tasks.get_task(name).warmup()
     import sandbox.confine  # noqa: F401
     import sandbox.jobfiles  # noqa: F401
     import sandbox.runner  # noqa: F401

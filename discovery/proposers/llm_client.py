@@ -199,15 +199,20 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after")
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+    """Seconds from a ``Retry-After`` header (litellm keeps the provider's headers aside)."""
+    for headers in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
+        if not headers:
+            continue
+        try:
+            value = headers.get("retry-after")
+            if value is not None:
+                return max(0.0, float(value))
+        except (AttributeError, TypeError, ValueError):
+            continue  # an HTTP date or garbage: ignore
+    return None
 
 
 def _tcp_reachable(api_base: str, timeout: float = 2.0) -> str | None:
@@ -379,7 +384,9 @@ class LLMClient:
 
     def _cost(self, spec: ModelSpec, response: Any, prompt_tokens: int, completion_tokens: int) -> float:
         if spec.price_in is not None or spec.price_out is not None:
-            return (prompt_tokens * (spec.price_in or 0.0) + completion_tokens * (spec.price_out or 0.0)) / 1e6
+            return (
+                prompt_tokens * (spec.price_in or 0.0) + completion_tokens * (spec.price_out or 0.0)
+            ) / 1e6
         try:
             cost = _litellm().completion_cost(completion_response=response)
         except Exception:  # noqa: BLE001 - model not in litellm's price list
@@ -407,7 +414,9 @@ class LLMClient:
         if self.on_call is not None:
             self.on_call(record)
 
-    def _attempt(self, spec: ModelSpec, messages: list[dict[str, Any]], attempt: int) -> tuple[CallRecord, Any]:
+    def _attempt(
+        self, spec: ModelSpec, messages: list[dict[str, Any]], attempt: int
+    ) -> tuple[CallRecord, Any]:
         """One call; returns its record and the exception (None on success)."""
         litellm = _litellm()
         estimate = self.estimate_cost(spec, messages)

@@ -77,6 +77,7 @@ def _tag(text: str, tag: str) -> tuple[str | None, bool]:
         return text[opened.end() :], False
     return text[opened.end() : closed.start()], True
 
+
 # A fence: ``` or ~~~ (3+), an optional info string, a newline, the body, then a closing fence on
 # its own line or the end of the text (an unclosed fence means a truncated reply).
 _FENCE = re.compile(
@@ -106,8 +107,7 @@ class _Fence:
 
 def _fences(text: str) -> list[_Fence]:
     return [
-        _Fence(m.group("lang").lower(), m.group("body"), m.start(), m.end())
-        for m in _FENCE.finditer(text)
+        _Fence(m.group("lang").lower(), m.group("body"), m.start(), m.end()) for m in _FENCE.finditer(text)
     ]
 
 

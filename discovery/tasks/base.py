@@ -128,6 +128,10 @@ class Task(ABC):
     ) -> SeedMetrics:
         """Trusted: turn the raw outputs of ``train`` into metrics and a fitness."""
 
+    def warmup(self) -> None:
+        """Run a tiny slice of training once, single-threaded, so that lazy imports and first-call
+        initialisation happen in the sandbox's warm template instead of in every candidate's child."""
+
     def suite(self, name: str) -> Suite:
         """Return the suite called ``name``."""
         suites = self.suites()

@@ -19,7 +19,7 @@ def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, ref
     """DPO."""
     logits = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
     return -F.logsigmoid(beta * logits)
-'''
+'''  # noqa: E501  (the task's reference program, verbatim)
 
 HEADER = """import math
 import torch
@@ -168,7 +168,8 @@ def test_allowed_imports(statement: str) -> None:
         ("from torch import utils", "torch.utils"),
         ("from torch import load", "torch.load"),
         ("import torch.utils.cpp_extension", "torch.utils"),
-        ("from torch.nn.functional import torch", "torch.nn.functional.torch"),
+        ("from torch.nn.functional import np", "torch.nn.functional.np"),
+        ("from torch.nn.functional import warnings", "standard-library"),
         ("from torch import *", "import *"),
         ("from . import helpers", "relative import"),
         ("from .helpers import x", "relative import"),

@@ -276,35 +276,62 @@ def check_per_example(out: Any, batch: int, dtype: torch.dtype, where: str) -> N
         raise TrainingFailed(f"{where}: loss has no gradient with respect to the policy log-probs")
 
 
+class ScoringContext:
+    """Trusted, per environment: everything about the reference that scoring needs, computed once."""
+
+    def __init__(self, p: EnvParams, seed: int):
+        self.params, self.seed = p, seed
+        self.ref = make_policy(p)
+        self.ref.load_state_dict(reference_policy(p, seed))
+        self.gold = GoldReward(p, seed)
+        g = _generator("eval-samples", seed)
+        self.x = _prompts(p, seed, "eval", p.eval_prompts).repeat_interleave(p.eval_samples, dim=0)
+        self.policy_sampling_state = g.get_state()
+        with torch.no_grad():
+            self.r_ref = self.gold(self.x, self.ref.sample(self.x, _generator("eval-ref-samples", seed)))
+            # held-out preference pairs: fresh reference samples on unseen prompts, gold-labelled
+            gp = _generator("pref-eval", seed)
+            self.xa = _prompts(p, seed, "pref-eval", 1024)
+            self.ya, self.yb = self.ref.sample(self.xa, gp), self.ref.sample(self.xa, gp)
+            ra, rb = self.gold(self.xa, self.ya), self.gold(self.xa, self.yb)
+            self.keep = ra != rb
+            self.a_wins = ra > rb
+            self.ref_margin = self.ref.sequence_logps(self.xa, self.ya) - self.ref.sequence_logps(self.xa, self.yb)
+
+
+_contexts: dict[tuple[EnvParams, int], ScoringContext] = {}
+
+
+def scoring_context(p: EnvParams, seed: int) -> ScoringContext:
+    """The cached :class:`ScoringContext` of one environment."""
+    key = (p, seed)
+    if key not in _contexts:
+        if len(_contexts) > 256:
+            _contexts.clear()
+        _contexts[key] = ScoringContext(p, seed)
+    return _contexts[key]
+
+
 @torch.no_grad()
 def score_policy(p: EnvParams, seed: int, policy_state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Trusted: gold-reward win rate, KL and held-out preference accuracy of a trained policy."""
-    ref = make_policy(p)
-    ref.load_state_dict(reference_policy(p, seed))
+    ctx = scoring_context(p, seed)
     policy = make_policy(p)
     policy.load_state_dict(policy_state, strict=True)
     for value in policy_state.values():
         if not torch.isfinite(value).all():
             raise ValueError("trained weights contain NaN or infinity")
-    gold = GoldReward(p, seed)
-    x = _prompts(p, seed, "eval", p.eval_prompts).repeat_interleave(p.eval_samples, dim=0)
-    g = _generator("eval-samples", seed)
-    y_pol, y_ref = policy.sample(x, g), ref.sample(x, g)
-    r_pol, r_ref = gold(x, y_pol), gold(x, y_ref)
+    g = torch.Generator()
+    g.set_state(ctx.policy_sampling_state)
+    y_pol = policy.sample(ctx.x, g)
+    r_pol, r_ref = ctx.gold(ctx.x, y_pol), ctx.r_ref
     win_rate = float(((r_pol > r_ref).float() + 0.5 * (r_pol == r_ref).float()).mean())
-    logp_pol = F.log_softmax(policy.logits(x, y_pol), -1)
-    logp_ref = F.log_softmax(ref.logits(x, y_pol), -1)
+    logp_pol = F.log_softmax(policy.logits(ctx.x, y_pol), -1)
+    logp_ref = F.log_softmax(ctx.ref.logits(ctx.x, y_pol), -1)
     kl = float((logp_pol.exp() * (logp_pol - logp_ref)).sum(-1).sum(-1).mean())
     reward_gain = float((r_pol.mean() - r_ref.mean()) / r_ref.std().clamp(min=1e-6))
-    # held-out preference accuracy: implicit-reward ranking of fresh reference pairs
-    xa = _prompts(p, seed, "pref-eval", 1024)
-    ya, yb = ref.sample(xa, g), ref.sample(xa, g)
-    ra, rb = gold(xa, ya), gold(xa, yb)
-    keep = ra != rb
-    implicit = (policy.sequence_logps(xa, ya) - ref.sequence_logps(xa, ya)) - (
-        policy.sequence_logps(xa, yb) - ref.sequence_logps(xa, yb)
-    )
-    pref_acc = float(((implicit > 0) == (ra > rb))[keep].float().mean())
+    implicit = policy.sequence_logps(ctx.xa, ctx.ya) - policy.sequence_logps(ctx.xa, ctx.yb) - ctx.ref_margin
+    pref_acc = float(((implicit > 0) == ctx.a_wins)[ctx.keep].float().mean())
     return {
         "win_rate": win_rate,
         "kl": kl,

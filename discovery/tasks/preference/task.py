@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from discovery.tasks.preference.env import (
     EnvParams,
     TrainingFailed,
     build_inputs,
+    make_policy,
     check_per_example,
     score_policy,
     train_policy,
@@ -43,6 +45,13 @@ Win rate against the reference and held-out preference accuracy are reported alo
 The overall fitness is the mean over configurations of the per-configuration mean over seeds."""
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
+
+
+def env_seed(config: SuiteConfig, seed: int) -> int:
+    """Each (configuration, seed) gets its own environment (gold reward, reference, data), so
+    that averaging over configurations also averages over independent environments."""
+    digest = hashlib.sha256(f"{config.name}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def _config(name: str, **params: Any) -> SuiteConfig:
@@ -113,8 +122,21 @@ class PreferenceTask(Task):
         if all(t.grad is None for t in args[:2]):
             raise ContractError("loss does not depend on the policy log-probs (no gradient)")
 
+    def warmup(self) -> None:
+        params = EnvParams(n_pairs=8, batch=4, steps=2)
+        state = make_policy(params).state_dict()
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, params.vocab, (params.n_pairs, params.length), generator=g)
+        inputs = {
+            "reference": state, "prompts": torch.randn(params.n_pairs, params.prompt_dim, generator=g),
+            "chosen": tokens, "rejected": tokens.flip(0),
+            "reference_chosen_logps": torch.zeros(params.n_pairs), "reference_rejected_logps": torch.zeros(params.n_pairs),
+            "order_seed": torch.tensor(0),
+        }
+        train_policy(library.dpo, params, inputs)
+
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
-        return build_inputs(EnvParams.from_mapping(config.params), seed)
+        return build_inputs(EnvParams.from_mapping(config.params), env_seed(config, seed))
 
     def train(
         self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
@@ -124,7 +146,7 @@ class PreferenceTask(Task):
     def score(
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
     ) -> SeedMetrics:
-        metrics = score_policy(EnvParams.from_mapping(config.params), seed, outputs["policy"])
+        metrics = score_policy(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["policy"])
         fitness = metrics.pop("fitness")
         curve = {
             key.removeprefix("curve_"): [float(v) for v in outputs[key]]

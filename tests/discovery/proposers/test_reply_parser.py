@@ -34,7 +34,8 @@ def test_tags():
 
 def test_tags_with_fenced_code_and_surrounding_prose():
     text = (
-        "Sure! Here is my idea.\n<THOUGHT>\nmultiline\nthought\n</THOUGHT>\n<name>  **Hinge v2**  \nextra</name>\n"
+        "Sure! Here is my idea.\n<THOUGHT>\nmultiline\nthought\n</THOUGHT>\n"
+        "<name>  **Hinge v2**  \nextra</name>\n"
         f"<code>\n```python\n{LOSS}```\n</code>\nHope it helps."
     )
     p = parse_reply(text, "loss")
@@ -87,7 +88,7 @@ def test_json_bare():
 
 def test_json_in_fence_with_prose():
     obj = json.dumps({"thought": "t", "name": "fenced", "code": LOSS}, indent=2)
-    text = f"Here is my proposal:\n\n```json\n{obj}\n```\n\nLet me know {{\"what\": 1}} you think."
+    text = f'Here is my proposal:\n\n```json\n{obj}\n```\n\nLet me know {{"what": 1}} you think.'
     p = parse_reply(text, "loss")
     assert (p.format, p.name, p.code) == ("json", "fenced", LOSS)
 
@@ -238,3 +239,25 @@ def test_code_too_long():
 def test_other_slot_name():
     p = parse_reply("<code>def step(params, grads):\n    return params\n</code>", "step")
     assert p.code.startswith("def step(")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<code>" * 20_000,
+        "<code>x</code>" + "<thought>" * 10_000,
+        '{"a' * 30_000,
+        "\n" * 100_000 + "x",
+        "`" * 100_000,
+        "```\n" * 25_000,
+        "def loss(" * 10_000,
+        '{"code": "' + "a" * 100_000,
+    ],
+)
+def test_pathological_replies_are_fast(text):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ReplyError):
+        parse_reply(text, "loss")
+    assert time.monotonic() - t0 < 1.0

@@ -1,0 +1,192 @@
+"""The archive's versioned schema and its migrations.
+
+``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``; the version
+this code writes is ``len(MIGRATIONS)``. Version 0 is an empty database. The
+``schema_version`` table keeps one row per applied version (``MAX(version)`` is the
+current one). Opening an older file for writing applies the missing migrations in one
+``BEGIN IMMEDIATE`` transaction, so a failure leaves the file exactly as it was.
+
+Rules for future migrations: append, never edit a released one; use plain SQL (the
+library's DDL helpers may change under us); ``PRAGMA foreign_keys`` cannot be switched
+inside the migration transaction, so a table rebuild must keep the foreign keys valid.
+
+Indexes: ``UNIQUE(run_id, code_hash)`` also serves ``candidates.run_id`` lookups and
+``UNIQUE(candidate_id, suite, config, seed)`` serves ``evaluations.candidate_id``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from .codec import now
+from .errors import ArchiveError
+
+_V1 = [
+    """CREATE TABLE schema_version (
+        version INTEGER PRIMARY KEY,
+        applied_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running',
+        config_json TEXT NOT NULL DEFAULT '{}',
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        isolation_json TEXT NOT NULL DEFAULT '[]',
+        seed INTEGER,
+        message TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX idx_runs_task ON runs (task, started_at)",
+    """CREATE TABLE candidates (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        name TEXT NOT NULL,
+        thought TEXT NOT NULL DEFAULT '',
+        code TEXT NOT NULL,
+        code_hash TEXT NOT NULL,
+        parents_json TEXT NOT NULL DEFAULT '[]',
+        generation INTEGER NOT NULL DEFAULT 0,
+        island INTEGER NOT NULL DEFAULT 0,
+        proposer TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'pending',
+        failed_stage TEXT,
+        reason TEXT,
+        feedback_shown TEXT NOT NULL DEFAULT '',
+        fitness REAL,
+        fitness_ci_low REAL,
+        fitness_ci_high REAL,
+        n_seeds INTEGER,
+        per_config_json TEXT,
+        heldout_fitness REAL,
+        heldout_ci_low REAL,
+        heldout_ci_high REAL,
+        heldout_n_seeds INTEGER,
+        heldout_per_config_json TEXT,
+        curve_json TEXT,
+        seconds REAL,
+        created_at TEXT NOT NULL,
+        evaluated_at TEXT,
+        is_baseline INTEGER NOT NULL DEFAULT 0 CHECK (is_baseline IN (0, 1)),
+        UNIQUE (run_id, code_hash)
+    )""",
+    "CREATE INDEX idx_candidates_run_fitness ON candidates (run_id, fitness)",
+    "CREATE INDEX idx_candidates_run_status ON candidates (run_id, status)",
+    """CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY,
+        candidate_id TEXT NOT NULL REFERENCES candidates (id),
+        suite TEXT NOT NULL CHECK (suite IN ('discover', 'heldout')),
+        config TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        stage TEXT NOT NULL DEFAULT 'full',
+        fitness REAL,
+        metrics_json TEXT,
+        curve_json TEXT,
+        seconds REAL,
+        created_at TEXT NOT NULL,
+        UNIQUE (candidate_id, suite, config, seed)
+    )""",
+    """CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        candidate_id TEXT REFERENCES candidates (id),
+        model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        reply TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cost_usd REAL,
+        latency_s REAL,
+        error TEXT,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)",
+    "CREATE INDEX idx_llm_calls_candidate ON llm_calls (candidate_id)",
+]
+
+
+def _v0_to_v1(db: Database) -> None:
+    """The first schema: runs, candidates, evaluations, llm_calls."""
+    for statement in _V1:
+        db.execute(statement)
+
+
+Migration = Callable[[Database], None]
+
+MIGRATIONS: list[Migration] = [_v0_to_v1]
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def latest_version(migrations: Sequence[Migration] | None = None) -> int:
+    """The schema version this code writes."""
+    return len(MIGRATIONS if migrations is None else migrations)
+
+
+def stored_version(db: Database) -> int | None:
+    """The file's schema version: 0 for an empty database, ``None`` for a foreign one.
+
+    A database with tables but no ``schema_version`` table belongs to something else and
+    is never touched.
+    """
+    tables = [t for t in db.table_names() if not t.startswith("sqlite_")]
+    if "schema_version" not in tables:
+        return 0 if not tables else None
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def check_version(db: Database, path: str | Path, known: int) -> int:
+    """The stored version, or ``ArchiveError`` if the file is foreign or newer than ``known``."""
+    version = stored_version(db)
+    if version is None:
+        raise ArchiveError(f"{path} is a SQLite database but not a discovery archive")
+    if version > known:
+        raise ArchiveError(
+            f"archive schema v{version} is newer than this discovery (v{known}); upgrade discovery"
+        )
+    return version
+
+
+def migrate(db: Database, path: str | Path, migrations: Sequence[Migration] | None = None) -> int:
+    """Bring ``db`` to the latest schema in one transaction; return the version now stored.
+
+    Takes the write lock only when something is missing, and re-reads the version under
+    it (another process may have migrated meanwhile). ``db.conn`` must be in autocommit
+    mode (``isolation_level=None``) and outside a transaction. ``sqlite3`` errors (a lock
+    held elsewhere) propagate unchanged for the caller to translate; a failing migration
+    step becomes an ``ArchiveError`` after the rollback.
+    """
+    steps = list(MIGRATIONS if migrations is None else migrations)
+    target = len(steps)
+    if check_version(db, path, target) == target:
+        return target
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = check_version(db, path, target)
+        for step in range(version, target):
+            try:
+                steps[step](db)
+            except ArchiveError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, sqlite3.OperationalError) and _is_lock_error(exc):
+                    raise
+                raise ArchiveError(
+                    f"cannot migrate archive {path} from v{step} to v{step + 1}: {type(exc).__name__}: {exc}"
+                ) from exc
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", [step + 1, now()])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return target
