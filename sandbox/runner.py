@@ -1,15 +1,26 @@
 """What runs inside an isolated process: load the candidate, check its contract, train.
 
-Entry points: :func:`execute` (called in a child forked from the warm template, after the
-walls are up) and ``python -m sandbox.runner JOB_DIR`` (a fresh interpreter, e.g. inside a
-Docker container), which puts up the in-process walls itself before loading anything.
-The runner never computes a score: it writes raw tensors to ``result.pt``.
+Entry points: :func:`execute` (called in a child forked from the warm template, after
+:func:`confine_job` has put up the walls) and ``python -m sandbox.runner JOB_DIR`` (a fresh
+interpreter, e.g. inside a Docker container), which puts up the walls itself before loading
+anything. The runner never computes a score: it writes raw tensors to ``result.pt``.
+
+The walls a job gets here, in order: stdout and stderr go to ``log.txt`` in the job
+directory (so the file-size limit caps what a candidate prints); when started as root, a
+private SysV IPC namespace, the job directory handed to an unprivileged uid and every
+privilege dropped; rlimits; the seccomp filter. Before the candidate's first line runs,
+faulthandler is armed so that a job killed for time (or by a fatal signal) leaves a
+traceback in the log that names the candidate's line; a write beyond the file-size limit
+raises ``OSError(EFBIG)`` at the candidate's line instead of killing the process silently.
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
+import faulthandler
 import os
+import signal
 import sys
 import time
 import traceback
@@ -17,35 +28,84 @@ from pathlib import Path
 from typing import Any
 
 CANDIDATE_FILE = "candidate.py"
+#: uid and gid a job runs as when the sandbox starts it as root (``nobody``)
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+#: written by the trusted side: the wall-clock time (``time.time()``) at which the job is killed
+DEADLINE_FILE = "deadline"
+#: seconds before the deadline at which the runner dumps the candidate's stack into the log
+DUMP_MARGIN_SECONDS = 1.0
+REASON_CHARS = 300
 
 
-def _candidate_line(exc: BaseException, source: str) -> tuple[int, str]:
-    """The last traceback line inside the candidate's own code, and its text."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == CANDIDATE_FILE]
-    if isinstance(exc, SyntaxError) and exc.filename == CANDIDATE_FILE and exc.lineno:
-        lineno = exc.lineno
-    elif frames:
-        lineno = frames[-1].lineno or 0
-    else:
-        return -1, ""
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def candidate_line_text(source: str, lineno: int) -> str:
+    """The stripped text of line ``lineno`` of ``source`` ("" when out of range)."""
     lines = source.splitlines()
-    text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
-    return lineno, text
+    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+
+
+def where(source: str, lineno: int) -> str:
+    """`` (line N: `text`)`` for the candidate's line ``lineno``, or "" when there is none."""
+    if lineno <= 0:
+        return ""
+    return f" (line {lineno}: `{candidate_line_text(source, lineno)[:120]}`)"
+
+
+def _candidate_line(exc: BaseException) -> int:
+    """The last traceback line inside the candidate's own code (-1 when there is none)."""
+    if isinstance(exc, SyntaxError) and exc.filename == CANDIDATE_FILE and exc.lineno:
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == CANDIDATE_FILE]
+    return (frames[-1].lineno or -1) if frames else -1
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        text = str(exc).strip()
+    except Exception:  # noqa: BLE001 - a candidate's exception may fail to render itself
+        text = ""
+    return one_line(text.splitlines()[0], 200) if text else ""
 
 
 def _describe(exc: BaseException, source: str) -> tuple[str, int]:
-    lineno, text = _candidate_line(exc, source)
-    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    lineno = _candidate_line(exc)
+    message = _message(exc)
     reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if lineno > 0:
-        reason += f" (line {lineno}: `{text[:120]}`)"
-    return reason, lineno
+    return one_line(reason + where(source, lineno)), lineno
 
 
-def _status_for(exc: BaseException) -> str:
+def _is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
-        return "memory"
-    return "error"
+        return True
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in _message(exc)
+
+
+def _is_output_limit(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EFBIG
+
+
+def _failure(exc: BaseException, source: str, stage: str, memory_mb: int, file_mb: int) -> dict[str, Any]:
+    """The result of a job whose candidate raised ``exc``."""
+    reason, line = _describe(exc, source)
+    if _is_out_of_memory(exc):
+        limit = f"the {memory_mb} MB memory limit" if memory_mb > 0 else "the memory limit"
+        return {"status": "memory", "stage": stage, "line": line,
+                "reason": one_line(f"out of memory: {limit} was reached{where(source, line)}")}
+    if _is_output_limit(exc):
+        return {"status": "output", "stage": stage, "line": line,
+                "reason": one_line(f"wrote more than the {file_mb} MB file-size limit{where(source, line)}")}
+    if isinstance(exc, RecursionError):
+        reason = "recursion without end: " + reason
+    return {"status": "error", "stage": stage, "reason": one_line(reason), "line": line}
 
 
 def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
@@ -77,60 +137,132 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
                     try:
                         outputs[key] = task.train(fn, config, seed, (inputs or {})[key], job.device)
                     except TrainingFailed as exc:
-                        return {"status": "invalid", "stage": stage, "reason": f"{config_name} seed {seed}: {exc}"}
+                        return {"status": "invalid", "stage": stage,
+                                "reason": one_line(f"{config_name} seed {seed}: {exc}")}
                     outputs[key]["train_seconds"] = time.perf_counter() - started
         return {"status": "ok", "stage": stage, "reason": "", "outputs": outputs}
     except ContractError as exc:
-        return {"status": "contract", "stage": stage, "reason": str(exc)}
+        return {"status": "contract", "stage": stage, "reason": one_line(str(exc))}
     except SyntaxError as exc:
         reason, line = _describe(exc, source)
         return {"status": "parse", "stage": "parse", "reason": reason, "line": line}
-    except RecursionError as exc:
-        reason, line = _describe(exc, source)
-        return {"status": "error", "stage": stage, "reason": "recursion without end: " + reason, "line": line}
     except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything, even SystemExit
-        reason, line = _describe(exc, source)
-        return {"status": _status_for(exc), "stage": stage, "reason": reason, "line": line}
+        return _failure(exc, source, stage, job.limits.memory_mb, job.limits.file_mb)
 
 
-def execute(job_dir: Path) -> int:
-    """Run the job in ``job_dir`` and write ``result.pt``; returns the process exit code."""
+# ------------------------------------------------------------------------------------ walls
+
+def redirect_output(job_dir: Path) -> None:
+    """Point stdout and stderr at ``log.txt`` in the job directory (the file-size limit caps it)."""
+    fd = os.open(os.path.join(job_dir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    if fd > 2:
+        os.close(fd)
+
+
+def _hand_over(job_dir: Path, uid: int, gid: int) -> None:
+    """Give the job directory (not its parents) to the unprivileged job user."""
+    for entry in [job_dir, *Path(job_dir).iterdir()]:
+        os.chown(entry, uid, gid, follow_symlinks=False)
+
+
+def confine_job(job_dir: Path, job: Any) -> list[str]:
+    """Put up the in-process walls for ``job``; irreversible. Returns notes on what is in force.
+
+    Call with the job directory as the working directory: the job keeps reaching it through
+    the cwd even when its parents are not searchable by the unprivileged user.
+    """
+    from sandbox.confine import apply_rlimits, drop_privileges, install_seccomp, unshare_ipc
+
+    notes = []
+    if os.geteuid() == 0:
+        if unshare_ipc():
+            notes.append("private IPC namespace")
+        _hand_over(job_dir, SANDBOX_UID, SANDBOX_GID)
+        drop_privileges(SANDBOX_UID, SANDBOX_GID)
+        notes.append(f"runs as uid {SANDBOX_UID} without capabilities")
+    lim = job.limits
+    memory = 0 if job.device.startswith("cuda") else lim.memory_mb  # CUDA maps huge virtual ranges
+    apply_rlimits(lim.cpu_seconds, memory, lim.file_mb, lim.max_processes)
+    install_seccomp(deny_network=True)
+    return notes
+
+
+def _arm_diagnostics(job_dir: Path) -> None:
+    """Make the candidate's line show up in the log when the job is killed."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit raise EFBIG at the line
+    faulthandler.enable(file=sys.stderr, all_threads=True)  # SIGSEGV, SIGABRT, ...
+    faulthandler.register(signal.SIGXCPU, file=sys.stderr, all_threads=True, chain=True)
+    try:
+        deadline = float((Path(job_dir) / DEADLINE_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    remaining = deadline - time.time() - DUMP_MARGIN_SECONDS
+    if remaining > 0:
+        faulthandler.dump_traceback_later(remaining, exit=False, file=sys.stderr)
+
+
+def load(job_dir: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The job and its trusted inputs (read before any wall goes up)."""
     import torch
 
     from sandbox.base import Job
 
     job = Job.read(job_dir)
-    torch.set_num_threads(max(1, job.limits.threads))
     inputs_path = job_dir / "inputs.pt"
     inputs = torch.load(inputs_path, weights_only=True) if inputs_path.exists() else None
+    return job, inputs
+
+
+def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path(".")) -> int:
+    """Run ``job`` and write ``result.pt`` into ``job_dir``; returns the process exit code."""
+    import torch
+
+    torch.set_num_threads(max(1, job.limits.threads))
+    _arm_diagnostics(job_dir)
     result = run_candidate(job, inputs)
+    faulthandler.cancel_dump_traceback_later()
+    for stream in (sys.stdout, sys.stderr):  # a full log must not fail the result
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001, S110
+            pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     tmp = job_dir / "result.pt.tmp"
     try:
         torch.save(result, tmp)
     except BaseException as exc:  # noqa: BLE001 - e.g. outputs that cannot be serialized
-        torch.save({"status": "invalid", "stage": "train", "reason": f"outputs not serializable: {exc}"}, tmp)
+        torch.save({"status": "invalid", "stage": "train",
+                    "reason": one_line(f"outputs not serializable: {exc}")}, tmp)
     os.replace(tmp, job_dir / "result.pt")
     return 0
+
+
+def execute(job_dir: Path) -> int:
+    """Run the job in ``job_dir`` (walls already up) and write ``result.pt``; the exit code."""
+    job, inputs = load(job_dir)
+    return execute_loaded(job, inputs, job_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sandbox.runner JOB_DIR``: confine this fresh process, then execute."""
     args = sys.argv[1:] if argv is None else argv
     job_dir = Path(args[0])
-    from sandbox.base import Job
-    from sandbox.confine import apply_rlimits, install_seccomp
-
-    job = Job.read(job_dir)
+    redirect_output(job_dir)
     import torch  # noqa: F401  - load before the walls go up (imports need no extra syscalls later)
 
     import discovery.tasks  # noqa: F401
+    import sandbox.confine  # noqa: F401
+    import sandbox.jobfiles  # noqa: F401
 
     os.chdir(job_dir)
-    lim = job.limits
-    apply_rlimits(lim.cpu_seconds, 0 if job.device.startswith("cuda") else lim.memory_mb, lim.file_mb,
-                  lim.max_processes)
-    install_seccomp(deny_network=True)
-    return execute(job_dir)
+    job, inputs = load(Path("."))
+    confine_job(Path("."), job)
+    code = execute_loaded(job, inputs)
+    os._exit(code)  # no interpreter shutdown: nothing the candidate left behind runs after the result
 
 
 if __name__ == "__main__":

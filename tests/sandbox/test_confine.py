@@ -1,8 +1,10 @@
-"""Tests for sandbox.confine: every wall goes up in a forked child, never in the test process."""
+"""Tests for sandbox.confine: every wall goes up in a forked child (or, for torch, a fresh
+interpreter), never in the test process itself."""
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import re
 import resource
@@ -12,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -275,28 +278,56 @@ def test_seccomp_keeps_threads_working() -> None:
     assert_ok(*in_child(body))
 
 
+TORCH_SCRIPT = r"""
+import os, re, sys, traceback
+import torch  # imported before the walls, computing nothing yet (as sandbox.template does)
+from sandbox import confine
+
+def job():
+    torch.set_num_threads(2)
+    assert confine.install_seccomp() is True
+    torch.manual_seed(0)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    c = a @ b  # the first parallel op: OpenMP starts its threads now (it aborts if it cannot)
+    assert torch.allclose(c, (a.double() @ b.double()).float(), rtol=1e-4, atol=1e-3)
+    assert torch.get_num_threads() == 2
+    for tid in os.listdir("/proc/self/task"):
+        status = open(f"/proc/self/task/{tid}/status").read()
+        assert re.search(r"^Seccomp:\s+2$", status, re.M), f"thread {tid} is not filtered"
+    print("ok", end="", flush=True)
+
+if sys.argv[1] == "same-process":  # like sandbox.runner: a fresh process confines itself
+    job()
+else:  # like sandbox.template: the job runs in a child forked after the import
+    pid = os.fork()
+    if pid == 0:
+        try:
+            job()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 @needs_seccomp_arch
-def test_seccomp_keeps_torch_thread_pool_working() -> None:
-    """torch, imported before the filter, still multiplies 512x512 on its thread pool; every
-    thread of the process (including ones torch started at import) carries the filter."""
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+@pytest.mark.parametrize("mode", ["same-process", "forked"])
+def test_seccomp_keeps_torch_thread_pool_working(mode: str) -> None:
+    """torch, imported before the filter, still multiplies 512x512 with two threads; every
+    thread of the process (including any torch started at import) carries the filter.
 
-    def body() -> str:
-        import torch
-
-        torch.set_num_threads(2)
-        torch.manual_seed(0)
-        a, b = torch.randn(512, 512), torch.randn(512, 512)
-        expected = (a.double() @ b.double()).float()
-        assert confine.install_seccomp() is True
-        c = a @ b
-        assert torch.allclose(c, expected, rtol=1e-4, atol=1e-3)
-        assert torch.get_num_threads() == 2
-        for tid in os.listdir("/proc/self/task"):
-            status = Path(f"/proc/self/task/{tid}/status").read_text()
-            assert re.search(r"^Seccomp:\s+2$", status, re.M), f"thread {tid} is not filtered"
-        return "ok"
-
-    assert_ok(*in_child(body, timeout=120))
+    This one runs in a fresh interpreter rather than a fork of pytest: if torch has already
+    done parallel work in this process (another test module), a forked child using its
+    OpenMP pool hangs, filter or not.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, mode], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "ok", proc.stdout + proc.stderr
 
 
 def test_seccomp_unsupported_machine_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,84 @@
+"""The ``discovery`` command as a user runs it: real console script, real sandbox."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+DPO = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+
+
+    def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+        h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+        return -F.logsigmoid(beta * h)
+''')
+
+HEAD = "import torch\nimport torch.nn.functional as F\n\n\n"
+SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
+H = "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)\n"
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BAD = {
+    "parse": ("def loss(a, b:\n    return a\n", "parse", "line 1"),
+    "missing": (HEAD + "def other(x):\n    return x\n", "policy", "no top-level function named 'loss'"),
+    "signature": (HEAD + "def loss(a, b):\n    return a - b\n", "contract", "must take 5 arguments"),
+    "scalar": (HEAD + SIG + H + "    return -F.logsigmoid(beta * h).mean()\n", "contract", "shape ()"),
+    "nan": (HEAD + SIG + H + "    return h * float('nan')\n", "contract", "NaN"),
+    "no_grad": (HEAD + SIG + H + "    return torch.zeros_like(h)\n", "contract", "no gradient"),
+    "raises": (HEAD + SIG + H + "    raise ValueError('boom')\n", "contract", "line 7"),
+    "nan_in_training": (
+        HEAD + SIG + H + "    scale = float('nan') if h.shape[0] > 10 else 1.0  # NaN only at training batch size\n"
+        "    return -F.logsigmoid(beta * h) * scale\n",
+        "train", "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_candidate_gives_one_line_and_nonzero_exit(case, tmp_path):
+    source, stage, fragment = BAD[case]
+    path = tmp_path / f"{case}.py"
+    path.write_text(source)
+    proc = run_cli("evaluate", str(path), "--task", "preference")
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{stage} stage failed"), lines[0]
+    assert fragment in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for args in (["evaluate", str(tmp_path / "absent.py")], ["evaluate", __file__, "--task", "nope"],
+                 ["evaluate", __file__, "--suite", "nope"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_json_output_is_deterministic(tmp_path):
+    path = tmp_path / "dpo.py"
+    path.write_text(DPO)
+    first = run_cli("evaluate", str(path), "--json", "--seeds", "1")
+    second = run_cli("evaluate", str(path), "--json", "--seeds", "1")
+    assert first.returncode == 0, first.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["status"] == "ok" and a["fitness"]["n"] == 1
+    assert a["fitness"] == b["fitness"]
+    assert [c["per_seed"] for c in a["configs"]] == [c["per_seed"] for c in b["configs"]]
+    assert {c["config"] for c in a["configs"]} == {"clean", "noise20", "noise40", "small_data", "beta05_len8"}
+    assert "bubblewrap" in " ".join(a["sandbox"]["isolation"])
+
+
+def test_tasks_lists_the_slot():
+    proc = run_cli("tasks")
+    assert proc.returncode == 0
+    assert "preference" in proc.stdout and "def loss(policy_chosen_logps" in proc.stdout
