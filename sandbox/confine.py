@@ -14,7 +14,8 @@ import os
 import platform
 import resource
 
-__all__ = ["apply_rlimits", "install_seccomp", "enter_network_namespace", "drop_privileges"]
+__all__ = ["apply_rlimits", "install_seccomp", "enter_network_namespace", "drop_privileges", "unshare_ipc",
+           "set_dumpable"]
 
 
 # --------------------------------------------------------------------------- rlimits
@@ -313,7 +314,25 @@ def enter_network_namespace() -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- IPC namespace
+
+_CLONE_NEWIPC = 0x08000000
+
+
+def unshare_ipc() -> bool:
+    """Move this process into a new, empty SysV IPC / POSIX message-queue namespace (needs
+    CAP_SYS_ADMIN). Shared memory segments, semaphores and queues a job creates then die with
+    it instead of waiting for the next job. True when done, False when not permitted."""
+    return _unshare(_CLONE_NEWIPC) == 0
+
+
 # --------------------------------------------------------------------------- privileges
+
+def set_dumpable(flag: bool) -> bool:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process's memory, file descriptors and environment
+    under /proc cannot be opened by other processes of the same uid without CAP_SYS_PTRACE."""
+    return _prctl(_PR_SET_DUMPABLE, 1 if flag else 0) == 0
+
 
 def drop_privileges(uid: int, gid: int) -> bool:
     """As root: clear supplementary groups, then setgid(gid) and setuid(uid) (real, effective

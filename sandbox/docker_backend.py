@@ -5,9 +5,11 @@ The container gets the job directory bind-mounted at ``/job`` and runs
 loads the candidate. Around that, the engine enforces: no network at all, a read-only root
 filesystem (writable: ``/job`` and a small ``/tmp`` tmpfs), an unprivileged uid with every
 capability dropped and ``no-new-privileges``, cgroup limits on memory (no swap), processes and
-CPUs, a scrubbed environment, and at most one GPU. The trusted side reads ``result.pt`` with
-``weights_only=True`` (:func:`sandbox.jobfiles.read_outcome`); nothing else from the container
-is trusted.
+CPUs, a scrubbed environment, and at most one GPU. The runner sends the job's own output to
+``/job/log.txt`` (so the file-size limit caps it, not the engine's log), and the trusted side
+measures the job directory while the container runs and kills it past its budget. The trusted
+side reads ``result.pt`` with ``weights_only=True`` (:func:`sandbox.jobfiles.read_outcome`);
+nothing else from the container is trusted.
 
 The image must contain this project (see ``sandbox/Dockerfile`` and ``docs/docker.md``); the
 CI test image ``discovery-sandbox:test`` is built without any registry by
@@ -23,12 +25,13 @@ import signal as signals
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sandbox.base import Job, Limits, Outcome, Sandbox, scrubbed_env
-from sandbox.jobfiles import read_outcome, write_job
+from sandbox.jobfiles import SCRATCH_FACTOR, read_outcome, scratch_budget, scratch_exceeded, write_job
 
 #: uid and gid the candidate runs as inside the container (``nobody`` / ``sandbox``)
 SANDBOX_UID = 65534
@@ -39,6 +42,8 @@ LOG_MAX_SIZE = "1m"
 LOG_TAIL_BYTES = 8192
 #: files the trusted side reads back from the job directory
 RESULT_FILES = ("result.pt", "log.txt")
+#: how often a running job's scratch directory (the bind-mounted job directory) is measured
+WATCH_SECONDS = 0.5
 
 
 class DockerUnavailable(RuntimeError):
@@ -110,7 +115,10 @@ class DockerSandbox(Sandbox):
             "CPUs = limits.threads",
             "environment scrubbed (PATH, HOME=/tmp, LANG, thread counts only)",
             f"GPU: one of {', '.join(self.gpus)} per job" if self.gpus else "no GPU devices",
-            f"container output capped at {LOG_MAX_SIZE} (json-file log)",
+            f"container output capped at {LOG_MAX_SIZE} (json-file log); the job's own stdout/stderr go to "
+            f"{CONTAINER_JOB_DIR}/log.txt under the file-size limit",
+            f"job directory capped at {SCRATCH_FACTOR}x the file-size limit "
+            f"(measured every {WATCH_SECONDS:g} s)",
         ]
 
     # ------------------------------------------------------------------ public
@@ -125,12 +133,14 @@ class DockerSandbox(Sandbox):
                     # the container sees only its one GPU, as device 0
                     job = replace(job, device="cuda:0")
                 write_job(job_dir, job, inputs)
+                budget = scratch_budget(job_dir, job.limits.file_mb)
                 _hand_over(job_dir)
-                code, timed_out, oom, seconds, logs = self._execute(
+                code, timed_out, oom, seconds, logs, scratch = self._execute_watched(
                     ["python", "-m", "sandbox.runner", CONTAINER_JOB_DIR],
                     job.limits,
                     volumes={str(job_dir): {"bind": CONTAINER_JOB_DIR, "mode": "rw"}},
                     gpu=gpu,
+                    watch=lambda: scratch_exceeded(job_dir, budget),
                 )
             finally:
                 if gpu is not None:
@@ -149,6 +159,10 @@ class DockerSandbox(Sandbox):
                 seconds=seconds,
                 wall_limit=job.limits.wall_seconds,
                 file_limit_mb=job.limits.file_mb,
+                source=job.source,
+                scratch=scratch,
+                cpu_limit=job.limits.cpu_seconds,
+                memory_limit_mb=job.limits.memory_mb,
             )
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -204,6 +218,18 @@ class DockerSandbox(Sandbox):
         gpu: str | None = None,
     ) -> tuple[int | None, bool, bool, float, bytes]:
         """Run ``command`` in a fresh container; (exit code, timed out, OOM-killed, seconds, output)."""
+        return self._execute_watched(command, limits, volumes, gpu)[:5]
+
+    def _execute_watched(
+        self,
+        command: list[str],
+        limits: Limits,
+        volumes: dict[str, dict[str, str]] | None = None,
+        gpu: str | None = None,
+        watch: Callable[[], str] | None = None,
+    ) -> tuple[int | None, bool, bool, float, bytes, str]:
+        """As :meth:`_execute`, plus ``watch``: called every WATCH_SECONDS while the container
+        runs; a non-empty answer (why) kills the container and is returned last."""
         docker = _docker()
         import requests
 
@@ -215,26 +241,38 @@ class DockerSandbox(Sandbox):
             started = time.monotonic()
             container.start()
             timed_out = False
-            code: int | None
-            try:
-                code = int(container.wait(timeout=limits.wall_seconds)["StatusCode"])
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            stopped = ""
+            code: int | None = None
+            while code is None:
+                remaining = limits.wall_seconds - (time.monotonic() - started)
+                poll = min(WATCH_SECONDS, remaining) if watch is not None else remaining
+                try:
+                    if poll <= 0:
+                        raise requests.exceptions.ReadTimeout("wall-clock limit")
+                    code = int(container.wait(timeout=poll)["StatusCode"])
+                    break
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    pass
                 container.reload()  # raises (-> DockerUnavailable) if the engine itself went away
                 if container.status == "exited":  # finished just as the clock ran out
                     code = int((container.attrs.get("State") or {}).get("ExitCode", -1))
-                else:
+                    break
+                if time.monotonic() - started >= limits.wall_seconds:
                     timed_out = True
+                elif watch is not None:
+                    stopped = watch()
+                if timed_out or stopped:
                     _kill(container)
                     code = int(container.wait(timeout=30)["StatusCode"])
             seconds = time.monotonic() - started
             container.reload()
             state = container.attrs.get("State") or {}
-            oom = bool(state.get("OOMKilled")) and not timed_out
+            oom = bool(state.get("OOMKilled")) and not timed_out and not stopped
             try:
                 logs = container.logs(stdout=True, stderr=True, tail=200)
             except docker.errors.APIError:
                 logs = b""
-            return code, timed_out, oom, seconds, logs
+            return code, timed_out, oom, seconds, logs, stopped
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DockerUnavailable(f"Docker engine failed running the job ({_one_line(exc)})") from exc
         finally:

@@ -7,9 +7,14 @@ Walls, outermost first:
    Without bubblewrap the template enters a new network namespace itself (as root), and
    the missing filesystem wall is said loudly and recorded with the run.
 2. A scrubbed environment: the agent's variables (API keys, proxies) never reach the template.
-3. Per job, in the forked child: its own session and process group, rlimits (CPU, address
-   space, file size, processes, no core), a seccomp filter refusing fork/exec/sockets.
-4. A wall-clock timeout enforced by the trusted side, which kills the whole process group.
+3. Per job, in the forked child: its own session and process group; as root, a private IPC
+   namespace and the unprivileged uid 65534 with no capabilities (bubblewrap run as root
+   keeps every capability, so this is what stops a candidate from writing /proc/sys, raising
+   its own rlimits or signalling the template); rlimits (CPU, address space, file size,
+   processes, no core); a seccomp filter refusing fork/exec/sockets.
+4. Enforced by the trusted side: a wall-clock timeout, and a cap on what the job keeps in its
+   scratch directory (checked every few hundred milliseconds); either kills the process group.
+   The scratch directory is wiped after every job.
 The trusted side reads back only ``result.pt`` (raw tensors) and scores it itself.
 """
 
@@ -31,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Job, Outcome, Sandbox, Status, project_root, scrubbed_env
-from sandbox.jobfiles import read_outcome, write_job
+from sandbox.jobfiles import (
+    SCRATCH_FACTOR,
+    SCRATCH_POLL_SECONDS,
+    read_outcome,
+    scratch_budget,
+    scratch_exceeded,
+    write_job,
+)
+from sandbox.runner import SANDBOX_UID
 
 KILL_GRACE_SECONDS = 10.0
 _ids = itertools.count()
@@ -105,23 +118,30 @@ class LocalSandbox(Sandbox):
         self.env_extra = dict(env_extra or {})
         self.threads = threads
         self._own_root = jobs_root is None
-        self.root = Path(tempfile.mkdtemp(prefix="discovery-sandbox-")) if jobs_root is None else Path(jobs_root)
+        root = tempfile.mkdtemp(prefix="discovery-sandbox-") if jobs_root is None else jobs_root
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        # searchable, not listable: the unprivileged job user reaches only its own job directory
+        os.chmod(self.root, 0o711)
         problem = bubblewrap_problem() if isolation in ("auto", "bwrap") else "isolation disabled by caller"
         if isolation == "bwrap" and problem:
             raise RuntimeError(problem)
         self.use_bwrap = not problem
         self.isolation_notes: list[str] = []
         if self.use_bwrap:
-            self.isolation_notes.append("bubblewrap: own network/pid/ipc namespaces, read-only system, private scratch")
+            self.isolation_notes.append(
+                "bubblewrap: own network/pid/ipc namespaces, read-only system, private scratch")
         else:
             note = (f"WARNING: no filesystem isolation ({problem}); candidates can read and write what the "
                     "agent's user can. Install bubblewrap (apt-get install bubblewrap) for the full sandbox.")
             self.isolation_notes.append(note)
             warnings.warn(note, stacklevel=2)
-        self.isolation_notes.append("per job: own session and process group, rlimits, seccomp (no fork/exec/sockets), "
-                                    "scrubbed environment")
+        privileges = (f"uid {SANDBOX_UID} without capabilities, private IPC namespace, " if os.geteuid() == 0
+                      else "")
+        self.isolation_notes.append(
+            f"per job: own session and process group, {privileges}rlimits, seccomp (no fork/exec/sockets), "
+            f"scrubbed environment, scratch directory capped at {SCRATCH_FACTOR}x the file-size limit, "
+            "wiped after the job")
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
@@ -217,24 +237,37 @@ class LocalSandbox(Sandbox):
     def _run_warm(self, job: Job, job_dir: Path) -> Outcome:
         if self._proc is None or self._proc.poll() is not None:
             self._start_template(job.limits.threads)
+        self._drain()
         job_id = job_dir.name
+        budget = scratch_budget(job_dir, job.limits.file_mb)
         start = time.monotonic()
         deadline = start + job.limits.wall_seconds
         self._send({"op": "run", "id": job_id, "job_dir": str(job_dir)})
         timed_out = False
+        scratch = ""
+        kill_deadline = 0.0
         exited: dict[str, Any] | None = None
         while exited is None:
-            event = self._read_event(deadline if not timed_out else time.monotonic() + KILL_GRACE_SECONDS)
+            now = time.monotonic()
+            limit = kill_deadline if kill_deadline else min(deadline, now + SCRATCH_POLL_SECONDS)
+            event = self._read_event(limit)
             if event is None:
+                assert self._proc is not None
                 if self._proc.poll() is not None:
                     self._stop_template()
                     return Outcome(Status.CRASHED, "sandbox template died during the job",
                                    seconds=time.monotonic() - start)
-                if timed_out:  # the template did not answer a kill: replace it wholesale
+                if kill_deadline:  # the template did not answer a kill: replace it wholesale
                     self._stop_template()
                     break
-                timed_out = True
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                else:
+                    scratch = scratch_exceeded(job_dir, budget)
+                    if not scratch:
+                        continue
                 self._send({"op": "kill", "id": job_id})
+                kill_deadline = time.monotonic() + KILL_GRACE_SECONDS
                 continue
             if event.get("event") == "exited" and event.get("id") == job_id:
                 exited = event
@@ -242,33 +275,56 @@ class LocalSandbox(Sandbox):
         exited = exited or {}
         return read_outcome(
             job_dir, exited.get("returncode"), exited.get("signal"), timed_out, False, seconds,
-            wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb,
+            wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb, source=job.source,
+            scratch=scratch, cpu_seconds=exited.get("cpu_seconds"), cpu_limit=job.limits.cpu_seconds,
+            maxrss_kb=exited.get("maxrss_kb"), memory_limit_mb=job.limits.memory_mb,
         )
+
+    def _drain(self) -> None:
+        """Drop anything the template said that belongs to no job (nothing should)."""
+        self._buffer = b""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            if not os.read(fd, 65536):
+                break
 
     def _run_fresh(self, job: Job, job_dir: Path) -> Outcome:
         env = self._base_env(job.limits.threads)
         env["HOME"] = str(job_dir)
+        env["TMPDIR"] = str(job_dir)
         cmd = [sys.executable, "-m", "sandbox.runner", str(job_dir)]
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd
+        budget = scratch_budget(job_dir, job.limits.file_mb)
         start = time.monotonic()
+        deadline = start + job.limits.wall_seconds
         with open(job_dir / "log.txt", "wb") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                     cwd=str(job_dir), start_new_session=True)
         timed_out = False
-        try:
-            proc.wait(timeout=job.limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        scratch = ""
+        while True:
             try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
+                proc.wait(timeout=max(0.0, min(SCRATCH_POLL_SECONDS, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
                 pass
-            proc.wait()
+            timed_out = time.monotonic() >= deadline
+            scratch = "" if timed_out else scratch_exceeded(job_dir, budget)
+            if timed_out or scratch:
+                try:
+                    os.killpg(proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                break
         seconds = time.monotonic() - start
         rc = proc.returncode
         return read_outcome(job_dir, rc if rc >= 0 else None, -rc if rc < 0 else None, timed_out, False,
-                            seconds, wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb)
+                            seconds, wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb,
+                            source=job.source, scratch=scratch, cpu_limit=job.limits.cpu_seconds,
+                            memory_limit_mb=job.limits.memory_mb)
 
     def close(self) -> None:
         """Stop the template and remove the scratch area."""

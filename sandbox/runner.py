@@ -226,7 +226,7 @@ def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path
     for stream in (sys.stdout, sys.stderr):  # a full log must not fail the result
         try:
             stream.flush()
-        except BaseException:  # noqa: BLE001, S110
+        except BaseException:  # noqa: BLE001
             pass
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)

@@ -6,8 +6,11 @@ and ``{"event": "exited", "id", "returncode", "signal", "cpu_seconds", "maxrss_k
 
 The template only imports (no torch computation happens in it: forking after torch has
 run parallel work can hang the child). Each child, before any candidate code runs, starts
-its own session, points stdout/stderr at a log file in its scratch directory, replaces the
-environment, applies rlimits and installs a seccomp filter that refuses fork/exec/sockets.
+its own session, points stdout/stderr at a log file in its scratch directory, closes every
+other inherited descriptor, replaces the environment and puts up the walls of
+:func:`sandbox.runner.confine_job` (as root: private IPC namespace and an unprivileged uid;
+rlimits; a seccomp filter that refuses fork/exec/sockets). The template itself is made
+non-dumpable, so a job cannot open its memory or descriptors under /proc.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ def _child(job_dir: str, env: dict[str, str]) -> None:
         log = os.open(os.path.join(job_dir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        os.close(devnull)
-        os.close(log)
+        os.closerange(3, 1 << 16)  # nothing of the template's (its pipes to the trusted side) stays open
         os.chdir(job_dir)
         os.environ.clear()
         os.environ.update(env)
@@ -45,16 +47,12 @@ def _child(job_dir: str, env: dict[str, str]) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from pathlib import Path
 
-        from sandbox.base import Job
-        from sandbox.confine import apply_rlimits, install_seccomp
-        from sandbox.runner import execute
+        from sandbox.runner import confine_job, execute_loaded, load
 
-        job = Job.read(Path(job_dir))
-        lim = job.limits
-        memory = 0 if job.device.startswith("cuda") else lim.memory_mb  # CUDA maps huge virtual ranges
-        apply_rlimits(lim.cpu_seconds, memory, lim.file_mb, lim.max_processes)
-        install_seccomp(deny_network=True)
-        code = execute(Path(job_dir))
+        here = Path(".")  # reached through the cwd: the job user may not search the parents
+        job, inputs = load(here)
+        confine_job(here, job)
+        code = execute_loaded(job, inputs, here)
     except BaseException:  # noqa: BLE001 - report on the log, never fall back into the template loop
         try:
             import traceback
@@ -138,6 +136,9 @@ def main() -> None:
         from sandbox.confine import enter_network_namespace
 
         network_note = enter_network_namespace()
+    from sandbox.confine import set_dumpable
+
+    set_dumpable(False)
     _emit({"event": "ready", "pid": os.getpid(), "network": network_note})
     serve(env)
 

@@ -115,9 +115,14 @@ def _v0_to_v1(db: Database) -> None:
         db.execute(statement)
 
 
+def _v1_to_v2(db: Database) -> None:
+    """The candidate's own failing line, for OPTO-style feedback and the dashboard."""
+    db.execute("ALTER TABLE candidates ADD COLUMN error_line INTEGER")
+
+
 Migration = Callable[[Database], None]
 
-MIGRATIONS: list[Migration] = [_v0_to_v1]
+MIGRATIONS: list[Migration] = [_v0_to_v1, _v1_to_v2]
 
 
 def _is_lock_error(exc: BaseException) -> bool:

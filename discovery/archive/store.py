@@ -62,6 +62,7 @@ CANDIDATE_STATUSES = (
     "invalid",
     "error",
     "duplicate",
+    "culled",  # passed the checks but stopped by the cheap cascade stage
 )
 UNFINISHED_STATUSES = ("pending", "evaluating")
 SUITES = ("discover", "heldout")
@@ -76,7 +77,7 @@ _CANDIDATE_REAL = (
     "heldout_ci_high",
     "seconds",
 )
-_CANDIDATE_INT = ("generation", "island", "n_seeds", "heldout_n_seeds")
+_CANDIDATE_INT = ("generation", "island", "n_seeds", "heldout_n_seeds", "error_line")
 _CANDIDATE_TEXT = (
     "name",
     "thought",

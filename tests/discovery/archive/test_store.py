@@ -276,13 +276,29 @@ def test_reopen_keeps_data_and_version(path: Path) -> None:
         cid = add(arc, rid, "a").id
         arc.record_evaluation(cid, "discover", "c", 0, "full", 0.5, {}, None, 1.0)
     with Archive(path) as arc:
-        assert arc.schema_version == SCHEMA_VERSION == 1
+        assert arc.schema_version == SCHEMA_VERSION == 2
         assert arc.get_run(rid)["config"] == {"x": 1}
         assert arc.get_candidate(cid)["name"] == "a"
         assert arc.done_keys(cid, "discover") == {("c", 0)}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
     conn.close()
+
+
+def test_v1_archive_migrates_to_v2_keeping_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v1_only = [schema.MIGRATIONS[0]]
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", v1_only)
+        with Archive(path) as arc:
+            assert arc.schema_version == 1
+            rid = arc.create_run("t", {"x": 1}, 1, [])
+            cid = add(arc, rid, "a").id
+    with Archive(path) as arc:
+        assert arc.schema_version == 2
+        assert arc.get_candidate(cid)["name"] == "a"
+        assert arc.get_candidate(cid)["error_line"] is None
+        arc.update_candidate(cid, status="error", error_line=7, reason="boom")
+        assert arc.get_candidate(cid)["error_line"] == 7
 
 
 def test_newer_schema_is_refused(path: Path) -> None:
@@ -304,6 +320,7 @@ def test_newer_schema_is_refused(path: Path) -> None:
 
 
 def test_migration_runs_in_one_transaction(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "MIGRATIONS", [schema.MIGRATIONS[0]])
     with Archive(path) as arc:
         rid = arc.create_run("t", {}, 1, [])
 
@@ -311,7 +328,7 @@ def test_migration_runs_in_one_transaction(path: Path, monkeypatch: pytest.Monke
         db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
         raise RuntimeError("bug in migration")
 
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, v1_to_v2_broken])
+    monkeypatch.setattr(schema, "MIGRATIONS", [schema.MIGRATIONS[0], v1_to_v2_broken])
     with pytest.raises(ArchiveError) as exc:
         Archive(path)
     assert "cannot migrate" in one_line(exc) and "v1 to v2" in one_line(exc)
