@@ -202,6 +202,173 @@ def baselines(
         console.print(f"{len(library) * len(suites)} evaluations in {elapsed:.1f} s with {workers} worker(s)")
 
 
+@app.command()
+def run(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Built-in task name or task file.")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m",
+                     help="LLM (litellm name), optionally name@weight; repeat for several.")] = None,
+    api_base: Annotated[str | None, typer.Option("--api-base", help="OpenAI-compatible server URL.")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Candidates to propose.")] = None,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", help="USD limit, counting calls in flight.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Evaluations in parallel.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="SQLite archive.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options.")] = None,
+    proposer: Annotated[str | None, typer.Option("--proposer", help="auto | llm | mutation | random")] = None,
+    sandbox: Annotated[str | None, typer.Option("--sandbox", help="local | docker")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue the run with this id.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Run the discovery loop (offline mutation proposer unless a --model is given)."""
+    from discovery.agent.loop import DiscoveryRun
+    from discovery.archive import ArchiveError
+    from discovery.config import ConfigError, load_config, parse_model
+
+    try:
+        models = [parse_model(m, api_base).model_dump() for m in model] if model else None
+        overrides = {"task": task, "models": models, "budget": budget, "max_cost": max_cost, "workers": workers,
+                     "db": db, "seed": seed, "proposer": proposer, "sandbox": sandbox}
+        cfg = load_config(config, overrides)
+        if api_base and not model:
+            cfg = cfg.model_copy(update={"models": [m.model_copy(update={"api_base": api_base})
+                                                    for m in cfg.models]})
+        from discovery.tasks import TaskNotFound
+
+        try:
+            runner = DiscoveryRun(cfg, resume=resume, on_progress=None)
+        except TaskNotFound as exc:
+            fail(str(exc))
+    except (ConfigError, ArchiveError) as exc:
+        fail(str(exc))
+    except Exception as exc:  # e.g. the sandbox cannot start: one line, not a traceback
+        fail(f"{type(exc).__name__}: {exc}")
+    console.print(f"run [bold]{runner.run_id}[/] on task {runner.task.name}: budget {runner.config.budget}, "
+                  f"{runner.config.workers} worker(s), proposer {type(runner.proposer).__name__}, "
+                  f"archive {runner.config.db}", highlight=False)
+    for note in runner.pool.isolation_notes:
+        console.print(f"  sandbox: {note}", highlight=False)
+    result = _run_with_progress(runner, quiet)
+    _print_leaderboard(result.db, run_id=result.run_id, task_name=None, limit=10)
+    console.print(f"run {result.run_id} {result.status}{': ' + result.message if result.message else ''}",
+                  highlight=False)
+    console.print(f"archive: {Path(result.db).resolve()}  (discovery leaderboard --db {result.db}; "
+                  f"discovery show CANDIDATE --db {result.db}; resume: discovery run --resume {result.run_id} "
+                  f"--db {result.db})", highlight=False, soft_wrap=True)
+    if result.status == "failed":
+        raise typer.Exit(1)
+
+
+def _run_with_progress(runner, quiet: bool):  # noqa: ANN001, ANN202
+    from rich.live import Live
+
+    def line(p) -> str:  # noqa: ANN001
+        best = f"{p.best:.4f} ({p.best_name})" if p.best is not None else "-"
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()) if k != "ok") or "none"
+        return (f"[{p.phase}] {p.finished}/{p.budget} done, {p.proposed} proposed | best {best} | "
+                f"{p.rate_per_minute:.1f}/min | not ok: {fails} | cost ${p.cost:.4f}")
+
+    if quiet or not console.is_terminal:
+        last = [0.0]
+
+        def report(p) -> None:  # noqa: ANN001
+            if time.monotonic() - last[0] > 10:
+                last[0] = time.monotonic()
+                console.print(line(p), highlight=False, soft_wrap=True)
+
+        runner.on_progress = report
+        return runner.execute()
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        runner.on_progress = lambda p: live.update(line(p))
+        return runner.execute()
+
+
+def _print_leaderboard(db: str, run_id: str | None, task_name: str | None, limit: int) -> None:
+    from discovery.archive import Archive
+
+    with Archive.open_readonly(db) as archive:
+        rows = archive.leaderboard(run_id=run_id, task=task_name, limit=limit)
+    table = Table(title="leaderboard" + (f" of run {run_id}" if run_id else ""), title_justify="left")
+    for col in ("rank", "candidate", "name", "fitness (95% CI)", "seeds", "held-out (95% CI)", "run"):
+        table.add_column(col)
+    for i, r in enumerate(rows, 1):
+        fit = _ci(r.get("fitness"), r.get("fitness_ci_low"), r.get("fitness_ci_high"))
+        held = _ci(r.get("heldout_fitness"), r.get("heldout_ci_low"), r.get("heldout_ci_high"))
+        name = r["name"] + (" (baseline)" if r.get("is_baseline") else "")
+        table.add_row(str(i), r["id"], escape(name[:40]), fit, str(r.get("n_seeds") or "-"), held, r["run_id"])
+    console.print(table)
+
+
+def _ci(mean, low, high) -> str:  # noqa: ANN001
+    if mean is None:
+        return "-"
+    if low is None or high is None or low == high:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {(high - low) / 2:.4f}"
+
+
+@app.command()
+def leaderboard(
+    db: Annotated[str, typer.Option("--db", help="SQLite archive.")] = "runs.db",
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+) -> None:
+    """Print the best candidates the archive knows (fitness with CI, held-out)."""
+    from discovery.archive import ArchiveError
+
+    try:
+        _print_leaderboard(db, run_id, task, limit)
+    except ArchiveError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def show(
+    candidate: Annotated[str, typer.Argument(help="Candidate id.")],
+    db: Annotated[str, typer.Option("--db", help="SQLite archive.")] = "runs.db",
+) -> None:
+    """Everything the archive knows about one candidate: scores, lineage, feedback, code."""
+    from rich.syntax import Syntax
+
+    from discovery.archive import Archive, ArchiveError
+
+    try:
+        with Archive.open_readonly(db) as archive:
+            row = archive.get_candidate(candidate)
+            if row is None:
+                fail(f"no candidate {candidate} in {db}")
+            lineage = archive.lineage(candidate)
+    except ArchiveError as exc:
+        fail(str(exc))
+    console.print(f"[bold]{escape(row['name'])}[/] ({row['id']}), run {row['run_id']}, generation "
+                  f"{row['generation']}, island {row['island']}, proposer {row['proposer']}", highlight=False)
+    console.print(f"status: {row['status']}" + (f" at {row['failed_stage']}: {escape(row['reason'] or '')}"
+                                                 if row['status'] != 'ok' and row.get('reason') else ""),
+                  highlight=False)
+    console.print(f"fitness (discover): {_ci(row.get('fitness'), row.get('fitness_ci_low'), row.get('fitness_ci_high'))}"
+                  f" over {row.get('n_seeds') or 0} seeds; held-out: "
+                  f"{_ci(row.get('heldout_fitness'), row.get('heldout_ci_low'), row.get('heldout_ci_high'))}",
+                  highlight=False)
+    if row.get("per_config"):
+        table = Table(title="per configuration (discover)", title_justify="left")
+        for col in ("configuration", "fitness (95% CI)", "n", "win_rate", "kl", "pref_accuracy"):
+            table.add_column(col)
+        for name, c in row["per_config"].items():
+            m = c.get("metrics", {})
+            table.add_row(name, _ci(c["fitness"], c.get("ci_low"), c.get("ci_high")), str(c.get("n")),
+                          *[f"{m[k]:.3f}" if k in m else "-" for k in ("win_rate", "kl", "pref_accuracy")])
+        console.print(table)
+    if len(lineage) > 1:
+        console.print("lineage: " + " <- ".join(f"{r['name']} ({r['id']})" for r in lineage), highlight=False)
+    if row.get("thought"):
+        console.print(f"thought: {escape(row['thought'])}", highlight=False)
+    if row.get("code"):
+        console.print(Syntax(row["code"], "python", line_numbers=True))
+    if row.get("feedback_shown"):
+        console.rule("feedback the proposer was shown")
+        console.print(row["feedback_shown"], markup=False, highlight=False)
+
+
 def main() -> None:
     """Entry point that turns unexpected errors into one line (``--verbose`` shows them)."""
     try:

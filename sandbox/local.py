@@ -68,15 +68,39 @@ def bubblewrap_problem() -> str:
     return ""
 
 
-def _bind_args(paths: list[str]) -> list[str]:
-    """--ro-bind arguments for existing paths, outermost first, without duplicates."""
-    args: list[str] = []
+def _bind_paths(paths: list[str]) -> list[str]:
+    """Existing paths (resolved), outermost first, without duplicates or paths inside another."""
     seen: list[str] = []
     for path in sorted({os.path.realpath(p) for p in paths if p and os.path.exists(p)}, key=len):
         if any(path == s or path.startswith(s.rstrip("/") + "/") for s in seen):
             continue
         seen.append(path)
-        args += ["--ro-bind", path, path]
+    return seen
+
+
+@lru_cache(maxsize=1)
+def _bwrap_has_perms() -> bool:
+    """Whether this bubblewrap knows --perms (0.5 and later)."""
+    try:
+        out = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--perms" in out.stdout + out.stderr
+
+
+def _parent_dir_args(destinations: list[str]) -> list[str]:
+    """Create the directories that lead to bind destinations as 0755 (bubblewrap run as root
+    would make them 0700, leaving the unprivileged job user unable to reach what is bound)."""
+    parents: set[str] = set()
+    for dest in destinations:
+        parent = os.path.dirname(dest.rstrip("/"))
+        while parent not in ("", "/"):
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    parents -= set(destinations) | {"/tmp", "/proc", "/dev"}
+    args: list[str] = []
+    for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
+        args += (["--perms", "0755"] if _bwrap_has_perms() else []) + ["--dir", parent]
     return args
 
 
@@ -96,8 +120,12 @@ def bubblewrap_command(scratch: Path) -> list[str]:
               "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives"]
     python = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     site = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
-    args += _bind_args(system + python + site + [str(project_root())])
-    args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
+    binds = _bind_paths(system + python + site + [str(project_root())])
+    scratch_path = os.path.realpath(scratch)
+    args += _parent_dir_args(binds + [scratch_path])
+    for path in binds:
+        args += ["--ro-bind", path, path]
+    args += ["--bind", scratch_path, scratch_path, "--chdir", scratch_path]
     return args
 
 

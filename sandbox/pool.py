@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -49,6 +50,15 @@ class SandboxPool:
     @property
     def isolation_notes(self) -> list[str]:
         return list(self.sandboxes[0].isolation_notes) if self.sandboxes else []
+
+    @contextmanager
+    def borrow(self) -> Iterator[Sandbox]:
+        """Hold one sandbox for the duration of a ``with`` block (waits for a free one)."""
+        box = self._idle.get()
+        try:
+            yield box
+        finally:
+            self._idle.put(box)
 
     def submit(self, fn: Callable[[Sandbox], T]) -> Future[T]:
         """Run ``fn(sandbox)`` on the next free sandbox."""

@@ -1,0 +1,287 @@
+"""The discovery run: keeps ``workers`` candidate pipelines in flight until the budget is spent.
+
+Proposals and evaluations overlap: each pipeline proposes, then borrows a sandbox only
+while it evaluates, and the loop runs one pipeline more than there are sandboxes when an
+LLM proposes (so a reply is being written while every sandbox is busy). Ctrl-C stops
+starting new candidates and lets the running ones finish; a second Ctrl-C stops at once.
+Either way, and after a SIGKILL, ``--resume`` continues without losing or repeating a
+finished evaluation.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, summarize
+from discovery.archive import Archive
+from discovery.config import ConfigError, RunConfig
+from discovery.evaluation import Evaluator
+from discovery.proposers.base import Proposer, ProposerUnavailable
+from discovery.proposers.codehash import normalized_hash
+from discovery.tasks import Task, get_task
+
+
+@dataclass
+class Progress:
+    """What the terminal shows while a run goes on."""
+
+    budget: int
+    proposed: int = 0
+    finished: int = 0
+    best: float | None = None
+    best_name: str = ""
+    statuses: Counter = field(default_factory=Counter)
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "baselines"
+
+    @property
+    def rate_per_minute(self) -> float:
+        minutes = (time.monotonic() - self.started) / 60
+        return self.finished / minutes if minutes > 0 else 0.0
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    message: str
+    db: str
+
+
+def build_proposer(config: RunConfig, task: Task, runtime_ref: list[Runtime]) -> Proposer:
+    """The LLM proposer when models are configured, the offline mutation proposer otherwise."""
+    if config.proposer == "random":
+        from discovery.proposers.offline import RandomMutationProposer
+
+        return RandomMutationProposer()
+    if not config.uses_llm:
+        from discovery.proposers.offline import MutationProposer
+
+        return MutationProposer(crossover_rate=config.crossover_rate)
+    from discovery.proposers.llm import LLMProposer
+    from discovery.proposers.llm_client import LLMClient, ModelSpec
+
+    specs = [ModelSpec(name=m.name, weight=m.weight, api_base=m.api_base, api_key_env=m.api_key_env,
+                       temperature=m.temperature, max_tokens=m.max_tokens, price_in=m.price_in,
+                       price_out=m.price_out) for m in config.models]
+
+    def on_call(record: Any) -> None:
+        rt = runtime_ref[0]
+        pending = getattr(rt.llm_calls, "pending", None)
+        if pending is None:
+            rt.llm_calls.pending = pending = []
+        pending.append(record)
+
+    client = LLMClient(specs, seed=config.seed, max_retries=config.llm_retries, timeout=config.llm_timeout,
+                       max_cost_usd=config.max_cost, on_call=on_call)
+    return LLMProposer(client)
+
+
+def preflight(config: RunConfig, task: Task) -> None:
+    """Everything that can be checked before any work starts; ConfigError with one line."""
+    names = {c.name for c in task.suite("discover").configs}
+    unknown = [c for c in config.cascade_configs if c not in names]
+    if unknown:
+        raise ConfigError(f"cascade_configs {unknown} are not configurations of {task.name}'s discover suite "
+                          f"({', '.join(sorted(names))})")
+    if config.uses_llm:
+        if not config.models:
+            raise ConfigError("--proposer llm needs at least one --model")
+        from discovery.proposers.llm_client import ModelSpec, check_model
+
+        for m in config.models:
+            problem = check_model(ModelSpec(name=m.name, api_base=m.api_base, api_key_env=m.api_key_env))
+            if problem:
+                raise ConfigError(f"model {m.name}: {problem}")
+
+
+class DiscoveryRun:
+    """Owns a run's archive, sandboxes and proposer; :meth:`execute` drives it to the end."""
+
+    def __init__(self, config: RunConfig, resume: str | None = None,
+                 on_progress: Callable[[Progress], None] | None = None):
+        from discovery.sandboxes import make_pool
+
+        self.task = get_task(config.task)
+        self.archive = Archive(config.db)
+        if resume:
+            row = self.archive.get_run(resume)
+            if row is None:
+                raise ConfigError(f"no run {resume} in {config.db}")
+            stored = RunConfig(**row["config"])
+            # the stored config wins, except what a resume may legitimately change
+            config = stored.model_copy(update={"budget": max(stored.budget, config.budget), "db": config.db,
+                                               "workers": config.workers})
+            self.task = get_task(config.task)
+        preflight(config, self.task)
+        self.config = config
+        self.on_progress = on_progress or (lambda p: None)
+        self.pool = make_pool(config.sandbox, config.workers, config.docker_image)
+        if resume:
+            self.run_id = resume
+            self.archive.finish_run(resume, "running", "resumed")
+        else:
+            self.run_id = self.archive.create_run(self.task.name, config.model_dump(), config.seed,
+                                                  self.pool.isolation_notes)
+        runtime_ref: list[Runtime] = []
+        self.proposer = build_proposer(config, self.task, runtime_ref)
+        self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=Evaluator(self.task),
+                          pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed)
+        runtime_ref.append(self.rt)
+        self.graph = build_pipeline(self.rt)
+        self.progress = Progress(budget=config.budget)
+        self.stop = threading.Event()
+        self.message = ""
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _seed_baselines(self) -> list[str]:
+        """Baseline candidates (the reference, or the whole library) as generation 0."""
+        library = self.task.baselines
+        names = list(library) if self.config.baselines == "all" else [self.task.reference_baseline]
+        ids = []
+        for i, name in enumerate(names):
+            code = library[name]
+            added = self.archive.add_candidate(self.run_id, name=name, code=code, code_hash=normalized_hash(code),
+                                               proposer="baseline", thought=f"baseline {name}", generation=0,
+                                               island=i % self.config.islands, is_baseline=True)
+            if name == self.task.reference_baseline:
+                self.rt.reference_id = added.id
+            ids.append(added.id)
+        return ids
+
+    def _refresh_progress(self) -> None:
+        rows = self.archive.candidates(self.run_id, order_by_fitness=False)
+        mine = [r for r in rows if not r.get("is_baseline")]
+        p = self.progress
+        p.finished = sum(1 for r in mine if r["status"] not in ("pending", "evaluating"))
+        p.statuses = Counter(r["status"] for r in mine if r["status"] not in ("pending", "evaluating"))
+        ok = [r for r in rows if r["status"] == "ok" and r.get("fitness") is not None]
+        if ok:
+            best = max(ok, key=lambda r: r["fitness"])
+            p.best, p.best_name = best["fitness"], best["name"]
+        p.cost = self.archive.run_cost(self.run_id)
+        self.on_progress(p)
+
+    def _run_pipeline(self, state: dict[str, Any]) -> dict[str, Any]:
+        return self.graph.invoke(state, {"recursion_limit": 32})
+
+    def _handle_done(self, fut: Future, state: dict[str, Any]) -> None:
+        try:
+            fut.result()
+        except ProposerUnavailable as exc:
+            self.message = f"proposer unavailable, stopping: {exc}"
+            self.stop.set()
+        except Exception as exc:  # a bug must not end a days-long run: record it and go on
+            cid = state.get("candidate_id")
+            line = f"internal error: {type(exc).__name__}: {exc}"[:300]
+            if cid:
+                self.archive.update_candidate(cid, status="error", failed_stage="internal", reason=line)
+            self.message = line
+
+    def _heldout(self) -> None:
+        """Score the top candidates (and the reference) on the held-out suite, never shown to proposers."""
+        self.progress.phase = "held-out"
+        self.on_progress(self.progress)
+        ranked = [r for r in self.archive.candidates(self.run_id, status="ok") if not r.get("is_baseline")]
+        ranked.sort(key=lambda r: r["fitness"], reverse=True)
+        chosen = ranked[: self.config.heldout_top]
+        if self.rt.reference_id:
+            chosen.append(self.archive.get_candidate(self.rt.reference_id))
+        suite = self.task.suite("heldout")
+
+        def score(row: dict[str, Any]) -> None:
+            report = evaluate_missing(self.rt, row["id"], row["code"], "heldout", [c.name for c in suite.configs],
+                                      list(suite.seeds), "heldout")
+            if report is not None and not report.ok:
+                self.archive.update_candidate(row["id"], reason=f"held-out failed: {report.one_line()}")
+            summarize(self.rt, row["id"], "heldout")
+
+        with ThreadPoolExecutor(self.config.workers) as ex:
+            list(ex.map(score, [r for r in chosen if r]))
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        """Run to the budget (or a stop), then the held-out phase; always leaves the archive consistent."""
+        previous = signal.getsignal(signal.SIGINT)
+        interrupts = 0
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            self.stop.set()
+            self.message = "stopped by Ctrl-C"
+            if interrupts > 1:
+                raise KeyboardInterrupt
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, on_sigint)
+        status = "failed"
+        try:
+            status = self._loop()
+        except KeyboardInterrupt:
+            status, self.message = "stopped", "stopped by a second Ctrl-C; resume with --resume " + self.run_id
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            self.pool.close()
+            self.archive.finish_run(self.run_id, status, self.message)
+            self.archive.close()
+        return RunResult(self.run_id, status, self.message, self.config.db)
+
+    def _loop(self) -> str:
+        cfg = self.config
+        baseline_ids = self._seed_baselines()
+        concurrency = cfg.workers + (1 if cfg.uses_llm else 0)
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="candidate") as executor:
+            running: dict[Future, dict[str, Any]] = {}
+
+            def launch(state: dict[str, Any]) -> None:
+                running[executor.submit(self._run_pipeline, state)] = state
+
+            # baselines first (the reference is needed for feedback), then unfinished candidates
+            for cid in baseline_ids:
+                row = self.archive.get_candidate(cid)
+                if row and row["status"] in ("pending", "evaluating"):
+                    launch({"candidate_id": cid})
+            self._drain(running, until_empty=True)
+            self.progress.phase = "search"
+            for row in self.archive.unfinished_candidates(self.run_id):
+                launch({"candidate_id": row["id"]})
+            proposed = sum(1 for r in self.archive.candidates(self.run_id, order_by_fitness=False)
+                           if not r.get("is_baseline"))
+            self.progress.proposed = proposed
+            island = proposed % cfg.islands
+            while not self.stop.is_set():
+                while len(running) < concurrency and proposed < cfg.budget and not self.stop.is_set():
+                    launch({"island": island})
+                    island = (island + 1) % cfg.islands
+                    proposed += 1
+                    self.progress.proposed = proposed
+                if not running:
+                    break
+                self._drain(running, until_empty=False)
+            self._drain(running, until_empty=True)
+        self._refresh_progress()
+        if self.stop.is_set():
+            return "stopped" if "proposer unavailable" not in self.message else "failed"
+        self._heldout()
+        self._refresh_progress()
+        return "finished"
+
+    def _drain(self, running: dict[Future, dict[str, Any]], until_empty: bool) -> None:
+        while running:
+            done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                self._handle_done(fut, running.pop(fut))
+            self._refresh_progress()
+            if done and not until_empty:
+                return
