@@ -18,6 +18,7 @@ The held-out suite is never read: only the fields named below are used, so nothi
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "candidate_trace",
     "clip_code",
     "config_deltas",
+    "config_summary",
     "curve_digest",
     "error_class",
     "error_line",
@@ -44,9 +46,12 @@ DIGEST_CHARS = 240  # one failure digest line at most
 MAX_CODE_LINES = 80  # code listing of a trace
 MAX_CODE_CHARS = 4000
 MAX_LINE_CHARS = 160
+EQUAL_TOL = 5e-4  # fitness differences smaller than this count as equal
 
 # An exception class at the start of a reason: "ZeroDivisionError: division by zero ..."
-_CLASS_PREFIX = re.compile(r"^\s*([A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning|Exit|Interrupt|Failed))\s*:\s*")
+_CLASS_PREFIX = re.compile(
+    r"^\s*([A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning|Exit|Interrupt|Failed))\s*:\s*"
+)
 # " (line 7: `return x / y`)" as added by the sandbox runner, anywhere in the reason
 _WHERE = re.compile(r"\s*\(line (\d+):\s*`[^`]*`\)")
 # "line 3: reason" as produced by the static policy
@@ -132,8 +137,9 @@ def _failed(row: Mapping[str, Any]) -> bool:
     return row.get("status") in FAILED_STATUSES
 
 
-def clip_code(code: str, max_lines: int = MAX_CODE_LINES, max_chars: int = MAX_CODE_CHARS,
-              focus: int | None = None) -> str:
+def clip_code(
+    code: str, max_lines: int = MAX_CODE_LINES, max_chars: int = MAX_CODE_CHARS, focus: int | None = None
+) -> str:
     """``code`` cut to ``max_lines`` lines of at most :data:`MAX_LINE_CHARS` and ``max_chars`` in all.
 
     With ``focus`` (a 1-based line), the kept window is centred on that line, so an annotated
@@ -141,32 +147,37 @@ def clip_code(code: str, max_lines: int = MAX_CODE_LINES, max_chars: int = MAX_C
     """
     lines = code.rstrip("\n").split("\n")
     lines = [ln if len(ln) <= MAX_LINE_CHARS else ln[: MAX_LINE_CHARS - 3] + "..." for ln in lines]
-    # how many lines fit in max_chars (keeping room for the omission markers)
-    budget, fit = max_chars - 80, 0
-    for ln in lines:
-        budget -= len(ln) + 1
-        if budget < 0:
-            break
-        fit += 1
-    keep = max(1, min(max_lines, fit, len(lines)))
-    if keep >= len(lines):
+    if len(lines) <= max_lines and sum(len(ln) + 1 for ln in lines) <= max_chars:
         return "\n".join(lines)
-    if focus is None or focus <= keep:
-        start = 0
-    else:
-        start = min(max(0, focus - 1 - keep // 2), len(lines) - keep)
-        # cheaper to re-measure the window than to guess: widths differ between lines
-        while start + keep > len(lines) or sum(len(x) + 1 for x in lines[start : start + keep]) > max_chars - 80:
-            keep -= 1
-            if keep <= 1:
-                break
+    budget = max_chars - 60  # room for the omission markers
+    max_lines = max(1, max_lines)
+    if focus is None or not 1 <= focus <= len(lines):
+        a = b = 0
+        while b < len(lines) and b - a < max_lines and budget - len(lines[b]) - 1 >= 0:
+            budget -= len(lines[b]) + 1
+            b += 1
+    else:  # grow a window around the focus line, alternately downwards and upwards
+        a, b = focus - 1, focus
+        budget -= len(lines[a]) + 1
+        grew = True
+        while grew and b - a < max_lines:
+            grew = False
+            for side in ("down", "up"):
+                if b - a >= max_lines:
+                    break
+                if side == "down" and b < len(lines) and budget - len(lines[b]) - 1 >= 0:
+                    budget -= len(lines[b]) + 1
+                    b, grew = b + 1, True
+                elif side == "up" and a > 0 and budget - len(lines[a - 1]) - 1 >= 0:
+                    budget -= len(lines[a - 1]) + 1
+                    a, grew = a - 1, True
+    b = max(b, a + 1)
     out: list[str] = []
-    if start > 0:
-        out.append(f"# ... ({start} lines omitted)")
-    out.extend(lines[start : start + keep])
-    rest = len(lines) - start - keep
-    if rest > 0:
-        out.append(f"# ... ({rest} lines omitted)")
+    if a > 0:
+        out.append(f"# ... ({a} lines omitted)")
+    out.extend(lines[a:b])
+    if b < len(lines):
+        out.append(f"# ... ({len(lines) - b} lines omitted)")
     return "\n".join(out)
 
 
@@ -216,15 +227,13 @@ def failure_digest(row: Mapping[str, Any]) -> str:
     stage = row.get("failed_stage")
     tag = f"{status}" if not stage or stage == status else f"{status} at {stage}"
     reason = str(row.get("reason") or "").strip() or "no reason recorded"
-    if not row.get("code") and status == "parse":
+    if not row.get("code") and status == "parse" and not reason.lower().startswith("unusable reply"):
         reason = f"unusable reply: {reason}"
     return _one_line(f"{_name(row)} [{tag}] {reason}")
 
 
 def _slot_return_line(code: str, slot_name: str | None) -> int | None:
     """The line of the last ``return`` of the slot function (or of the last function)."""
-    import ast
-
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
@@ -391,8 +400,8 @@ def _metrics_text(entry: Mapping[str, Any]) -> str:
 
 
 def _verdict(delta: float, noise: float | None) -> str:
-    word = "better" if delta > 0 else "worse" if delta < 0 else "equal"
-    if noise is not None and delta != 0 and abs(delta) <= noise:
+    word = "better" if delta > EQUAL_TOL else "worse" if delta < -EQUAL_TOL else "equal"
+    if noise is not None and word != "equal" and abs(delta) <= noise:
         word += ", within noise"
     return word
 
@@ -404,15 +413,15 @@ def _noise(a: float | None, b: float | None) -> float | None:
 
 
 def _summary(label: str, deltas: list[tuple[str, float]], total: int) -> str:
-    better = [(n, d) for n, d in deltas if d > 0]
-    worse = [(n, d) for n, d in deltas if d < 0]
+    better = [(n, d) for n, d in deltas if d > EQUAL_TOL]
+    worse = [(n, d) for n, d in deltas if d < -EQUAL_TOL]
 
     def listing(items: list[tuple[str, float]]) -> str:
         items = sorted(items, key=lambda x: -abs(x[1]))
         shown = ", ".join(f"{n} {_signed(d, 2)}" for n, d in items[:5])
         return shown + (", ..." if len(items) > 5 else "")
 
-    parts = [f"better than {label} on {len(better)}/{total} configs"]
+    parts = [f"Summary: better than {label} on {len(better)}/{total} configs"]
     if better:
         parts[0] += f" ({listing(better)})"
     if worse:
@@ -422,6 +431,15 @@ def _summary(label: str, deltas: list[tuple[str, float]], total: int) -> str:
     missing = total - len(deltas)
     if missing:
         parts.append(f"no comparison on {missing}")
+    return ", ".join(parts)
+
+
+def config_summary(row: Mapping[str, Any] | None, digits: int = 2) -> str:
+    """Per-configuration fitness on one line: ``clean 0.41, noise20 0.22, noise40 0.30``."""
+    parts = []
+    for cname, entry in _per_config(row).items():
+        fit, _ = _cfg_fit(entry)
+        parts.append(f"{_one_line(cname, 30)} {_fmt(fit, digits)}")
     return ", ".join(parts)
 
 
@@ -505,9 +523,11 @@ def candidate_trace(
     slot_name: str | None = "loss",
     max_code_lines: int = MAX_CODE_LINES,
     max_code_chars: int = MAX_CODE_CHARS,
+    curves: bool = True,
 ) -> str:
     """Everything known about ``row`` as text: its code and results, compared with ``parent``
-    and ``reference``; for a failed row its status, stage, reason and annotated source."""
+    and ``reference``; for a failed row its status, stage, reason and annotated source.
+    ``curves=False`` leaves out the training-curve digest."""
     head = f"Candidate `{_name(row)}`"
     if row.get("id"):
         head += f" (id {row['id']})"
@@ -519,13 +539,18 @@ def candidate_trace(
     if _failed(row):
         stage = row.get("failed_stage")
         lines.append(
-            f"Status: FAILED [{row.get('status')}]" + (f" at stage {stage}" if stage else "")
+            f"Status: FAILED [{row.get('status')}]"
+            + (f" at stage {stage}" if stage else "")
             + f": {_one_line(row.get('reason') or 'no reason recorded', 300)}"
         )
         annotated = annotated_error(row, slot_name)
         if annotated is not None:
-            lines += ["Source, with the failing line marked:", "```python",
-                      clip_code(annotated, max_code_lines, max_code_chars, focus=error_line(row)), "```"]
+            lines += [
+                "Source, with the failing line marked:",
+                "```python",
+                clip_code(annotated, max_code_lines, max_code_chars, focus=error_line(row)),
+                "```",
+            ]
         elif code:
             lines += ["Source:", "```python", clip_code(code, max_code_lines, max_code_chars), "```"]
         else:
@@ -539,16 +564,24 @@ def candidate_trace(
         lines.append(f"Status: {status} (no results yet)")
         return "\n".join(lines)
     overall = f"Fitness: {fitness_text(row)}"
-    comparisons = [c for c in (_overall(row, parent, f"parent `{_name(parent, 'parent')}`"),
-                               _overall(row, reference, _name(reference, "reference"))) if c]
+    comparisons = [
+        c
+        for c in (
+            _overall(row, parent, f"parent `{_name(parent, 'parent')}`"),
+            _overall(row, reference, _name(reference, "reference")),
+        )
+        if c
+    ]
     if comparisons:
         overall += "; " + "; ".join(comparisons)
     lines.append(overall)
     deltas = config_deltas(row, parent, reference)
     if deltas:
         lines += ["Per configuration (fitness ± CI half-width; deltas; metrics):", deltas]
-    curves = curve_digest(row.get("curve"))
-    if curves:
-        lines += ["Training curves (loss at 0/25/50/75/100% of training; grad-norm; chosen-rejected margin):",
-                  curves]
+    digest = curve_digest(row.get("curve")) if curves else ""
+    if digest:
+        lines += [
+            "Training curves (loss at 0/25/50/75/100% of training; grad-norm; chosen-rejected margin):",
+            digest,
+        ]
     return "\n".join(lines)

@@ -161,6 +161,9 @@ class DockerSandbox(Sandbox):
                 file_limit_mb=job.limits.file_mb,
                 source=job.source,
                 scratch=scratch,
+                # no rusage from the engine: wall time x CPUs bounds the CPU time the job can have used,
+                # which tells a kill at the CPU hard limit apart from a short-lived SIGKILL
+                cpu_seconds=seconds * max(1, job.limits.threads),
                 cpu_limit=job.limits.cpu_seconds,
                 memory_limit_mb=job.limits.memory_mb,
             )
@@ -205,6 +208,9 @@ class DockerSandbox(Sandbox):
                 type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "1"}
             ),
             labels={"discovery.sandbox": "job"},
+            # a minimal init (docker-init/tini) as PID 1: the job is then an ordinary process, so
+            # the default actions of SIGXCPU and SIGXFSZ apply to it (PID 1 would ignore them)
+            init=True,
         )
         if gpu is not None:
             kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=[gpu], capabilities=[["gpu"]])]

@@ -187,8 +187,8 @@ def read_outcome(
 
     ``source`` (the trusted copy of the candidate) lets a reason quote the candidate's line;
     ``scratch`` is why the trusted side killed the job for filling its directory;
-    ``cpu_seconds`` and ``maxrss_kb`` (from wait4, when known) tell a CPU hard-limit kill
-    and the kernel's out-of-memory kill apart from other deaths by SIGKILL.
+    ``cpu_seconds`` (from wait4, or an upper bound) and ``maxrss_kb`` (from wait4) tell a kill
+    at the CPU hard limit and the kernel's out-of-memory kill apart from other SIGKILLs.
     Every reason is one line; no file the candidate could have planted is followed.
     """
     log = read_log_tail(job_dir, DUMP_SEARCH_CHARS)  # a stack dump may be long: look further back
@@ -231,7 +231,8 @@ def read_outcome(
     if signal == signals.SIGKILL:
         if cpu_seconds is not None and cpu_limit and cpu_seconds >= cpu_limit:
             return outcome(Status.TIMEOUT,
-                           f"CPU-time limit of {cpu_limit:g} s exceeded (SIGKILL at the hard limit)")
+                           f"CPU-time limit of {cpu_limit:g} s exceeded (SIGKILL at the hard limit)",
+                           dumped_line(log))
         if maxrss_kb is not None and memory_limit_mb and maxrss_kb >= memory_limit_mb * 1024 // 2:
             return outcome(Status.MEMORY, f"killed by SIGKILL at {maxrss_kb // 1024} MB resident "
                            "(the kernel's out-of-memory killer)")

@@ -1,8 +1,8 @@
 """The Docker backend against a real engine, with the registry-free test image.
 
-The session fixture starts an engine (``.ci/docker-engine.sh``) and builds
-``discovery-sandbox:test`` (``.ci/docker-test-image.sh``). When either fails the tests are
-skipped, except under ``CI=true`` where that is a failure.
+The session fixture ``docker_image`` (tests/conftest.py) starts an engine
+(``.ci/docker-engine.sh``) and builds ``discovery-sandbox:test`` (``.ci/docker-test-image.sh``).
+When either fails the tests are skipped, except under ``CI=true`` where that is a failure.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,35 +19,9 @@ import pytest
 from sandbox.base import Job, Limits, Status
 from sandbox.docker_backend import DockerSandbox, DockerUnavailable, _distrust_links, _signal_of
 
-ROOT = Path(__file__).resolve().parents[2]
-CI_DIR = ROOT / ".ci"
-IMAGE = "discovery-sandbox:test"
 LABEL_FILTER = {"label": "discovery.sandbox=job"}
 
 QUICK = Limits(wall_seconds=30, memory_mb=512, max_processes=64, threads=1)
-
-
-def _prepare(script: str, timeout: float) -> str | None:
-    """Run a CI helper script; the reason it failed, or None."""
-    try:
-        proc = subprocess.run(["bash", str(CI_DIR / script)], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"{script} did not finish in {timeout:g} s"
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-        return f"{script} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def docker_image() -> str:
-    for script, timeout in (("docker-engine.sh", 300), ("docker-test-image.sh", 900)):
-        reason = _prepare(script, timeout)
-        if reason:
-            if os.environ.get("CI") == "true":
-                pytest.fail(reason)
-            pytest.skip(reason)
-    return IMAGE
 
 
 @pytest.fixture(scope="session")

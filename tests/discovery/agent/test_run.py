@@ -1,0 +1,193 @@
+"""`discovery run` end to end, offline: a real archive, real sandboxes, real processes."""
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from discovery.archive import Archive
+
+FAST = """
+[run]
+budget = {budget}
+workers = 2
+islands = 2
+heldout_top = 1
+leaders = 1
+extra_seeds = 1
+seed = 3
+"""
+
+
+def cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def write_config(tmp_path: Path, budget: int) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(FAST.format(budget=budget))
+    return path
+
+
+def evaluation_rows(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT id, candidate_id, suite, config, seed, fitness FROM evaluations ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_offline_run_records_everything(tmp_path):
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--config", str(write_config(tmp_path, 6)), "--db", str(db), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "leaderboard" in proc.stdout and "archive:" in proc.stdout
+    with Archive.open_readonly(db) as archive:
+        (run,) = archive.list_runs()
+        assert run["status"] == "finished"
+        assert run["config"]["budget"] == 6
+        assert any("bubblewrap" in note for note in run["isolation"])
+        rows = archive.candidates(run["id"], order_by_fitness=False)
+        baselines = [r for r in rows if r["is_baseline"]]
+        proposed = [r for r in rows if not r["is_baseline"]]
+        assert [b["name"] for b in baselines] == ["dpo"] and baselines[0]["status"] == "ok"
+        assert len(proposed) == 6
+        assert all(r["status"] not in ("pending", "evaluating") for r in rows)
+        for r in proposed:
+            assert r["proposer"].startswith("mutation:")
+            assert r["feedback_shown"]
+            if r["status"] != "ok":
+                assert r["reason"], r
+        ok = [r for r in rows if r["status"] == "ok"]
+        for r in ok:
+            assert r["n_seeds"] >= 3 and r["fitness_ci_low"] <= r["fitness"] <= r["fitness_ci_high"]
+            assert set(r["per_config"]) == {"clean", "noise20", "noise40", "small_data", "beta05_len8"}
+        # the reference and the best proposed candidate were scored on the held-out suite
+        assert baselines[0]["heldout_fitness"] is not None
+        best = max((r for r in proposed if r["status"] == "ok"), key=lambda r: r["fitness"], default=None)
+        if best is not None:
+            assert best["heldout_n_seeds"] == 3
+    keys = [(r[1], r[2], r[3], r[4]) for r in evaluation_rows(db)]
+    assert len(keys) == len(set(keys))
+    board = cli("leaderboard", "--db", str(db))
+    assert board.returncode == 0 and "dpo" in board.stdout
+    shown = cli("show", baselines[0]["id"], "--db", str(db))
+    assert shown.returncode == 0 and "def loss" in shown.stdout and "clean" in shown.stdout
+
+
+def test_resume_after_sigkill_keeps_every_finished_evaluation_once(tmp_path):
+    db = tmp_path / "runs.db"
+    config = write_config(tmp_path, 8)
+    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill once some proposed candidates are mid-evaluation
+            time.sleep(0.5)
+            if not db.exists():
+                continue
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                evaluating = conn.execute(
+                    "SELECT COUNT(*) FROM candidates WHERE status = 'evaluating' AND is_baseline = 0").fetchone()[0]
+                n_evals = conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+                conn.close()
+            except sqlite3.Error:
+                continue
+            if evaluating and n_evals >= 17:
+                break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = evaluation_rows(db)
+    with Archive.open_readonly(db) as archive:
+        (run,) = archive.list_runs()
+        assert run["status"] == "running"  # killed: nobody could say otherwise
+        run_id = run["id"]
+    resumed = cli("run", "--resume", run_id, "--db", str(db), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = evaluation_rows(db)
+    assert before == after[: len(before)]  # every finished evaluation kept, unchanged, same row
+    keys = [(r[1], r[2], r[3], r[4]) for r in after]
+    assert len(keys) == len(set(keys))  # and none repeated
+    with Archive.open_readonly(db) as archive:
+        run = archive.get_run(run_id)
+        assert run["status"] == "finished"
+        rows = archive.candidates(run_id, order_by_fitness=False)
+        assert len([r for r in rows if not r["is_baseline"]]) == 8
+        assert all(r["status"] not in ("pending", "evaluating") for r in rows)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def existing_db(tmp_path):
+    db = tmp_path / "runs.db"
+    with Archive(db) as archive:
+        archive.create_run("preference", {"budget": 1}, 0, [])
+    return db
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "nosuchprovider/some-model"], "nosuchprovider"),
+    (["--model", "openai/gpt-4o"], "key"),
+    (["--model", "openai/local", "--api-base", "http://127.0.0.1:9"], "127.0.0.1:9"),
+    (["--budget", "0"], "budget"),
+    (["--proposer", "telepathy"], "proposer"),
+])
+def test_bad_options_fail_before_any_work(existing_db, args, fragment):
+    before = file_digest(existing_db)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    proc = cli("run", "--db", str(existing_db), *args, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert fragment in lines[0]
+    assert file_digest(existing_db) == before
+
+
+def test_invalid_config_file(tmp_path, existing_db):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nbudget = 'many'\n")
+    proc = cli("run", "--db", str(existing_db), "--config", str(bad))
+    assert proc.returncode == 2 and "budget" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[run\nbudget=")
+    proc = cli("run", "--db", str(existing_db), "--config", str(broken))
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_unreadable_database_is_left_alone(tmp_path):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    before = file_digest(garbage)
+    proc = cli("run", "--db", str(garbage), "--budget", "1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert file_digest(garbage) == before
+
+
+def test_locked_database_is_a_clear_error(existing_db):
+    holder = sqlite3.connect(existing_db, timeout=0)
+    holder.execute("PRAGMA journal_mode=DELETE")  # a non-WAL exclusive lock blocks readers too
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = cli("run", "--db", str(existing_db), "--budget", "1", timeout=120)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "locked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with Archive.open_readonly(existing_db) as archive:  # nothing lost
+        assert [r["config"] for r in archive.list_runs()] == [{"budget": 1}]

@@ -1,0 +1,350 @@
+"""OPTO-style feedback text for single candidates, on hand-made archive rows."""
+
+import math
+
+from discovery.feedback import (
+    annotated_error,
+    candidate_trace,
+    clip_code,
+    config_deltas,
+    config_summary,
+    curve_digest,
+    error_class,
+    error_line,
+    failure_digest,
+    fitness_text,
+)
+
+CODE = """import torch
+import torch.nn.functional as F
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    scale = 1 / (h - h)
+    return (-F.logsigmoid(beta * h * scale)).mean()
+"""
+
+CONFIGS = ("clean", "noise20", "noise40")
+
+
+def per_config(values: dict, half: float = 0.03) -> dict:
+    return {
+        name: {
+            "fitness": v,
+            "ci_low": v - half,
+            "ci_high": v + half,
+            "n": 3,
+            "metrics": {"win_rate": 0.61, "kl": 1.25, "reward_gain": 0.42, "pref_accuracy": 0.7},
+        }
+        for name, v in values.items()
+    }
+
+
+def ok_row(**kw) -> dict:
+    row = {
+        "id": "c-0001",
+        "name": "smooth_hinge",
+        "thought": "a smoother hinge",
+        "code": CODE,
+        "status": "ok",
+        "fitness": 0.30,
+        "fitness_ci_low": 0.28,
+        "fitness_ci_high": 0.32,
+        "n_seeds": 3,
+        "per_config": per_config({"clean": 0.40, "noise20": 0.20, "noise40": 0.30}),
+        "curve": {
+            "clean": {
+                "loss": [0.69 - 0.01 * i for i in range(21)],
+                "grad_norm": [1.0 + 0.1 * i for i in range(21)],
+                "margin": [0.1 * i for i in range(21)],
+                "first_nan_step": None,
+            }
+        },
+        "heldout_fitness": 123.456,
+        "heldout_per_config": {"motif": {"fitness": 9.87}},
+        "feedback_shown": "SECRET PREVIOUS PROMPT",
+    }
+    row.update(kw)
+    return row
+
+
+def failed_row(**kw) -> dict:
+    row = {
+        "id": "c-0002",
+        "name": "ipo_variant",
+        "code": CODE,
+        "status": "contract",
+        "failed_stage": "contract",
+        "reason": "loss returned shape (), expected per-example [10]",
+        "error_line": None,
+        "fitness": None,
+    }
+    row.update(kw)
+    return row
+
+
+PARENT = {
+    "id": "c-0000",
+    "name": "parent_loss",
+    "fitness": 0.25,
+    "fitness_ci_low": 0.23,
+    "fitness_ci_high": 0.27,
+    "per_config": per_config({"clean": 0.35, "noise20": 0.25, "noise40": 0.30}),
+}
+REFERENCE = {
+    "id": "b-dpo",
+    "name": "DPO",
+    "fitness": 0.2,
+    "fitness_ci_low": 0.18,
+    "fitness_ci_high": 0.22,
+    "per_config": per_config({"clean": 0.28, "noise20": 0.28, "noise40": 0.10}),
+}
+
+
+# ---- failures ----------------------------------------------------------------------------------
+
+
+def test_failure_digest_one_line():
+    assert (
+        failure_digest(failed_row())
+        == "ipo_variant [contract] loss returned shape (), expected per-example [10]"
+    )
+
+
+def test_failure_digest_stage_and_location():
+    row = failed_row(
+        status="error",
+        failed_stage="train",
+        reason="ZeroDivisionError: division by zero (line 7: `scale = 1 / (h - h)`)",
+    )
+    digest = failure_digest(row)
+    assert digest.startswith("ipo_variant [error at train] ZeroDivisionError")
+    assert "line 7" in digest and "\n" not in digest
+
+
+def test_failure_digest_unusable_reply_and_missing_fields():
+    digest = failure_digest(
+        {
+            "name": "unusable-reply",
+            "status": "parse",
+            "code": None,
+            "reason": "no code block or <code> tag found",
+        }
+    )
+    assert digest == "unusable-reply [parse] unusable reply: no code block or <code> tag found"
+    # as the loop stores it: empty code, stage "reply", the reason already saying so
+    stored = {
+        "name": "unusable-reply",
+        "status": "parse",
+        "failed_stage": "reply",
+        "code": "",
+        "reason": "unusable reply: no code block or <code> tag found",
+    }
+    assert failure_digest(stored) == (
+        "unusable-reply [parse at reply] unusable reply: no code block or <code> tag found"
+    )
+    assert failure_digest({}) == "candidate [error] no reason recorded"
+    long = failure_digest(failed_row(reason="x " * 500))
+    assert len(long) <= 240 and "\n" not in long
+
+
+def test_annotated_error_uses_error_line_column():
+    row = failed_row(
+        status="error",
+        failed_stage="train",
+        error_line=7,
+        reason="ZeroDivisionError: division by zero (line 7: `scale = 1 / (h - h)`)",
+    )
+    text = annotated_error(row)
+    lines = text.splitlines()
+    assert lines[6] == "    scale = 1 / (h - h)  <--- (ZeroDivisionError) division by zero"
+    assert sum("<---" in ln for ln in lines) == 1
+    assert len(lines) == len(CODE.splitlines())
+
+
+def test_annotated_error_line_parsed_from_reason():
+    row = failed_row(
+        status="error",
+        failed_stage="train",
+        error_line=None,
+        reason="RuntimeError: shape mismatch (line 8: `return ...`)",
+    )
+    assert error_line(row) == 8
+    marked = [ln for ln in annotated_error(row).splitlines() if "<---" in ln]
+    assert marked == [
+        "    return (-F.logsigmoid(beta * h * scale)).mean()  <--- (RuntimeError) shape mismatch"
+    ]
+    # a bogus error_line (0, or the -1 the sandbox uses for "none") falls back to the reason
+    assert error_line(dict(row, error_line=0)) == 8 and error_line(dict(row, error_line=-1)) == 8
+
+
+def test_annotated_error_policy_prefix():
+    row = failed_row(
+        status="policy",
+        failed_stage="policy",
+        code="import os\n\ndef loss(a, b, c, d, beta):\n    pass\n",
+        reason="line 1: import of 'os' is not allowed (allowed: torch, torch.nn.functional, math)",
+    )
+    assert error_class(row) == "PolicyViolation"
+    first = annotated_error(row).splitlines()[0]
+    assert first == (
+        "import os  <--- (PolicyViolation) import of 'os' is not allowed "
+        "(allowed: torch, torch.nn.functional, math)"
+    )
+
+
+def test_annotated_error_contract_without_line_marks_return():
+    text = annotated_error(failed_row())
+    marked = [ln for ln in text.splitlines() if "<---" in ln]
+    assert marked == [
+        "    return (-F.logsigmoid(beta * h * scale)).mean()  <--- (ContractError) loss returned shape (), "
+        "expected per-example [10]"
+    ]
+
+
+def test_annotated_error_none_when_not_placeable():
+    assert annotated_error(ok_row()) is None
+    assert annotated_error(failed_row(code=None)) is None
+    assert annotated_error(failed_row(status="timeout", failed_stage="train", reason="over 60 s")) is None
+    assert annotated_error({}) is None
+
+
+# ---- curves ------------------------------------------------------------------------------------
+
+
+def test_curve_digest_per_config():
+    curve = {
+        "clean": {
+            "loss": [0.69 - 0.01 * i for i in range(21)],
+            "grad_norm": [1.0 + 0.1 * i for i in range(21)],
+            "margin": [0.1 * i for i in range(21)],
+            "first_nan_step": None,
+        },
+        "noise40": {
+            "loss": [0.7] * 10 + [None] * 10,
+            "grad_norm": [2.0] * 9 + [50.0] + [None] * 10,
+            "margin": [0, 1, 2, 3, 2, 1, 0.5, 0.4],
+            "first_nan_step": 120,
+        },
+    }
+    lines = curve_digest(curve).splitlines()
+    assert len(lines) == 2
+    assert lines[0] == (
+        "clean: loss 0.690 / 0.640 / 0.590 / 0.540 / 0.490; grad-norm max 3.000 last 3.000; "
+        "margin 0.000 -> 2.000 (rising)"
+    )
+    assert lines[1].startswith("noise40: loss 0.700 / ")
+    assert "nan" in lines[1] and "first NaN at step 120" in lines[1]
+    assert "grad-norm max 50.000 last nan" in lines[1]
+    assert "rose then fell back" in lines[1]
+
+
+def test_curve_digest_trends_and_missing():
+    assert curve_digest(None) == "" and curve_digest({}) == ""
+    falling = curve_digest({"c": {"margin": [3.0, 2.0, 1.0]}})
+    assert falling == "c: margin 3.000 -> 1.000 (falling)"
+    assert "flat" in curve_digest({"c": {"margin": [1.0, 1.0, 1.0]}})
+    # NaN in the list without first_nan_step; a single un-keyed curve
+    single = curve_digest({"loss": [1.0, float("nan"), 2.0]})
+    assert single.startswith("all: loss 1.000") and "NaN from checkpoint 2/3" in single
+    assert curve_digest({"c": {}}) == "c: no curve recorded"
+
+
+# ---- per-configuration deltas ------------------------------------------------------------------
+
+
+def test_config_deltas_against_parent_and_reference():
+    text = config_deltas(ok_row(), PARENT, REFERENCE)
+    lines = text.splitlines()
+    clean = next(ln for ln in lines if ln.strip().startswith("clean"))
+    assert "0.400 ± 0.030" in clean
+    assert "vs parent +0.050 (better)" in clean and "vs DPO +0.120 (better)" in clean
+    assert "win 0.61" in clean and "kl 1.25" in clean
+    noise20 = next(ln for ln in lines if ln.strip().startswith("noise20"))
+    assert "vs DPO -0.080 (worse)" in noise20
+    noise40 = next(ln for ln in lines if ln.strip().startswith("noise40"))
+    assert "vs parent +0.000 (equal)" in noise40
+    assert (
+        "Summary: better than DPO on 2/3 configs (noise40 +0.20, clean +0.12), worse on 1/3 (noise20 -0.08)"
+        in lines
+    )
+    assert any(ln.startswith("Summary: better than parent parent_loss on 1/3 configs") for ln in lines)
+
+
+def test_config_deltas_within_noise():
+    row = ok_row(per_config=per_config({"clean": 0.30}, half=0.1))
+    ref = {"id": "r", "name": "DPO", "per_config": per_config({"clean": 0.28}, half=0.1)}
+    assert "(better, within noise)" in config_deltas(row, None, ref)
+
+
+def test_config_deltas_missing_pieces():
+    assert config_deltas({}, PARENT, REFERENCE) == ""
+    assert config_deltas(ok_row(per_config=None)) == ""
+    alone = config_deltas(ok_row())
+    assert "vs" not in alone and "Summary" not in alone and len(alone.splitlines()) == 3
+    partial_ref = {"id": "r", "name": "DPO", "per_config": per_config({"clean": 0.1})}
+    text = config_deltas(ok_row(), None, partial_ref)
+    assert "better than DPO on 1/3 configs (clean +0.30), no comparison on 2" in text
+    # the reference compared with itself: no deltas
+    assert "vs" not in config_deltas(REFERENCE, None, REFERENCE)
+    # NaN fitness stored as null and junk entries
+    odd = ok_row(per_config={"clean": {"fitness": None}, "noise20": "junk", "noise40": {"fitness": math.nan}})
+    assert "n/a" in config_deltas(odd, PARENT, REFERENCE)
+
+
+def test_config_summary_and_fitness_text():
+    assert config_summary(ok_row()) == "clean 0.40, noise20 0.20, noise40 0.30"
+    assert config_summary({}) == ""
+    assert fitness_text(ok_row()) == "0.300 ± 0.020 (3 seeds)"
+    assert fitness_text({"fitness": 0.5, "n_seeds": 1}) == "0.500 (1 seed)"
+    assert fitness_text({"status": "pending"}) == "not evaluated"
+    assert fitness_text(failed_row()) == "failed (contract)"
+
+
+# ---- whole trace -------------------------------------------------------------------------------
+
+
+def test_candidate_trace_ok_row():
+    text = candidate_trace(ok_row(), PARENT, REFERENCE)
+    assert "Candidate `smooth_hinge` (id c-0001)" in text
+    assert "def loss(policy_chosen_logps" in text
+    assert "Fitness: 0.300 ± 0.020 (3 seeds); parent `parent_loss` 0.250 (+0.050, better); DPO 0.200" in text
+    assert "Summary: better than DPO on 2/3 configs" in text
+    assert "clean: loss 0.690" in text
+    assert "123.456" not in text and "heldout" not in text and "SECRET" not in text
+
+
+def test_candidate_trace_failed_row():
+    row = failed_row(
+        status="error",
+        failed_stage="train",
+        error_line=7,
+        reason="ZeroDivisionError: division by zero (line 7: `scale = 1 / (h - h)`)",
+    )
+    text = candidate_trace(row, None, REFERENCE)
+    assert "Status: FAILED [error] at stage train: ZeroDivisionError: division by zero" in text
+    assert "    scale = 1 / (h - h)  <--- (ZeroDivisionError) division by zero" in text
+    assert "Fitness" not in text
+    # no placeable line: the plain source; no code at all: said so
+    assert "Source:" in candidate_trace(failed_row(status="timeout", reason="over 60 s"))
+    assert "no code was extracted" in candidate_trace(failed_row(code=None, status="parse"))
+
+
+def test_candidate_trace_missing_fields():
+    text = candidate_trace({"name": "x", "code": "def loss():\n    pass\n", "status": "pending"})
+    assert "Status: pending" in text
+    assert candidate_trace({}).startswith("Candidate `candidate`")
+
+
+def test_clip_code_bounds_and_focus():
+    code = "\n".join(f"x{i} = {i}" for i in range(1, 201))
+    clipped = clip_code(code, max_lines=10, max_chars=4000)
+    assert clipped.splitlines()[:2] == ["x1 = 1", "x2 = 2"]
+    assert clipped.splitlines()[-1] == "# ... (190 lines omitted)"
+    around = clip_code(code, max_lines=10, max_chars=4000, focus=100)
+    assert "x100 = 100" in around and around.startswith("# ... (") and around.endswith("lines omitted)")
+    assert len(clip_code("y = 1\n" * 5000, max_lines=1000, max_chars=500)) <= 500
+    wide = clip_code("z = '" + "a" * 1000 + "'")
+    assert len(wide) <= 160
+    assert clip_code("a = 1\nb = 2\n") == "a = 1\nb = 2"
