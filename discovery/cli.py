@@ -235,7 +235,8 @@ def run(
         from discovery.tasks import TaskNotFound
 
         try:
-            runner = DiscoveryRun(cfg, resume=resume, on_progress=None)
+            explicit = {k for k, v in overrides.items() if v is not None}
+            runner = DiscoveryRun(cfg, resume=resume, on_progress=None, explicit=explicit)
         except TaskNotFound as exc:
             fail(str(exc))
     except (ConfigError, ArchiveError) as exc:

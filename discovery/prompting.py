@@ -136,6 +136,8 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
     task = ctx.task
     slot = task.slot.name
     parent, second, reference = ctx.parent, ctx.second_parent, ctx.reference
+    if parent and second and parent.get("id") is not None and second.get("id") == parent.get("id"):
+        second = None  # the same row twice: show it once
     shown_below: dict[str, str] = {}
     if parent and parent.get("id") is not None:
         shown_below[parent["id"]] = "as the program to improve"

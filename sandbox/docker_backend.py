@@ -132,7 +132,9 @@ class DockerSandbox(Sandbox):
                 if job.device.startswith("cuda"):
                     # the container sees only its one GPU, as device 0
                     job = replace(job, device="cuda:0")
-                write_job(job_dir, job, inputs)
+                # the container's pids cgroup limits processes per job; RLIMIT_NPROC in the runner
+                # would count every process of uid 65534 on the host, shared by all workers
+                write_job(job_dir, replace(job, limits=replace(job.limits, max_processes=0)), inputs)
                 budget = scratch_budget(job_dir, job.limits.file_mb)
                 _hand_over(job_dir)
                 code, timed_out, oom, seconds, logs, scratch = self._execute_watched(

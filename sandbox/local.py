@@ -8,7 +8,7 @@ Walls, outermost first:
    the missing filesystem wall is said loudly and recorded with the run.
 2. A scrubbed environment: the agent's variables (API keys, proxies) never reach the template.
 3. Per job, in the forked child: its own session and process group; as root, a private IPC
-   namespace and the unprivileged uid 65534 with no capabilities (bubblewrap run as root
+   namespace and an unprivileged uid of this sandbox's own, with no capabilities (bubblewrap run as root
    keeps every capability, so this is what stops a candidate from writing /proc/sys, raising
    its own rlimits or signalling the template); rlimits (CPU, address space, file size,
    processes, no core); a seccomp filter refusing fork/exec/sockets.
@@ -44,10 +44,19 @@ from sandbox.jobfiles import (
     scratch_exceeded,
     write_job,
 )
-from sandbox.runner import SANDBOX_UID
+from sandbox.runner import UID_VARIABLE
 
 KILL_GRACE_SECONDS = 10.0
+#: jobs of a sandbox started as root run as a uid of their own, from this range upwards
+JOB_UID_BASE = 1_900_000_000
 _ids = itertools.count()
+_instances = itertools.count()
+
+
+def _own_uid() -> int:
+    """A uid no other sandbox (of this or another process) uses and no account is likely to have:
+    per-user limits (RLIMIT_NPROC) and signal permissions are then not shared between workers."""
+    return JOB_UID_BASE + (os.getpid() % 100_000) * 1000 + next(_instances) % 1000
 
 
 @lru_cache(maxsize=1)
@@ -164,8 +173,9 @@ class LocalSandbox(Sandbox):
                     "agent's user can. Install bubblewrap (apt-get install bubblewrap) for the full sandbox.")
             self.isolation_notes.append(note)
             warnings.warn(note, stacklevel=2)
-        privileges = (f"uid {SANDBOX_UID} without capabilities, private IPC namespace, " if os.geteuid() == 0
-                      else "")
+        self.job_uid = _own_uid() if os.geteuid() == 0 else os.geteuid()
+        privileges = (f"uid {self.job_uid} (this sandbox's own) without capabilities, private IPC namespace, "
+                      if os.geteuid() == 0 else "")
         self.isolation_notes.append(
             f"per job: own session and process group, {privileges}rlimits, seccomp (no fork/exec/sockets), "
             f"scrubbed environment, scratch directory capped at {SCRATCH_FACTOR}x the file-size limit, "
@@ -184,6 +194,7 @@ class LocalSandbox(Sandbox):
         env = self._base_env(threads)
         cmd = [sys.executable, "-m", "sandbox.template", json.dumps(env)]
         popen_env = dict(env)
+        popen_env[UID_VARIABLE] = str(self.job_uid)  # the template's own environment, not the jobs'
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd
         else:
@@ -321,6 +332,7 @@ class LocalSandbox(Sandbox):
         env = self._base_env(job.limits.threads)
         env["HOME"] = str(job_dir)
         env["TMPDIR"] = str(job_dir)
+        env[UID_VARIABLE] = str(self.job_uid)
         cmd = [sys.executable, "-m", "sandbox.runner", str(job_dir)]
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd

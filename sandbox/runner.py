@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 CANDIDATE_FILE = "candidate.py"
-#: uid and gid a job runs as when the sandbox starts it as root (``nobody``)
+#: uid (and gid) a job runs as when the sandbox starts it as root, unless the environment
+#: variable UID_VARIABLE names another (the local backend gives each sandbox its own uid, so
+#: that per-user limits such as RLIMIT_NPROC are not shared between workers)
 SANDBOX_UID = 65534
-SANDBOX_GID = 65534
+UID_VARIABLE = "DISCOVERY_SANDBOX_UID"
 #: written by the trusted side: the wall-clock time (``time.time()``) at which the job is killed
 DEADLINE_FILE = "deadline"
 #: seconds before the deadline at which the runner dumps the candidate's stack into the log
@@ -167,11 +169,19 @@ def _hand_over(job_dir: Path, uid: int, gid: int) -> None:
         os.chown(entry, uid, gid, follow_symlinks=False)
 
 
-def confine_job(job_dir: Path, job: Any) -> list[str]:
+def job_uid(environ: dict[str, str] | os._Environ[str] | None = None) -> int:
+    """The uid a job runs as when started as root (from UID_VARIABLE, else SANDBOX_UID)."""
+    value = (os.environ if environ is None else environ).get(UID_VARIABLE, "")
+    return int(value) if value.isdigit() and 0 < int(value) < 2**31 else SANDBOX_UID
+
+
+def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
     """Put up the in-process walls for ``job``; irreversible. Returns notes on what is in force.
 
-    Call with the job directory as the working directory: the job keeps reaching it through
-    the cwd even when its parents are not searchable by the unprivileged user.
+    As root: a private IPC namespace, the job directory handed to ``uid`` (gid the same
+    number), then every privilege dropped. Call with the job directory as the working
+    directory: the job keeps reaching it through the cwd even when its parents are not
+    searchable by the unprivileged user.
     """
     from sandbox.confine import apply_rlimits, drop_privileges, install_seccomp, unshare_ipc
 
@@ -179,9 +189,9 @@ def confine_job(job_dir: Path, job: Any) -> list[str]:
     if os.geteuid() == 0:
         if unshare_ipc():
             notes.append("private IPC namespace")
-        _hand_over(job_dir, SANDBOX_UID, SANDBOX_GID)
-        drop_privileges(SANDBOX_UID, SANDBOX_GID)
-        notes.append(f"runs as uid {SANDBOX_UID} without capabilities")
+        _hand_over(job_dir, uid, uid)
+        drop_privileges(uid, uid)
+        notes.append(f"runs as uid {uid} without capabilities")
     lim = job.limits
     memory = 0 if job.device.startswith("cuda") else lim.memory_mb  # CUDA maps huge virtual ranges
     apply_rlimits(lim.cpu_seconds, memory, lim.file_mb, lim.max_processes)
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(job_dir)
     job, inputs = load(Path("."))
-    confine_job(Path("."), job)
+    confine_job(Path("."), job, job_uid())
     code = execute_loaded(job, inputs)
     os._exit(code)  # no interpreter shutdown: nothing the candidate left behind runs after the result
 

@@ -27,7 +27,7 @@ def _emit(message: dict[str, Any]) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def _child(job_dir: str, env: dict[str, str]) -> None:
+def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
     """In the forked child: put up the walls, run the job, never return."""
     code = 70
     try:
@@ -51,7 +51,7 @@ def _child(job_dir: str, env: dict[str, str]) -> None:
 
         here = Path(".")  # reached through the cwd: the job user may not search the parents
         job, inputs = load(here)
-        confine_job(here, job)
+        confine_job(here, job, uid)
         code = execute_loaded(job, inputs, here)
     except BaseException:  # noqa: BLE001 - report on the log, never fall back into the template loop
         try:
@@ -64,7 +64,7 @@ def _child(job_dir: str, env: dict[str, str]) -> None:
         os._exit(code)
 
 
-def serve(env: dict[str, str]) -> None:
+def serve(env: dict[str, str], uid: int) -> None:
     """Read job requests on stdin until it closes; fork a child per job; report exits."""
     running: dict[int, str] = {}  # pid -> job id
     buffer = b""
@@ -82,7 +82,7 @@ def serve(env: dict[str, str]) -> None:
                 if request["op"] == "run":
                     pid = os.fork()
                     if pid == 0:
-                        _child(request["job_dir"], env)
+                        _child(request["job_dir"], env, uid)
                     running[pid] = request["id"]
                     _emit({"event": "started", "id": request["id"], "pid": pid})
                 elif request["op"] == "kill":
@@ -140,7 +140,9 @@ def main() -> None:
 
     set_dumpable(False)
     _emit({"event": "ready", "pid": os.getpid(), "network": network_note})
-    serve(env)
+    from sandbox.runner import job_uid
+
+    serve(env, job_uid())
 
 
 if __name__ == "__main__":

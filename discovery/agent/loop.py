@@ -107,7 +107,7 @@ class DiscoveryRun:
     """Owns a run's archive, sandboxes and proposer; :meth:`execute` drives it to the end."""
 
     def __init__(self, config: RunConfig, resume: str | None = None,
-                 on_progress: Callable[[Progress], None] | None = None):
+                 on_progress: Callable[[Progress], None] | None = None, explicit: set[str] | None = None):
         from discovery.sandboxes import make_pool
 
         self.task = get_task(config.task)
@@ -117,9 +117,10 @@ class DiscoveryRun:
             if row is None:
                 raise ConfigError(f"no run {resume} in {config.db}")
             stored = RunConfig(**row["config"])
-            # the stored config wins, except what a resume may legitimately change
-            config = stored.model_copy(update={"budget": max(stored.budget, config.budget), "db": config.db,
-                                               "workers": config.workers})
+            # the stored config wins, except what a resume may change when asked to explicitly
+            changeable = {"budget", "workers", "max_cost", "sandbox"} & (explicit or set())
+            update = {key: getattr(config, key) for key in changeable}
+            config = stored.model_copy(update={**update, "db": config.db})
             self.task = get_task(config.task)
         preflight(config, self.task)
         self.config = config
@@ -127,7 +128,7 @@ class DiscoveryRun:
         self.pool = make_pool(config.sandbox, config.workers, config.docker_image)
         if resume:
             self.run_id = resume
-            self.archive.finish_run(resume, "running", "resumed")
+            self.archive.reopen_run(resume)
         else:
             self.run_id = self.archive.create_run(self.task.name, config.model_dump(), config.seed,
                                                   self.pool.isolation_notes)

@@ -361,6 +361,16 @@ class Archive:
             if cursor.rowcount != 1:
                 raise ArchiveError(f"unknown run {run_id} in {self.path}")
 
+    def reopen_run(self, run_id: str, message: str = "resumed") -> None:
+        """Mark a stopped, failed or killed run as running again (``--resume``)."""
+        with self._writing("reopen a run") as db:
+            cursor = db.execute(
+                "UPDATE runs SET status = 'running', ended_at = NULL, message = ? WHERE id = ?",
+                [message, run_id],
+            )
+            if cursor.rowcount != 1:
+                raise ArchiveError(f"unknown run {run_id} in {self.path}")
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """One run with ``config`` and ``isolation`` decoded, plus ``n_candidates``,
         ``best_fitness`` (best ``ok`` candidate) and ``cost_usd``; ``None`` if unknown."""

@@ -52,7 +52,8 @@ class LLMProposer:
         slot = self.slot_name or ctx.task.slot.name
         messages = render_messages(ctx, error_feedback, limits=self.limits)
         shown = messages_text(messages)
-        parents = [str(r["id"]) for r in (ctx.parent, ctx.second_parent) if r and r.get("id") is not None]
+        ids = [str(r["id"]) for r in (ctx.parent, ctx.second_parent) if r and r.get("id") is not None]
+        parents = list(dict.fromkeys(ids))  # the parent, then the second parent the prompt showed
         try:
             record = self.client.complete(messages, model=self.model)
         except LLMError as exc:

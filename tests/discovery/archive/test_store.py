@@ -500,3 +500,14 @@ def test_stored_json_is_strict(archive: Archive, run_id: str, path: Path) -> Non
     value = conn.execute("SELECT json_extract(metrics_json, '$.loss') FROM evaluations").fetchone()[0]
     conn.close()
     assert value is None
+
+
+def test_reopen_run_marks_it_running(path: Path) -> None:
+    with Archive(path) as arc:
+        rid = arc.create_run("t", {}, 1, [])
+        arc.finish_run(rid, "stopped", "ctrl-c")
+        arc.reopen_run(rid)
+        run = arc.get_run(rid)
+        assert run["status"] == "running" and run["ended_at"] is None
+        with pytest.raises(ArchiveError):
+            arc.reopen_run("r-unknown")

@@ -20,10 +20,13 @@ MARKER = "# <-- line"
 
 #: the DPO loss body every "behaves normally otherwise" candidate uses
 DPO_BODY = """\
-    logits = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
+    pi_logratios = policy_chosen_logps - policy_rejected_logps
+    ref_logratios = reference_chosen_logps - reference_rejected_logps
+    logits = pi_logratios - ref_logratios
     return -F.logsigmoid(beta * logits)
 """
-SIGNATURE = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):"
+SIGNATURE = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
+             "reference_rejected_logps, beta):")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ CASES: list[Case] = [
         n = 0
         while True:
             n += 1
-    """), ("timeout",), wall_seconds=30, cpu_seconds=3, reason_has=("CPU-time limit",)),
+    """), ("timeout",), wall_seconds=30, cpu_seconds=1, reason_has=("CPU-time limit",)),
     # ------------------------------------------------------------------ memory
     Case("memory_bomb_100gb", program("""
         hoard = bytearray(100 * 1024 ** 3)  # <-- line
@@ -105,7 +108,7 @@ CASES: list[Case] = [
         hoard = []
         while True:
             hoard.append(b"x" * (32 * 1024 * 1024))  # <-- line
-    """), ("memory",), reason_has=("out of memory",)),
+    """), ("memory",), memory_mb=1024, reason_has=("out of memory",)),
     Case("memory_bomb_torch", program("""
         hoard = torch.ones(50_000_000_000)  # <-- line
         return hoard
@@ -119,7 +122,7 @@ CASES: list[Case] = [
         hoard = []
         while True:
             hoard.append(b"x" * (32 * 1024 * 1024))  # <-- line
-    """), ("memory",), reason_has=("out of memory",)),
+    """), ("memory",), memory_mb=1024, reason_has=("out of memory",)),
     # ------------------------------------------------------------------ processes
     Case("fork_bomb", program("""
         import os
@@ -268,7 +271,7 @@ CASES: list[Case] = [
     Case("c_stack_overflow", program("""
         import sys
         sys.setrecursionlimit(10 ** 7)
-        def deeper(n):
+        def deeper(n):  # <-- line
             return list(map(deeper, [n + 1]))  # <-- line
         return deeper(0)
     """), ("crashed",), reason_has=("SIGSEGV",)),
@@ -325,8 +328,8 @@ def loss(a, b, c, d, beta):
          ("contract",), reason_has=("shape (10, 1)",)),
     Case("nan_in_training", program("""
         calls[0] += 1
-        logits = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
-        out = -F.logsigmoid(beta * logits)
+        logits = policy_chosen_logps - policy_rejected_logps
+        out = -F.logsigmoid(beta * (logits - reference_chosen_logps + reference_rejected_logps))
         return out * float("nan") if calls[0] > 4 else out
     """, header="calls = [0]"), ("invalid",), stage="train", reason_has=("clean seed 0", "NaN")),
 ]
