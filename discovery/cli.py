@@ -88,7 +88,7 @@ def tasks() -> None:
         task = get_task(name)
         console.print(f"[bold]{name}[/]: {task.description}")
         console.print(f"  slot: {task.slot.signature}")
-        console.print(f"  suites: " + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)"
+        console.print("  suites: " + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)"
                                                for s in task.suites().values()))
 
 
@@ -346,7 +346,8 @@ def show(
     console.print(f"status: {row['status']}" + (f" at {row['failed_stage']}: {escape(row['reason'] or '')}"
                                                  if row['status'] != 'ok' and row.get('reason') else ""),
                   highlight=False)
-    console.print(f"fitness (discover): {_ci(row.get('fitness'), row.get('fitness_ci_low'), row.get('fitness_ci_high'))}"
+    fitness = _ci(row.get("fitness"), row.get("fitness_ci_low"), row.get("fitness_ci_high"))
+    console.print(f"fitness (discover): {fitness}"
                   f" over {row.get('n_seeds') or 0} seeds; held-out: "
                   f"{_ci(row.get('heldout_fitness'), row.get('heldout_ci_low'), row.get('heldout_ci_high'))}",
                   highlight=False)

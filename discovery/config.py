@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
@@ -43,6 +43,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     sandbox: Literal["local", "docker"] = "local"
     docker_image: str = "discovery-sandbox:test"
+    seeds: int | None = Field(None, gt=0, description="seeds per discover configuration (default: the suite's)")
     islands: int = Field(2, gt=0)
     baselines: Literal["reference", "all"] = "reference"
     cascade_configs: list[str] = Field(default_factory=lambda: ["clean", "noise40"])

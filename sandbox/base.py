@@ -100,6 +100,7 @@ class Sandbox(ABC):
 
     def close(self) -> None:
         """Release processes and containers."""
+        return None
 
     def __enter__(self) -> Sandbox:
         return self

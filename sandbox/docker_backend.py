@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Job, Limits, Outcome, Sandbox, scrubbed_env
-from sandbox.jobfiles import SCRATCH_FACTOR, read_outcome, scratch_budget, scratch_exceeded, write_job
+from sandbox.jobfiles import (
+    SCRATCH_FACTOR,
+    read_outcome,
+    scratch_budget,
+    scratch_exceeded,
+    write_deadline,
+    write_job,
+)
 
 #: uid and gid the candidate runs as inside the container (``nobody`` / ``sandbox``)
 SANDBOX_UID = 65534
@@ -136,6 +143,7 @@ class DockerSandbox(Sandbox):
                 # would count every process of uid 65534 on the host, shared by all workers
                 write_job(job_dir, replace(job, limits=replace(job.limits, max_processes=0)), inputs)
                 budget = scratch_budget(job_dir, job.limits.file_mb)
+                write_deadline(job_dir, job.limits.wall_seconds)
                 _hand_over(job_dir)
                 code, timed_out, oom, seconds, logs, scratch = self._execute_watched(
                     ["python", "-m", "sandbox.runner", CONTAINER_JOB_DIR],

@@ -31,20 +31,18 @@ SCRATCH_MAX_ENTRIES = 2000
 SCRATCH_POLL_SECONDS = 0.25
 
 
-def write_job(
-    job_dir: Path, job: Job, inputs: dict[str, Any] | None, wall_seconds: float | None = None
-) -> None:
-    """Write ``job.json``, (when given) ``inputs.pt`` and the wall-clock deadline into ``job_dir``.
-
-    The deadline (``time.time()`` plus the wall limit, counted from now, i.e. a little before
-    the trusted side starts its own clock) lets the runner dump the candidate's stack into
-    the log just before a timeout kills it.
-    """
+def write_job(job_dir: Path, job: Job, inputs: dict[str, Any] | None) -> None:
+    """Write ``job.json`` and (when given) ``inputs.pt`` into ``job_dir``."""
     job.write(job_dir)
     if inputs is not None:
         torch.save(inputs, job_dir / "inputs.pt")
-    wall = job.limits.wall_seconds if wall_seconds is None else wall_seconds
-    (job_dir / DEADLINE_FILE).write_text(repr(time.time() + wall))
+
+
+def write_deadline(job_dir: Path, wall_seconds: float) -> None:
+    """Tell the runner when the trusted side will kill the job: ``time.time()`` plus the wall
+    limit. Called just before the job starts (a little before the trusted side starts its own
+    clock), so that the runner can dump the candidate's stack into the log before the kill."""
+    (job_dir / DEADLINE_FILE).write_text(repr(time.time() + wall_seconds))
 
 
 def scratch_budget(job_dir: Path, file_mb: int) -> int:

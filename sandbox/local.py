@@ -42,6 +42,7 @@ from sandbox.jobfiles import (
     read_outcome,
     scratch_budget,
     scratch_exceeded,
+    write_deadline,
     write_job,
 )
 from sandbox.runner import UID_VARIABLE
@@ -279,6 +280,7 @@ class LocalSandbox(Sandbox):
         self._drain()
         job_id = job_dir.name
         budget = scratch_budget(job_dir, job.limits.file_mb)
+        write_deadline(job_dir, job.limits.wall_seconds)
         start = time.monotonic()
         deadline = start + job.limits.wall_seconds
         self._send({"op": "run", "id": job_id, "job_dir": str(job_dir)})
@@ -337,6 +339,7 @@ class LocalSandbox(Sandbox):
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd
         budget = scratch_budget(job_dir, job.limits.file_mb)
+        write_deadline(job_dir, job.limits.wall_seconds)
         start = time.monotonic()
         deadline = start + job.limits.wall_seconds
         with open(job_dir / "log.txt", "wb") as log:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 from sandbox.base import Sandbox

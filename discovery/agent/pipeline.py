@@ -256,7 +256,7 @@ def full(rt: Runtime, state: CandidateState) -> CandidateState:
     """Every configuration and seed of the discover suite."""
     cid = state["candidate_id"]
     row = rt.archive.get_candidate(cid) or {}
-    suite = rt.task.suite("discover")
+    suite = rt.task.suite("discover").with_seeds(rt.config.seeds)
     report = evaluate_missing(rt, cid, row["code"], "discover", [c.name for c in suite.configs],
                               list(suite.seeds), "full")
     if report is not None and not report.ok:
@@ -275,7 +275,8 @@ def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
     if cid not in [r["id"] for r in ranked[: cfg.leaders]]:
         return {"done": True}
     row = rt.archive.get_candidate(cid) or {}
-    suite = rt.task.suite("discover").with_seeds(len(rt.task.suite("discover").seeds) + cfg.extra_seeds)
+    base = rt.task.suite("discover").with_seeds(cfg.seeds)
+    suite = base.with_seeds(len(base.seeds) + cfg.extra_seeds)
     report = evaluate_missing(rt, cid, row["code"], "discover", [c.name for c in suite.configs], list(suite.seeds),
                               "extra")
     if report is not None and not report.ok:  # noisy on new seeds: keep the scores it has, say why

@@ -6,9 +6,20 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, TrainingFailed
+from discovery.tasks.base import (
+    ContractError,
+    SeedMetrics,
+    Slot,
+    Suite,
+    SuiteConfig,
+    Task,
+    TrainingFailed,
+)
 
-__all__ = ["TaskNotFound", "ContractError", "SeedMetrics", "Slot", "Suite", "SuiteConfig", "Task", "TrainingFailed", "get_task", "task_names"]
+__all__ = [
+    "ContractError", "SeedMetrics", "Slot", "Suite", "SuiteConfig", "Task", "TaskNotFound", "TrainingFailed",
+    "get_task", "task_names",
+]
 
 BUILTIN = {
     "preference": "discovery.tasks.preference.task",

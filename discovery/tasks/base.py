@@ -131,6 +131,7 @@ class Task(ABC):
     def warmup(self) -> None:
         """Run a tiny slice of training once, single-threaded, so that lazy imports and first-call
         initialisation happen in the sandbox's warm template instead of in every candidate's child."""
+        return None
 
     def suite(self, name: str) -> Suite:
         """Return the suite called ``name``."""

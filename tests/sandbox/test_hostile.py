@@ -346,9 +346,9 @@ def test_other_workers_are_unharmed(secret_env: None, train_inputs: dict[str, An
     with LocalSandbox() as noisy, LocalSandbox() as quiet:
         def bomb() -> None:
             for case in bombs:
-                results[case.name] = noisy.run(job_for(Case(case.name, case.source, case.expect,
-                                                              wall_seconds=8.0, file_mb=case.file_mb,
-                                                              memory_mb=4096), case.source))
+                quick = Case(case.name, case.source, case.expect, wall_seconds=8.0, file_mb=case.file_mb,
+                             memory_mb=case.memory_mb, max_processes=case.max_processes)
+                results[case.name] = noisy.run(job_for(quick, case.render()))
 
         thread = threading.Thread(target=bomb)
         thread.start()

@@ -14,8 +14,8 @@ from discovery.tasks.preference.env import (
     EnvParams,
     TrainingFailed,
     build_inputs,
-    make_policy,
     check_per_example,
+    make_policy,
     score_policy,
     train_policy,
 )
@@ -130,7 +130,8 @@ class PreferenceTask(Task):
         inputs = {
             "reference": state, "prompts": torch.randn(params.n_pairs, params.prompt_dim, generator=g),
             "chosen": tokens, "rejected": tokens.flip(0),
-            "reference_chosen_logps": torch.zeros(params.n_pairs), "reference_rejected_logps": torch.zeros(params.n_pairs),
+            "reference_chosen_logps": torch.zeros(params.n_pairs),
+            "reference_rejected_logps": torch.zeros(params.n_pairs),
             "order_seed": torch.tensor(0),
         }
         train_policy(library.dpo, params, inputs)

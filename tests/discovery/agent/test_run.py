@@ -39,7 +39,8 @@ def write_config(tmp_path: Path, budget: int) -> Path:
 def evaluation_rows(db: Path) -> list[tuple]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT id, candidate_id, suite, config, seed, fitness FROM evaluations ORDER BY id").fetchall()
+        query = "SELECT id, candidate_id, suite, config, seed, fitness FROM evaluations ORDER BY id"
+        return conn.execute(query).fetchall()
     finally:
         conn.close()
 
