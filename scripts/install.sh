@@ -34,7 +34,6 @@ fi
 
 if [[ $DEV -eq 1 ]]; then
   $PY -m pip install --quiet -e ".[dev]"
-  command -v chromium >/dev/null || apt_install chromium
 else
   $PY -m pip install --quiet -e .
 fi
