@@ -192,3 +192,37 @@ def test_locked_database_is_a_clear_error(existing_db):
     assert "locked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     with Archive.open_readonly(existing_db) as archive:  # nothing lost
         assert [r["config"] for r in archive.list_runs()] == [{"budget": 1}]
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    db = tmp_path / "runs.db"
+    config = write_config(tmp_path, 6)
+    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            started = conn.execute("SELECT COUNT(*) FROM candidates WHERE is_baseline = 0").fetchone()[0]
+            conn.close()
+        except sqlite3.Error:
+            continue
+        if started:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by Ctrl-C" in out and "Traceback" not in err
+    with Archive.open_readonly(db) as archive:
+        (run,) = archive.list_runs()
+        assert run["status"] == "stopped"
+        rows = archive.candidates(run["id"], order_by_fitness=False)
+        assert all(r["status"] not in ("pending", "evaluating") for r in rows)  # running ones finished
+        assert len([r for r in rows if not r["is_baseline"]]) < 6
+    resumed = cli("run", "--resume", run["id"], "--db", str(db), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with Archive.open_readonly(db) as archive:
+        assert archive.get_run(run["id"])["status"] == "finished"
+        assert len([r for r in archive.candidates(run["id"]) if not r["is_baseline"]]) == 6
