@@ -19,7 +19,9 @@ from __future__ import annotations
 import builtins
 import errno
 import faulthandler
+import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -194,7 +196,11 @@ def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
         notes.append(f"runs as uid {uid} without capabilities")
     lim = job.limits
     memory = 0 if job.device.startswith("cuda") else lim.memory_mb  # CUDA maps huge virtual ranges
-    apply_rlimits(lim.cpu_seconds, memory, lim.file_mb, lim.max_processes)
+    # RLIMIT_CPU counts from the process's start: a fresh interpreter has already spent a second
+    # or two importing torch, which must not come out of the candidate's allowance
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    spent = math.ceil(usage.ru_utime + usage.ru_stime)
+    apply_rlimits(lim.cpu_seconds + spent if lim.cpu_seconds > 0 else 0, memory, lim.file_mb, lim.max_processes)
     install_seccomp(deny_network=True)
     return notes
 

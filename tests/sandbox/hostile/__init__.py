@@ -82,11 +82,11 @@ CASES: list[Case] = [
         n = 0
         while True:  # <-- line
             n += 1  # <-- line
-    """), ("timeout",), wall_seconds=10, reason_has=("wall-clock limit",)),
+    """), ("timeout",), wall_seconds=6, reason_has=("wall-clock limit",)),
     Case("sleep_forever", program("""
         import time
         time.sleep(10 ** 6)  # <-- line
-    """), ("timeout",), wall_seconds=10, reason_has=("wall-clock limit",)),
+    """), ("timeout",), wall_seconds=6, reason_has=("wall-clock limit",)),
     Case("cpu_limit", program("""
         n = 0
         while True:  # <-- line
