@@ -132,6 +132,10 @@ class Evaluator:
     """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
 
     def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None):
+        import torch
+
+        # trusted scoring is small; one thread keeps the cores for the sandboxed trainings
+        torch.set_num_threads(1)
         self.task = task
         self.device = device
         self.limits = limits or Limits()
