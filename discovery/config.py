@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     seeds: int | None = Field(None, gt=0, description="seeds per discover configuration (default: the suite's)")
     islands: int = Field(2, gt=0)
     baselines: Literal["reference", "all"] = "reference"
-    cascade_configs: list[str] = Field(default_factory=lambda: ["clean", "noise40"])
+    cascade_configs: list[str] | None = Field(None, description="cheap first stage (default: the task's)")
     cascade_seeds: int = Field(1, gt=0)
     cascade_margin: float = Field(0.25, ge=0, description="promote when cascade >= best cascade - margin")
     leaders: int = Field(3, ge=0, description="top candidates that get extra seeds")
@@ -61,8 +61,8 @@ class RunConfig(BaseModel):
 
     @field_validator("cascade_configs")
     @classmethod
-    def _non_empty(cls, value: list[str]) -> list[str]:
-        if not value:
+    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
             raise ValueError("must name at least one configuration")
         return value
 

@@ -340,14 +340,20 @@ def _curve_line(name: str, curve: Mapping[str, Any]) -> str:
     finite = [g for g in grad if g is not None and math.isfinite(g)]
     if finite:
         parts.append(f"grad-norm max {_v(max(finite))} last {_v(grad[-1])}")
-    margin = _series(curve.get("margin"))
-    if margin:
-        parts.append(f"margin {_trend(margin)}")
+    # any other series a task records (margin, test accuracy, ...) as its trend
+    for key, values in curve.items():
+        if key in ("loss", "grad_norm", "first_nan_step"):
+            continue
+        series = _series(values)
+        if series:
+            parts.append(f"{key.replace('_', '-')} {_trend(series)}")
     return f"{name}: " + ("; ".join(parts) if parts else "no curve recorded")
 
 
 def _is_curve(value: Any) -> bool:
-    return isinstance(value, Mapping) and any(k in value for k in ("loss", "grad_norm", "margin"))
+    """A single curve ({series name: values}), as opposed to curves keyed by configuration."""
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(v, (list, tuple)) or k == "first_nan_step" for k, v in value.items())
 
 
 def curve_digest(curve: Mapping[str, Any] | None) -> str:
@@ -581,7 +587,7 @@ def candidate_trace(
     digest = curve_digest(row.get("curve")) if curves else ""
     if digest:
         lines += [
-            "Training curves (loss at 0/25/50/75/100% of training; grad-norm; chosen-rejected margin):",
+            "Training curves (loss at 0/25/50/75/100% of training; grad-norm; other recorded series as trends):",
             digest,
         ]
     return "\n".join(lines)

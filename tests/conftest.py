@@ -61,3 +61,41 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     width = max(len(case) for _, case, _, _ in rows)
     for backend, case, status, reason in sorted(rows, key=lambda r: (r[1], r[0])):
         terminalreporter.write_line(f"{case:<{width}}  {backend:<6}  {status:<8}  {reason[:160]}")
+
+
+SHORT_RUN_CONFIG = """
+[run]
+task = "{task}"
+budget = {budget}
+workers = 2
+islands = 2
+heldout_top = 2
+leaders = 1
+extra_seeds = 1
+seed = 3
+"""
+
+
+@pytest.fixture(scope="session")
+def short_run_db(tmp_path_factory):
+    """``short_run_db(task="preference", budget=6)``: the path of an archive made by a real short
+    offline ``discovery run`` (real sandboxes, real SQLite), made once per session and task.
+    Tests that read it must not change it; copy it first to write."""
+    import sys
+
+    made: dict[tuple[str, int], Path] = {}
+
+    def make(task: str = "preference", budget: int = 6) -> Path:
+        key = (task, budget)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"short-run-{Path(task).stem}")
+            config = folder / "run.toml"
+            config.write_text(SHORT_RUN_CONFIG.format(task=task, budget=budget))
+            db = folder / "runs.db"
+            proc = subprocess.run([sys.executable, "-m", "discovery.cli", "run", "--config", str(config),
+                                   "--db", str(db), "--quiet"], capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"short run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            made[key] = db
+        return made[key]
+
+    return make

@@ -122,6 +122,8 @@ class DiscoveryRun:
             update = {key: getattr(config, key) for key in changeable}
             config = stored.model_copy(update={**update, "db": config.db})
             self.task = get_task(config.task)
+        if config.cascade_configs is None:
+            config = config.model_copy(update={"cascade_configs": list(self.task.cascade_configs)})
         preflight(config, self.task)
         self.config = config
         self.on_progress = on_progress or (lambda p: None)

@@ -128,6 +128,19 @@ class Task(ABC):
     ) -> SeedMetrics:
         """Trusted: turn the raw outputs of ``train`` into metrics and a fitness."""
 
+    @property
+    def cascade_configs(self) -> tuple[str, ...]:
+        """Discover configurations of the cheap first stage of the evaluation cascade: by default
+        the first two; a task overrides this with its most telling pair."""
+        return tuple(c.name for c in self.suite("discover").configs[:2])
+
+    def export_adapter(self) -> str:
+        """Python source appended to an exported module, after its functions and its ``REGISTRY``
+        dict (export name -> function): adapters that make each exported function usable where
+        the field expects it (a TRL-style ``dpo_loss``, a ``torch.optim.Optimizer``). Needs only
+        torch; empty by default."""
+        return ""
+
     def warmup(self) -> None:
         """Run a tiny slice of training once, single-threaded, so that lazy imports and first-call
         initialisation happen in the sandbox's warm template instead of in every candidate's child."""

@@ -90,6 +90,7 @@ class PreferenceTask(Task):
     slot = Slot(name="loss", signature=SIGNATURE, contract=CONTRACT)
     fitness_doc = FITNESS_DOC
     reference_baseline = "dpo"
+    cascade_configs = ("clean", "noise40")
 
     @property
     def seed_program(self) -> str:
