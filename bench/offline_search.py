@@ -95,6 +95,10 @@ def main() -> None:
             "dpo": {k: ref[k] for k in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness",
                                         "heldout_ci_low", "heldout_ci_high")},
             "confirm": confirm(best["code"], get_task("preference").baselines["dpo"]),
+            # the runners-up too, so a reader sees whether the winner's result is typical of the top
+            "runners_up": [{"name": r["name"], "fitness": r["fitness"], "heldout_fitness": r["heldout_fitness"],
+                            "confirm": confirm(r["code"], get_task("preference").baselines["dpo"])}
+                           for r in ranked[1:3]],
         }
         print(f"== {proposer}: run {result.run_id} {result.status}; statuses {statuses}")
         print("best so far after n proposals: " + ", ".join(
@@ -106,6 +110,10 @@ def main() -> None:
         print(f"confirmation on seeds 10-19: winner {c['candidate']:.3f} ± {c['candidate_ci']:.3f}, "
               f"DPO {c['dpo']:.3f} ± {c['dpo_ci']:.3f}, paired difference {c['diff']:+.3f} "
               f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]")
+        for r in results[proposer]["runners_up"]:
+            c = r["confirm"]
+            print(f"  runner-up {r['name']}: search {r['fitness']:.3f}, held-out {r['heldout_fitness']}, "
+                  f"paired difference on seeds 10-19 {c['diff']:+.3f} [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]")
     (out / "summary.json").write_text(json.dumps(results, indent=1))
 
 

@@ -80,16 +80,24 @@ def print_report(report, title: str) -> None:  # noqa: ANN001
 
 
 @app.command()
-def tasks() -> None:
-    """List the built-in tasks and their slots."""
-    from discovery.tasks import get_task, task_names
+def tasks(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Show one task (a name or a task file's path) "
+                                             "in full: slot, contract, fitness, suites, baselines.")] = None,
+) -> None:
+    """List the built-in tasks and their slots, or show one task in full."""
+    from discovery.tasks import task_names
 
-    for name in task_names():
-        task = get_task(name)
-        console.print(f"[bold]{name}[/]: {task.description}")
-        console.print(f"  slot: {task.slot.signature}")
+    for name in [task] if task else task_names():
+        loaded = _load_task(name)
+        console.print(f"[bold]{escape(loaded.name)}[/]: {escape(loaded.description)}", highlight=False)
+        console.print(f"  slot: {escape(loaded.slot.signature)}", highlight=False)
         console.print("  suites: " + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)"
-                                               for s in task.suites().values()))
+                                               for s in loaded.suites().values()))
+        if task:
+            console.print(f"  baselines: {', '.join(loaded.baselines)}", highlight=False)
+            console.print(f"\ncontract:\n{escape(loaded.slot.contract)}", highlight=False)
+            if loaded.fitness_doc:
+                console.print(f"\nfitness:\n{escape(loaded.fitness_doc)}", highlight=False)
 
 
 @app.command()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal as signals
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,16 @@ SCRATCH_MAX_ENTRIES = 2000
 SCRATCH_POLL_SECONDS = 0.25
 
 
+#: a user's task file travels with the job under this name (the sandbox sees only its job directory)
+TASK_FILE = "task_file.py"
+
+
 def write_job(job_dir: Path, job: Job, inputs: dict[str, Any] | None) -> None:
-    """Write ``job.json`` and (when given) ``inputs.pt`` into ``job_dir``."""
+    """Write ``job.json`` and (when given) ``inputs.pt`` into ``job_dir``. A job whose task is a
+    user's task file gets a copy of that file, and its task reference points at the copy."""
+    if job.task.endswith(".py"):
+        shutil.copyfile(job.task, job_dir / TASK_FILE)
+        job = replace(job, task=TASK_FILE)
     job.write(job_dir)
     if inputs is not None:
         torch.save(inputs, job_dir / "inputs.pt")

@@ -226,6 +226,8 @@ def load(job_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     from sandbox.base import Job
 
     job = Job.read(job_dir)
+    if job.task.endswith(".py") and not os.path.isabs(job.task):  # a user's task file, copied in
+        job.task = str((job_dir / job.task).resolve())
     inputs_path = job_dir / "inputs.pt"
     inputs = torch.load(inputs_path, weights_only=True) if inputs_path.exists() else None
     return job, inputs

@@ -122,6 +122,8 @@ class DiscoveryRun:
             update = {key: getattr(config, key) for key in changeable}
             config = stored.model_copy(update={**update, "db": config.db})
             self.task = get_task(config.task)
+        if config.task.endswith(".py"):  # a user's task file: stored by absolute path, so resume works anywhere
+            config = config.model_copy(update={"task": getattr(self.task, "ref", config.task)})
         if config.cascade_configs is None:
             config = config.model_copy(update={"cascade_configs": list(self.task.cascade_configs)})
         preflight(config, self.task)

@@ -16,7 +16,11 @@
     remove one operand of a ``+``/``-`` chain in the returned expression;
 ``perturb_constant``
     multiply a numeric constant by ``exp(N(0, 0.3))`` (add ``N(0, 0.1)`` to a zero); a
-    program without constants gets a multiplicative constant on a function's argument.
+    program without constants gets a multiplicative constant on a function's argument;
+``rescale_scalar``
+    give a scalar hyper-parameter argument (``beta``) an effective value: a first statement
+    ``beta = c * beta``, ``min(beta, c)`` or ``c * beta ** p`` (replacing an earlier one), so
+    that how strongly the loss reacts to the setting it is given can itself be discovered.
 
 :func:`crossover` and :func:`gate_blend` inline both parents as helper functions
 ``parent_a_loss`` / ``parent_b_loss`` and combine their per-example losses (convex weight,
@@ -55,7 +59,7 @@ __all__ = [
     "mutate",
 ]
 
-OPERATORS = ("swap_function", "swap_operator", "insert_term", "drop_term", "perturb_constant")
+OPERATORS = ("swap_function", "swap_operator", "insert_term", "drop_term", "perturb_constant", "rescale_scalar")
 #: how often each operator is tried first
 OPERATOR_WEIGHTS = {
     "swap_function": 0.25,
@@ -63,6 +67,7 @@ OPERATOR_WEIGHTS = {
     "insert_term": 0.2,
     "drop_term": 0.1,
     "perturb_constant": 0.25,
+    "rescale_scalar": 0.15,
 }
 #: operators that apply to (almost) any program, tried when the chosen ones cannot apply
 FALLBACK_OPERATORS = ("perturb_constant", "insert_term")
@@ -522,12 +527,55 @@ def _op_perturb_constant(p: _Parent, rng: random.Random) -> Iterator[_Candidate]
         yield _Candidate(tree, repl, fn_name, f"perturb_const(scale x{coef})", thought)
 
 
+def _rescale_expr(name: str, rng: random.Random) -> tuple[ast.expr, str]:
+    """A positive effective value for the positive scalar ``name`` and how to describe it."""
+    arg = ast.Name(name, ast.Load())
+    form = rng.choice(("scale", "cap", "power"))
+    if form == "scale":
+        c = float(f"{math.exp(rng.gauss(0.0, 0.6)):.3g}")
+        return ast.BinOp(ast.Constant(c), ast.Mult(), arg), f"{c} * {name}"
+    c = float(f"{math.exp(rng.uniform(math.log(0.03), math.log(0.5))):.3g}")
+    if form == "cap":
+        return ast.Call(ast.Name("min", ast.Load()), [arg, ast.Constant(c)], []), f"min({name}, {c})"
+    p = float(f"{rng.uniform(0.25, 0.75):.2g}")
+    scale = float(f"{c ** (1 - p):.3g}")  # equal to the input at `name` == c
+    power = ast.BinOp(arg, ast.Pow(), ast.Constant(p))
+    return ast.BinOp(ast.Constant(scale), ast.Mult(), power), f"{scale} * {name} ** {p}"
+
+
+def _op_rescale_scalar(p: _Parent, rng: random.Random) -> Iterator[_Candidate]:
+    scalars = [a for a in p.args if a in SCALAR_ARGS]
+    if not scalars:
+        return
+    for _ in range(_ATTEMPTS // 4):
+        name = rng.choice(scalars)
+        tree = copy.deepcopy(p.tree)
+        slot = _find_function(tree, p.slot_name)
+        assert slot is not None
+        body = slot.body
+        start = 1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else 0
+        expr, text = _rescale_expr(name, rng)
+        assign = ast.Assign([ast.Name(name, ast.Store())], expr, lineno=0)
+        first = body[start] if start < len(body) else None
+        replaces = (isinstance(first, ast.Assign) and len(first.targets) == 1
+                    and isinstance(first.targets[0], ast.Name) and first.targets[0].id == name
+                    and name in {n.id for n in ast.walk(first.value) if isinstance(n, ast.Name)})
+        if replaces:
+            body[start] = assign
+        else:
+            body.insert(start, assign)
+        thought = (f"Gave `{name}` an effective value `{name} = {text}`: how strongly the loss reacts to the "
+                   f"{name} it is given decides how far training moves before the loss saturates.")
+        yield _Candidate(tree, None, None, f"rescale({name}={text})", thought)
+
+
 _GENERATORS = {
     "swap_function": _op_swap_function,
     "swap_operator": _op_swap_operator,
     "insert_term": _op_insert_term,
     "drop_term": _op_drop_term,
     "perturb_constant": _op_perturb_constant,
+    "rescale_scalar": _op_rescale_scalar,
 }
 
 

@@ -44,7 +44,9 @@ def get_task(ref: str) -> Task:
     if ref in BUILTIN:
         task = importlib.import_module(BUILTIN[ref]).TASK
     elif ref.endswith(".py"):
-        path = Path(ref)
+        path = Path(ref).resolve()
+        if str(path) in _loaded:
+            return _loaded[str(path)]
         if not path.is_file():
             raise TaskNotFound(f"task file {ref} does not exist")
         spec = importlib.util.spec_from_file_location(f"discovery_user_task_{path.stem}", path)
@@ -54,6 +56,9 @@ def get_task(ref: str) -> Task:
         task = getattr(module, "TASK", None)
         if not isinstance(task, Task):
             raise TaskNotFound(f"task file {ref} defines no TASK = <a discovery.tasks.Task instance>")
+        # what sandboxes are told to load: the file itself travels with each job (sandbox.jobfiles)
+        task.ref = str(path)  # type: ignore[attr-defined]
+        _loaded[str(path)] = task
     else:
         raise TaskNotFound(f"unknown task {ref!r} (built-in: {', '.join(task_names())}; or a path to a .py file)")
     _loaded[ref] = task

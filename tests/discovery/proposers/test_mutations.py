@@ -273,6 +273,38 @@ def test_perturb_constant_changes_only_constants():
     assert re.search(r"F\.logsigmoid\([0-9.]+ \* \(beta \* logits\)\)", m.code)
 
 
+def _effective_beta(code: str, beta: float) -> float:
+    """Run the slot's first statements up to its first use of the margin and read ``beta``."""
+    fn = _slot(ast.parse(code))
+    body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    namespace = {"beta": beta}
+    exec(compile(ast.Module([body[0]], []), "<first>", "exec"), namespace)
+    return namespace["beta"]
+
+
+def test_rescale_scalar_gives_beta_one_positive_effective_value():
+    code = DPO
+    forms = set()
+    for seed in range(30):
+        m = mutate(code, "p", random.Random(seed), operators=["rescale_scalar"])
+        assert m.operator == "rescale_scalar" and m.name.startswith("p~rescale(beta=")
+        forms.add(m.name.split("=", 1)[1].split("(")[0].split(" ")[0])
+        fn = _slot(ast.parse(m.code))
+        assigns = [s for s in fn.body if isinstance(s, ast.Assign) and s.targets[0].id == "beta"]
+        assert len(assigns) == 1  # a second rescale replaces the first instead of stacking
+        for beta in (0.02, 0.1, 0.5):
+            assert _effective_beta(m.code, beta) > 0
+        assert run_candidate(m.code)
+        code = m.code
+    assert len(forms) >= 3  # scale, cap and power forms all occur
+
+
+def test_rescale_scalar_without_a_scalar_argument_falls_back():
+    code = "import torch\n\n\ndef loss(logits, targets):\n    return (logits - targets) ** 2\n"
+    m = mutate(code, "sq", random.Random(0), operators=["rescale_scalar"])
+    assert m.operator in FALLBACK_OPERATORS
+
+
 def test_imports_are_added_when_a_swap_needs_them():
     m = next(
         m
