@@ -1,6 +1,10 @@
-"""The leaderboard dashboard (Streamlit). Not built yet: see issue "Leaderboard dashboard"."""
+"""The leaderboard dashboard: ``streamlit run app.py -- --db runs.db`` (or ``discovery dashboard``).
 
-import streamlit as st
+The pages live in ``discovery.dashboard``; this file only hands them the archive path.
+"""
 
-st.title("discovery leaderboard")
-st.info("The dashboard is not built yet. Use `discovery baselines --task preference` meanwhile.")
+import sys
+
+from discovery.dashboard.app import db_from_argv, main
+
+main(db_from_argv(sys.argv[1:]))

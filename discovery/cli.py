@@ -110,6 +110,8 @@ def evaluate(
     sandbox: SandboxOpt = "local",
     docker_image: ImageOpt = None,
     verbose: VerboseOpt = False,
+    function: Annotated[str | None, typer.Option("--function", help="Evaluate this function of the file as the "
+                                                 "slot (e.g. one of an exported module).")] = None,
 ) -> None:
     """Check a candidate, run it on a suite in the sandbox, print its scores."""
     from discovery.evaluation import Evaluator
@@ -119,6 +121,13 @@ def evaluate(
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}")
     t = _load_task(task)
+    if function is not None:
+        from discovery.export import ExportError, program_for_function
+
+        try:
+            source = program_for_function(source, function, t.slot.name, t.slot.signature)
+        except ExportError as exc:
+            fail(f"{path}: {exc}")
     if suite not in t.suites():
         fail(f"task {t.name!r} has no suite {suite!r} (have: {', '.join(t.suites())})")
     evaluator = Evaluator(t)
@@ -128,10 +137,11 @@ def evaluate(
     if as_json:
         data = report.to_dict()
         data["candidate"] = str(path)
+        data["function"] = function
         data["sandbox"] = {"backend": sandbox, "isolation": notes}
         print(json.dumps(data))
     elif report.ok:
-        print_report(report, f"{path} on {t.name}/{suite}")
+        print_report(report, f"{path}{':' + function if function else ''} on {t.name}/{suite}")
     if not report.ok:
         if not as_json:
             err.print(f"[bold red]{report.stage} stage failed[/] ({report.status.value}): {escape(report.reason)}",
@@ -200,10 +210,13 @@ def baselines(
         names = [n for n in library if results["discover"][n].ok and results["heldout"][n].ok]
         rho = spearman([results["discover"][n].fitness.mean for n in names],
                        [results["heldout"][n].fitness.mean for n in names])
-        out["spearman_discover_heldout"] = rho
-        if not as_json:
+        out["spearman_discover_heldout"] = None if rho != rho else rho
+        if not as_json and rho == rho:
             console.print(f"Spearman rank correlation, discover vs held-out: [bold]{rho:.3f}[/] "
                           f"over {len(names)} baselines")
+        elif not as_json:
+            console.print(f"Spearman rank correlation: not computed ({len(names)} baselines scored on both suites; "
+                          "a rank correlation needs at least 3)")
     if as_json:
         print(json.dumps(out))
     else:
@@ -361,12 +374,14 @@ def show(
                   highlight=False)
     if row.get("per_config"):
         table = Table(title="per configuration (discover)", title_justify="left")
-        for col in ("configuration", "fitness (95% CI)", "n", "win_rate", "kl", "pref_accuracy"):
+        found = list(dict.fromkeys(k for c in row["per_config"].values() for k in c.get("metrics", {})))
+        shown = [k for k in ("win_rate", "kl", "pref_accuracy") if k in found] or found[:8]  # the task's own metrics
+        for col in ("configuration", "fitness (95% CI)", "n", *shown):
             table.add_column(col)
         for name, c in row["per_config"].items():
             m = c.get("metrics", {})
             table.add_row(name, _ci(c["fitness"], c.get("ci_low"), c.get("ci_high")), str(c.get("n")),
-                          *[f"{m[k]:.3f}" if k in m else "-" for k in ("win_rate", "kl", "pref_accuracy")])
+                          *[f"{m[k]:.3f}" if k in m else "-" for k in shown])
         console.print(table)
     if len(lineage) > 1:
         console.print("lineage: " + " <- ".join(f"{r['name']} ({r['id']})" for r in lineage), highlight=False)
@@ -377,6 +392,78 @@ def show(
     if row.get("feedback_shown"):
         console.rule("feedback the proposer was shown")
         console.print(row["feedback_shown"], markup=False, highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (- for standard output).")],
+    db: Annotated[str, typer.Option("--db", help="SQLite archive.")] = "runs.db",
+    run_id: Annotated[str | None, typer.Option("--run", help="Only candidates of this run.")] = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", help="The K best evaluated candidates (default 5).")] = None,
+    candidate: Annotated[list[str] | None, typer.Option("--candidate", "-c",
+                         help="Export this candidate (repeat for several); a baseline may be named.")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only candidates of this task.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="py (a module needing only torch) | json")] = "py",
+) -> None:
+    """Write discovered functions as a plain Python module (or JSON): docstrings with scores, REGISTRY, adapters."""
+    from discovery.export import ExportError, export
+
+    if str(out) != "-" and out.resolve() == Path(db).resolve():
+        fail(f"--out {out} is the archive itself")
+    try:
+        text, chosen, skipped = export(db, run_id=run_id, top=top, candidate_ids=candidate or (), fmt=fmt, task=task)
+    except ExportError as exc:
+        fail(str(exc))
+    for line in skipped:
+        err.print(f"skipped {line}", highlight=False, markup=False, soft_wrap=True)
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    err.print(f"wrote {len(chosen)} function(s) to {out} ({fmt}): "
+              + ", ".join(f"{name} ({c.id}, fitness {c.fitness:.4f})" for name, c in chosen),
+              highlight=False, markup=False, soft_wrap=True)
+
+
+def dashboard_command(db: str, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line that serves the dashboard over ``db``."""
+    from discovery.dashboard import entry_script
+
+    return [sys.executable, "-m", "streamlit", "run", str(entry_script()), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--", "--db", str(Path(db).expanduser().resolve())]
+
+
+@app.command()
+def dashboard(
+    db: Annotated[str, typer.Option("--db", help="SQLite archive (read-only; need not exist yet).")] = "runs.db",
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
+) -> None:
+    """Serve the leaderboard dashboard (Streamlit) over an archive, read-only."""
+    import subprocess
+
+    if not Path(db).expanduser().is_file():
+        err.print(f"note: no archive at {escape(db)} yet; the page says how to start a run", highlight=False)
+    console.print(f"dashboard on http://{host}:{port} over {escape(db)} (Ctrl-C to stop)", highlight=False)
+    try:
+        proc = subprocess.Popen(dashboard_command(db, host, port))
+    except OSError as exc:
+        fail(f"cannot start streamlit: {exc}")
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # streamlit got the same SIGINT: let it stop cleanly
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        code = 0 if code in (0, -2, 130) else code
+    raise typer.Exit(code)
 
 
 def main() -> None:

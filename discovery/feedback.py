@@ -402,6 +402,11 @@ def _metrics_text(entry: Mapping[str, Any]) -> str:
         value = _num(metrics.get(key))
         if value is not None:
             parts.append(f"{label} {_fmt(value, 2)}")
+    if not parts:  # another task's metrics: the first few under their own names
+        for key, raw in list(metrics.items())[:8]:
+            value = _num(raw)
+            if value is not None:
+                parts.append(f"{str(key).replace('_', '-')} {_fmt(value, 3)}")
     return ", ".join(parts)
 
 

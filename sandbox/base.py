@@ -118,9 +118,11 @@ def scrubbed_env(threads: int, extra: dict[str, str] | None = None) -> dict[str,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": str(threads),
-        # OpenMP threads spin while idle by default; with several workers (or several runs) on
-        # few cores that spinning starves the other processes, slowing training 10-100x.
-        "OMP_WAIT_POLICY": "PASSIVE" if threads == 1 else "ACTIVE",
+        # OpenMP threads spin while idle by default; whenever the machine is busier than the
+        # sandbox's own threads (other workers, other runs, the user's work) that spinning starves
+        # everyone, slowing training 10-100x (seen here with 2 threads at load 8). Passive costs
+        # a little on an idle machine and never collapses.
+        "OMP_WAIT_POLICY": "PASSIVE",
         "MKL_NUM_THREADS": str(threads),
     }
     if extra:

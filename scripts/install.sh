@@ -33,6 +33,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 
 if [[ $DEV -eq 1 ]]; then
+  # the dashboard's browser test drives Debian's Chromium through playwright (never `playwright install`)
+  command -v chromium >/dev/null || apt_install chromium
   $PY -m pip install --quiet -e ".[dev]"
 else
   $PY -m pip install --quiet -e .

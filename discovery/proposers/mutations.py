@@ -74,7 +74,10 @@ FALLBACK_OPERATORS = ("perturb_constant", "insert_term")
 CROSSOVER_MODES = ("splice", "convex", "max", "min")
 CROSSOVER_WEIGHTS = {"splice": 0.4, "convex": 0.3, "max": 0.15, "min": 0.15}
 #: slot arguments that are positive Python scalars, not per-example tensors
-SCALAR_ARGS = frozenset({"beta"})
+SCALAR_ARGS = frozenset({"beta", "lr"})
+#: slot arguments that are neither float tensors nor positive scalars (a state dict, a step counter,
+#: class-index targets: an int64 tensor that float functions such as sigmoid reject)
+OPAQUE_ARGS = frozenset({"state", "step", "targets"})
 HELPER_A, HELPER_B = "parent_a_loss", "parent_b_loss"
 TAU_RANGE = (0.02, 1.0)
 
@@ -270,13 +273,18 @@ def gate_blend(
     slot's five arguments in order) and ``tau`` is log-uniform in :data:`TAU_RANGE`.
     """
     a, b = _Parent(code_a, slot_name), _Parent(code_b, slot_name)
-    if len(a.args) != 5 or len(b.args) != 5:
+    if not all(_preference_like(p.args) for p in (a, b)):
         raise ValueError("gate_blend needs slots with the five preference arguments")
     cand = next(_blend(a, b, id_a, id_b, rng, slot_name, "gate"), None)
     out = _accept(cand, [a, b], slot_name) if cand is not None else None
     if cand is None or out is None:  # only if torch cannot be imported under any name
         raise ValueError(f"cannot blend {id_a!r} with {id_b!r}")
     return Mutant(out, f"{id_a}x{id_b}~{cand.detail}", cand.thought, "gate_blend", [id_a, id_b])
+
+
+def _preference_like(args: list[str]) -> bool:
+    """Four per-example tensor arguments, then a positive scalar: the margin a gate blend reads."""
+    return len(args) == 5 and args[4] in SCALAR_ARGS and not set(args[:4]) & (SCALAR_ARGS | OPAQUE_ARGS)
 
 
 # =========================================================================== parents
@@ -677,7 +685,7 @@ def _splice(
 ) -> Iterator[_Candidate]:
     """Replace a subexpression of A's returned expression by one of B's (B's locals inlined)."""
     argmap = dict(zip(b.args, a.args, strict=True))
-    b_tensors = {n for n in b.args if n not in SCALAR_ARGS}
+    b_tensors = {n for n in b.args if n not in SCALAR_ARGS | OPAQUE_ARGS}
     donors: list[ast.expr] = []
     seen: set[str] = set()
     for ret in _returns(b.slot):
@@ -1095,12 +1103,14 @@ def _subexprs(expr: ast.expr) -> list[ast.expr]:
 
 def _tensor_names(fn: ast.FunctionDef) -> set[str]:
     """Arguments that are tensors, and locals computed from them."""
-    names = {a for a in _arg_names(fn) if a.lstrip("*") == a and a not in SCALAR_ARGS}
+    names = {a for a in _arg_names(fn) if a.lstrip("*") == a and a not in SCALAR_ARGS | OPAQUE_ARGS}
     flows: list[tuple[list[str], ast.expr]] = []
     for node in ast.walk(fn):
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            # only names bound here: storing into `state["m"]` does not make `state` a tensor
+            found = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
+                     and isinstance(n.ctx, ast.Store)]
             flows.append((found, node.value))
         elif isinstance(node, (ast.For, ast.comprehension)):
             flows.append(([n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)], node.iter))

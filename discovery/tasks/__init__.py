@@ -23,6 +23,8 @@ __all__ = [
 
 BUILTIN = {
     "preference": "discovery.tasks.preference.task",
+    "classification": "discovery.tasks.classification.task",
+    "optimizer": "discovery.tasks.optimizer.task",
 }
 
 _loaded: dict[str, Task] = {}

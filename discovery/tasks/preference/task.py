@@ -46,6 +46,57 @@ The overall fitness is the mean over configurations of the per-configuration mea
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
 
+EXPORT_ADAPTER = '''
+def make_dpo_loss(loss, beta=0.1):
+    """A TRL-style ``dpo_loss`` from a discovered loss (a name of REGISTRY, or the function).
+
+    The result takes ``(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)``
+    (summed log-probabilities of shape [B]; further positional or keyword arguments such as
+    TRL's ``loss_type`` and ``model_output`` are ignored) and returns ``(losses,
+    chosen_rewards, rejected_rewards)``: the per-example losses of shape [B], and the implicit
+    rewards ``beta * (logps - ref_logps).detach()``, as ``DPOTrainer.dpo_loss`` does.
+    """
+    if isinstance(loss, str):
+        if loss not in REGISTRY:
+            raise KeyError(f"unknown loss {loss!r}; exported: {', '.join(REGISTRY)}")
+        loss = REGISTRY[loss]
+    if not callable(loss):
+        raise TypeError("loss must be a name of REGISTRY or a function")
+    beta = float(beta)
+
+    def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *args, **kwargs):
+        ref_chosen_logps = ref_chosen_logps.to(chosen_logps.device)
+        ref_rejected_logps = ref_rejected_logps.to(rejected_logps.device)
+        losses = loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        chosen_rewards = beta * (chosen_logps - ref_chosen_logps).detach()
+        rejected_rewards = beta * (rejected_logps - ref_rejected_logps).detach()
+        return losses, chosen_rewards, rejected_rewards
+
+    dpo_loss.__name__ = f"dpo_loss_{getattr(loss, '__name__', 'loss')}"
+    dpo_loss.__doc__ = loss.__doc__
+    return dpo_loss
+
+
+class DiscoveredDPOLoss(torch.nn.Module):
+    """A discovered loss as a module: ``forward(policy_chosen_logps, policy_rejected_logps,
+    reference_chosen_logps, reference_rejected_logps)`` returns ``(losses, chosen_rewards,
+    rejected_rewards)`` like ``make_dpo_loss``; ``reduction="mean"`` averages the losses."""
+
+    def __init__(self, loss, beta=0.1, reduction="none"):
+        super().__init__()
+        if reduction not in ("none", "mean"):
+            raise ValueError("reduction must be 'none' or 'mean'")
+        self.beta = float(beta)
+        self.reduction = reduction
+        self.dpo_loss = make_dpo_loss(loss, self.beta)
+
+    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
+        losses, chosen_rewards, rejected_rewards = self.dpo_loss(
+            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+        )
+        return (losses.mean() if self.reduction == "mean" else losses), chosen_rewards, rejected_rewards
+'''
+
 
 def env_seed(config: SuiteConfig, seed: int) -> int:
     """Each (configuration, seed) gets its own environment (gold reward, reference, data), so
@@ -122,6 +173,10 @@ class PreferenceTask(Task):
                 raise ContractError(f"gradient with respect to {name} is NaN or infinite")
         if all(t.grad is None for t in args[:2]):
             raise ContractError("loss does not depend on the policy log-probs (no gradient)")
+
+    def export_adapter(self) -> str:
+        """``make_dpo_loss(name_or_fn, beta)`` (a TRL-style ``dpo_loss``) and ``DiscoveredDPOLoss``."""
+        return EXPORT_ADAPTER
 
     def warmup(self) -> None:
         params = EnvParams(n_pairs=8, batch=4, steps=2)

@@ -1,0 +1,1 @@
+"""The classification-loss task (see docs/classification_task.md)."""

@@ -1,0 +1,190 @@
+"""The classification-loss task: a per-example loss for a small MLP on noisy, imbalanced real data."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.classification import baselines as library
+from discovery.tasks.classification.env import (
+    EnvParams,
+    TrainingFailed,
+    build_inputs,
+    check_per_example,
+    score_classifier,
+    train_classifier,
+)
+
+SIGNATURE = "def loss(logits, targets) -> torch.Tensor"
+
+CONTRACT = """\
+`logits` is a float32 tensor of shape [B, C]: the classifier's unnormalised scores for B
+examples and C classes (C is 2 to 10 in the suites). `targets` is an int64 (long) tensor of
+shape [B] with the labelled class of each example, in 0..C-1; some labels are wrong (label
+noise), and some classes may be rare (class imbalance). Return the per-example losses, a
+float32 tensor of shape [B] that is finite and differentiable with respect to `logits`; the
+trainer minimises its mean with Adam. `targets` is an index tensor: use it with
+`gather`, `F.one_hot(targets, logits.shape[1])` or `F.cross_entropy`, not in float math.
+Use only torch, torch.nn.functional (as F) and math; put hyper-parameters as constants inside
+the function. This is the contract of `F.cross_entropy(logits, targets, reduction="none")`,
+so a discovered loss drops into any PyTorch training loop in its place."""
+
+FITNESS_DOC = """\
+Per (configuration, seed): fitness = test accuracy - 0.5 * ECE, both measured on the clean
+(never noisy) test labels of a stratified held-back split, after training a fresh MLP for a
+fixed number of steps with no early stopping. Accuracy is the literature's headline for
+noisy-label learning; ECE (expected calibration error, 15 bins) charges over- and
+under-confidence, at half weight so calibration cannot be bought with accuracy. Test NLL,
+balanced accuracy and the share of flipped training labels the network memorised are
+reported alongside. The overall fitness is the mean over configurations of the
+per-configuration mean over seeds."""
+
+IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
+
+
+def env_seed(config: SuiteConfig, seed: int) -> int:
+    """Each (configuration, seed) gets its own split, noise draw and initialisation."""
+    digest = hashlib.sha256(f"classification/{config.name}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _config(name: str, **params: Any) -> SuiteConfig:
+    return SuiteConfig(name, dict(params))
+
+
+DISCOVER = Suite(
+    "discover",
+    (
+        _config("digits_clean", dataset="digits"),
+        _config("digits_sym20", dataset="digits", noise="symmetric", noise_rate=0.2),
+        _config("digits_sym40", dataset="digits", noise="symmetric", noise_rate=0.4),
+        _config("digits_asym40", dataset="digits", noise="asymmetric", noise_rate=0.4),
+        _config("cancer_imb5_asym20", dataset="breast_cancer", noise="asymmetric", noise_rate=0.2, imbalance=5.0),
+    ),
+    seeds=(0, 1, 2),
+)
+
+HELDOUT = Suite(
+    "heldout",
+    (
+        _config("wine_clean", dataset="wine", test_fraction=0.4),
+        _config("wine_imb3_sym30", dataset="wine", noise="symmetric", noise_rate=0.3, imbalance=3.0,
+                test_fraction=0.4),
+        _config("iris_asym30", dataset="iris", noise="asymmetric", noise_rate=0.3, test_fraction=0.4),
+        _config("iris_sym30", dataset="iris", noise="symmetric", noise_rate=0.3, test_fraction=0.4),
+    ),
+    seeds=(1000, 1001, 1002, 1003, 1004),
+)
+
+
+class ClassificationTask(Task):
+    """Discover classification losses robust to label noise and class imbalance."""
+
+    name = "classification"
+    description = "Classification losses (logits, targets) for a small MLP on scikit-learn data with label noise"
+    slot = Slot(name="loss", signature=SIGNATURE, contract=CONTRACT)
+    fitness_doc = FITNESS_DOC
+    reference_baseline = "cross_entropy"
+    cascade_configs = ("digits_clean", "digits_sym40")
+
+    @property
+    def seed_program(self) -> str:
+        return self.baselines["cross_entropy"]
+
+    @property
+    def baselines(self) -> dict[str, str]:
+        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.BASELINES.items()}
+
+    @property
+    def controls(self) -> dict[str, str]:
+        """Programs that must score badly (always zero, sign-flipped cross-entropy): sanity checks."""
+        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.CONTROLS.items()}
+
+    def suites(self) -> dict[str, Suite]:
+        return {"discover": DISCOVER, "heldout": HELDOUT}
+
+    def contract_check(self, fn: Callable[..., Any]) -> None:
+        g = torch.Generator().manual_seed(1234)
+        for batch, classes in ((10, 5), (6, 2)):
+            logits = (torch.randn(batch, classes, generator=g) * 3).requires_grad_(True)
+            targets = torch.randint(0, classes, (batch,), generator=g)
+            try:
+                out = fn(logits, targets.clone())
+                check_per_example(out, batch, torch.float32, "contract")
+                out.mean().backward()
+            except TrainingFailed as exc:
+                raise ContractError(str(exc).removeprefix("contract: ")) from None
+            if logits.grad is None:
+                raise ContractError("loss does not depend on the logits (no gradient)")
+            if not torch.isfinite(logits.grad).all():
+                raise ContractError(f"gradient with respect to the logits is NaN or infinite (C = {classes})")
+
+    def warmup(self) -> None:
+        params = EnvParams(hidden=8, steps=2, batch=4)
+        g = torch.Generator().manual_seed(0)
+        inputs = {
+            "features": torch.randn(8, 3, generator=g), "labels": torch.randint(0, 3, (8,), generator=g),
+            "num_classes": torch.tensor(3), "init_seed": torch.tensor(0), "order_seed": torch.tensor(0),
+        }
+        train_classifier(library.cross_entropy, params, inputs)
+
+    def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        return build_inputs(EnvParams.from_mapping(config.params), env_seed(config, seed))
+
+    def train(
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+    ) -> dict[str, Any]:
+        return train_classifier(fn, EnvParams.from_mapping(config.params), inputs)
+
+    def score(
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+    ) -> SeedMetrics:
+        metrics = score_classifier(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["model"])
+        fitness = metrics.pop("fitness")
+        curve = {
+            key.removeprefix("curve_"): [float(v) for v in outputs[key]]
+            for key in ("curve_loss", "curve_grad_norm", "curve_train_acc")
+            if key in outputs
+        }
+        return SeedMetrics(config=config.name, seed=seed, fitness=fitness, metrics=metrics, curve=curve)
+
+    def export_adapter(self) -> str:
+        return EXPORT_ADAPTER
+
+
+EXPORT_ADAPTER = '''
+class DiscoveredLoss(torch.nn.Module):
+    """A slot function as a drop-in for torch.nn.CrossEntropyLoss: input [N, C] or [N, C, d1, ...]
+    logits, target [N] or [N, d1, ...] class indices; reduction "mean", "sum" or "none"."""
+
+    def __init__(self, fn, reduction="mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        self.fn, self.reduction = fn, reduction
+
+    def forward(self, input, target):
+        if input.dim() > 2:  # [N, C, d1, ...] -> [N * d1 * ..., C], as CrossEntropyLoss accepts
+            classes = input.shape[1]
+            shape = target.shape
+            per_example = self.fn(input.movedim(1, -1).reshape(-1, classes), target.reshape(-1)).reshape(shape)
+        else:
+            per_example = self.fn(input, target)
+        if self.reduction == "mean":
+            return per_example.mean()
+        if self.reduction == "sum":
+            return per_example.sum()
+        return per_example
+
+
+def loss_module(name, reduction="mean"):
+    """REGISTRY[name] wrapped as a torch.nn.Module loss (like torch.nn.CrossEntropyLoss)."""
+    return DiscoveredLoss(REGISTRY[name], reduction)
+'''
+
+
+TASK = ClassificationTask()

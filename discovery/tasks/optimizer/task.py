@@ -1,0 +1,218 @@
+"""The optimizer update-rule task (the Lion paper's slot, on CPU-sized problems)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.optimizer import baselines as library
+from discovery.tasks.optimizer.env import (
+    ProblemParams,
+    build_inputs,
+    init_params,
+    normalized,
+    reference_means,
+    scoring_context,
+    train_grid,
+    train_one,
+)
+
+SIGNATURE = "def update(param, grad, state, lr, step) -> torch.Tensor"
+
+CONTRACT = """\
+An update rule for one parameter tensor, called once per parameter and training step under
+torch.no_grad(). `param` is the current value (a float32 tensor of any shape: a weight
+matrix, a bias vector, a conv kernel, a vector of coordinates) and `grad` its gradient, of
+the same shape and dtype. `state` is this parameter's own dict: empty at step 1, the same
+dict at every later step, so the rule keeps its buffers there, e.g.
+`m = 0.9 * state.get("m", 0.0) + 0.1 * grad; state["m"] = m` (a scalar 0.0 default is a zero
+buffer) or `if "m" not in state: state["m"] = torch.zeros_like(param)`. `lr` is a positive
+Python float, the learning rate in *Adam units*: each problem passes a base learning rate at
+which AdamW trains well, times 1/3, 1 or 3; a rule whose step has another natural scale
+multiplies `lr` by a constant of its own (plain SGD here uses 10 * lr, Lion lr / 3). `step`
+is an int counting from 1 (for bias correction or schedules). Return the new parameter
+value: a finite float32 tensor of the same shape as `param`; it is copied into the
+parameter (modifying `param` in place is neither required nor forbidden; do not keep `grad`
+itself in the state, keep a copy or an expression of it). Weight decay, momentum
+coefficients and epsilons are constants inside the function; helper functions in the same
+file are allowed. Use only torch and math. This is the form of torch.optim's per-parameter
+update, so an exported rule runs in any torch training loop through the adapter
+`RuleOptimizer(model.parameters(), rule, lr)`."""
+
+FITNESS_DOC = """\
+Per (configuration, seed): the rule trains the configuration's problem from fixed initial
+weights once per learning rate of a 3-point grid (base x 1/3, 1, 3); each run's final weights
+get a metric on trusted data (test cross-entropy of the digits classifiers and the
+character-level language model; log10 of the objective for the noisy quadratic and the
+Rosenbrock problems; lower is better), clipped at the metric of the initial weights (a run
+that diverges, returns NaN or ends worse than it started counts as standing still). The grid
+mean M of these metrics rewards robustness to the learning rate. The fitness normalises M
+between plain SGD (0) and AdamW (1) on the same problem, seed and grid:
+(M_sgd - M) / (M_sgd - M_adamw), clipped to [-1, 3] (the denominator is at least 5% of
+AdamW's improvement over the initial weights), so every problem counts on the same scale and
+one blow-up cannot dominate. The overall fitness is the mean over configurations of the
+per-configuration mean over seeds. Metrics at the middle learning rate, the best of the grid,
+the test accuracy and the number of diverged runs are reported alongside."""
+
+IMPORTS = "import math\n\nimport torch"
+
+_ADAPTER_MARKER = "# --- adapter source starts here ---"
+
+
+def env_seed(config: SuiteConfig, seed: int) -> int:
+    """Each (configuration, seed) gets its own data split, initial weights and problem instance."""
+    digest = hashlib.sha256(f"{config.name}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _config(name: str, **params: Any) -> SuiteConfig:
+    return SuiteConfig(name, dict(params))
+
+
+DISCOVER = Suite(
+    "discover",
+    (
+        _config("logreg", kind="logreg", steps=100, batch=64, base_lr=0.1),
+        _config("mlp", kind="mlp", steps=100, batch=64, hidden=32, base_lr=0.03),
+        _config("cnn", kind="cnn", steps=80, batch=32, channels=8, base_lr=0.02),
+        _config("charlm", kind="charlm", steps=150, batch=64, hidden=64, embed=12, context=6, base_lr=0.01),
+        _config("quadratic", kind="nqm", steps=150, dim=100, cond=10000.0, noise=0.0, base_lr=0.03),
+        _config("rosenbrock", kind="rosenbrock", steps=200, dim=10, base_lr=0.03),
+    ),
+    seeds=(0, 1, 2),
+)
+
+HELDOUT = Suite(
+    "heldout",
+    (
+        _config("mlp_deep_long", kind="mlp", steps=250, batch=64, hidden=64, depth=2, base_lr=0.01),
+        _config("cnn_wide_long", kind="cnn", steps=200, batch=32, channels=16, base_lr=0.01),
+        _config("charlm_large_long", kind="charlm", steps=400, batch=64, hidden=128, embed=16, context=8,
+                base_lr=0.003),
+        _config("noisy_quadratic_long", kind="nqm", steps=300, dim=400, cond=10000.0, noise=0.3, base_lr=0.03),
+        _config("rosenbrock_30d_long", kind="rosenbrock", steps=500, dim=30, base_lr=0.03),
+        _config("autoencoder", kind="autoencoder", steps=250, batch=64, hidden=16, base_lr=0.01),
+    ),
+    seeds=(1000, 1001, 1002),
+)
+
+#: the trusted rules that define fitness 0 and 1
+REFERENCES = {"sgd": library.sgd, "adamw": library.adamw}
+_REFERENCE_SOURCES = "".join(inspect.getsource(fn) for fn in REFERENCES.values())
+
+
+class OptimizerTask(Task):
+    """Discover optimizer update rules (SGD, Adam, Lion and their relatives)."""
+
+    name = "optimizer"
+    description = ("Optimizer update rules (Lion slot) on digits classifiers, a character-level LM "
+                   "and ill-conditioned problems, over a learning-rate grid")
+    slot = Slot(name="update", signature=SIGNATURE, contract=CONTRACT, allowed_imports=("torch", "math"))
+    fitness_doc = FITNESS_DOC
+    reference_baseline = "adamw"
+    cascade_configs = ("charlm", "quadratic")
+
+    @property
+    def seed_program(self) -> str:
+        return self.baselines["adamw"]
+
+    @property
+    def baselines(self) -> dict[str, str]:
+        return {name: source_of(fn, "update", IMPORTS) for name, fn in library.BASELINES.items()}
+
+    @property
+    def controls(self) -> dict[str, str]:
+        """Programs that must score badly (no-op, gradient ascent): sanity checks."""
+        return {name: source_of(fn, "update", IMPORTS) for name, fn in library.CONTROLS.items()}
+
+    def suites(self) -> dict[str, Suite]:
+        return {"discover": DISCOVER, "heldout": HELDOUT}
+
+    def contract_check(self, fn: Callable[..., Any]) -> None:
+        g = torch.Generator().manual_seed(1234)
+        for shape in ((4, 3), (3,), (2, 1, 3, 3)):
+            param = torch.randn(shape, generator=g)
+            state: dict[str, Any] = {}
+            for step in (1, 2, 3):
+                grad = torch.randn(shape, generator=g)
+                with torch.no_grad():
+                    new = fn(param.clone(), grad, state, 0.01, step)
+                where = f"step {step}, parameter of shape {shape}"
+                if not isinstance(new, torch.Tensor):
+                    raise ContractError(f"{where}: update returned {type(new).__name__}, expected a tensor")
+                if tuple(new.shape) != shape:
+                    raise ContractError(f"{where}: update returned shape {tuple(new.shape)}, expected {shape}")
+                if new.dtype != torch.float32:
+                    raise ContractError(f"{where}: update returned dtype {new.dtype}, expected torch.float32")
+                if not torch.isfinite(new).all():
+                    raise ContractError(f"{where}: update returned NaN or infinite values")
+                param = new.detach().clone()
+
+    def warmup(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        for kind, extra in (("mlp", {}), ("cnn", {}), ("charlm", {})):
+            p = ProblemParams(kind=kind, steps=2, batch=4, hidden=4, channels=2, context=3, embed=2)
+            inputs: dict[str, Any] = {"order_seed": torch.tensor(0)}
+            if kind == "charlm":
+                inputs["text"] = torch.randint(0, 10, (64,), generator=g, dtype=torch.uint8)
+            else:
+                inputs["x"], inputs["y"] = torch.rand(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
+            inputs["init"] = init_params(p, 0, extra)
+            train_one(library.adamw, p, inputs, 1e-3, 0)
+
+    def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        return build_inputs(ProblemParams.from_mapping(config.params), env_seed(config, seed))
+
+    def train(
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+    ) -> dict[str, Any]:
+        # the problems are tiny: intra-op threads only add synchronisation (and, with spinning
+        # OpenMP threads on a busy machine, stalls of seconds per step); this child is disposable
+        torch.set_num_threads(1)
+        return train_grid(fn, ProblemParams.from_mapping(config.params), inputs)
+
+    def score(
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+    ) -> SeedMetrics:
+        p = ProblemParams.from_mapping(config.params)
+        env = env_seed(config, seed)
+        finals = outputs["final"]
+        if not isinstance(finals, list) or len(finals) != len(p.lr_grid):
+            raise ValueError(f"expected final weights for {len(p.lr_grid)} learning rates")
+        ctx = scoring_context(p, env, inputs)
+        grid = ctx.grid(finals)
+        refs = reference_means(p, env, inputs, REFERENCES, _REFERENCE_SOURCES)
+        mid = p.lr_grid.index(1.0) if 1.0 in p.lr_grid else len(p.lr_grid) // 2
+        diverged = sum(1 for d, m in zip(outputs["diverged_at"].tolist(), grid["raw"], strict=True)
+                       if d > 0 or m > ctx.init_metric)
+        metrics = {
+            "grid_mean": grid["mean"],
+            "best": min(grid["per_lr"]),
+            "at_base_lr": grid["per_lr"][mid],
+            "init": ctx.init_metric,
+            "sgd_grid_mean": refs["sgd"],
+            "adamw_grid_mean": refs["adamw"],
+            "diverged_runs": float(diverged),
+        }
+        if grid["accuracy"]:
+            metrics["accuracy_at_base_lr"] = grid["accuracy"][mid]
+        fitness = normalized(grid["mean"], refs["sgd"], refs["adamw"], ctx.init_metric)
+        curves = outputs["curve_loss"]
+        curve = {"loss": [float(v) for v in curves[mid]]}
+        curve["loss_lr_low"] = [float(v) for v in curves[0]]
+        curve["loss_lr_high"] = [float(v) for v in curves[-1]]
+        return SeedMetrics(config=config.name, seed=seed, fitness=fitness, metrics=metrics, curve=curve)
+
+    def export_adapter(self) -> str:
+        """``RuleOptimizer(params, rule, lr)``, a ``torch.optim.Optimizer``, and ``make_optimizer(name, ...)``."""
+        text = (Path(__file__).parent / "export.py").read_text()
+        return text.split(_ADAPTER_MARKER, 1)[1].lstrip("\n")
+
+
+TASK = OptimizerTask()
