@@ -109,6 +109,11 @@ class Sandbox(ABC):
         self.close()
 
 
+#: how long (busy-wait iterations, ~1 ns each) an idle OpenMP thread of a team spins before it
+#: sleeps: long enough to bridge the gaps between small ops, short enough not to starve others
+GOMP_TEAM_SPINS = 200_000
+
+
 def scrubbed_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The whole environment a sandboxed process gets: no keys, no proxies, nothing inherited."""
     env = {
@@ -118,13 +123,16 @@ def scrubbed_env(threads: int, extra: dict[str, str] | None = None) -> dict[str,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": str(threads),
-        # OpenMP threads spin while idle by default; whenever the machine is busier than the
-        # sandbox's own threads (other workers, other runs, the user's work) that spinning starves
-        # everyone, slowing training 10-100x (seen here with 2 threads at load 8). Passive costs
-        # a little on an idle machine and never collapses.
-        "OMP_WAIT_POLICY": "PASSIVE",
+        # OpenMP's idle threads: ACTIVE (spin for ever) starves everything once the machine is busier
+        # than the sandbox's threads (2-thread jobs hit a 270 s wall at load 8); PASSIVE (sleep at
+        # once) makes tiny multi-threaded ops 3x slower (15.5 s vs 5.5 s per suite, idle). A single
+        # thread never waits on a team, so PASSIVE is free there; teams get a short bounded spin
+        # (libgomp's GOMP_SPINCOUNT; its default is 30 billion spins under ACTIVE).
+        "GOMP_SPINCOUNT": "0" if threads == 1 else str(GOMP_TEAM_SPINS),
         "MKL_NUM_THREADS": str(threads),
     }
+    if threads == 1:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     if extra:
         env.update(extra)
     return env

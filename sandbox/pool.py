@@ -27,9 +27,22 @@ def visible_gpus() -> list[str]:
         return []
 
 
+#: environment variable that gives each sandboxed job more CPU threads (default 1)
+THREADS_VARIABLE = "DISCOVERY_THREADS_PER_JOB"
+
+
 def threads_per_worker(workers: int) -> int:
-    """CPU threads each worker gets so that the workers together fill the machine once."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """CPU threads each sandboxed job gets: 1 unless ``DISCOVERY_THREADS_PER_JOB`` says more, and never
+    more than the workers' share of the cores. The tasks' models are small: one thread per job is as
+    fast as two (7.1 s per preference suite either way, docs/benchmarks.md), more workers scale
+    better than more threads, and a single thread waits passively, so a busy machine never
+    collapses it; use ``--workers`` to fill the cores."""
+    share = max(1, (os.cpu_count() or 1) // max(1, workers))
+    try:
+        wanted = int(os.environ.get(THREADS_VARIABLE, "1"))
+    except ValueError:
+        wanted = 1
+    return max(1, min(wanted, share))
 
 
 class SandboxPool:
