@@ -122,9 +122,15 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
     stage = "parse"
     try:
         code = compile(source, CANDIDATE_FILE, "exec")
-        namespace: dict[str, Any] = {"__name__": "candidate", "__builtins__": builtins}
-        exec(code, namespace)  # the sandbox is the wall: this process is disposable
-        fn = namespace.get(task.slot.name)
+
+        def load_slot() -> Any:
+            """A fresh copy of the candidate (new module namespace, new default arguments), so that
+            no state a candidate keeps can pass from one (configuration, seed) training to the next."""
+            namespace: dict[str, Any] = {"__name__": "candidate", "__builtins__": builtins}
+            exec(code, namespace)  # the sandbox is the wall: this process is disposable
+            return namespace.get(task.slot.name)
+
+        fn = load_slot()
         if not callable(fn):
             return {"status": "parse", "stage": stage, "reason": f"no function named {task.slot.name!r}"}
         stage = "contract"
@@ -139,7 +145,7 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
                     key = input_key(config_name, seed)
                     started = time.perf_counter()
                     try:
-                        outputs[key] = task.train(fn, config, seed, (inputs or {})[key], job.device)
+                        outputs[key] = task.train(load_slot(), config, seed, (inputs or {})[key], job.device)
                     except TrainingFailed as exc:
                         return {"status": "invalid", "stage": stage,
                                 "reason": one_line(f"{config_name} seed {seed}: {exc}")}

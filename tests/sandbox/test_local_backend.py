@@ -146,3 +146,29 @@ def test_bubblewrap_view_is_reachable_by_the_job_user(warm: LocalSandbox, tmp_pa
              "    return (a - b) * beta\n")
     outcome = warm.run(Job(task="preference", source=probe, stage="contract", limits=LIMITS))
     assert outcome.ok, (outcome.reason, outcome.stderr_tail)
+
+
+LEAKY = '''import torch
+import torch.nn.functional as F
+
+STATE = {"calls": 0}
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    STATE["calls"] += 1
+    if STATE["calls"] > 200:  # one training calls the loss 150 times; more means state leaked across trainings
+        raise RuntimeError("module state survived from an earlier training")
+    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * h)
+'''
+
+
+@needs_bwrap
+def test_each_training_gets_a_fresh_copy_of_the_candidate(warm: LocalSandbox, inputs: dict[str, Any]):
+    """Module-level state cannot carry information from one (configuration, seed) to the next."""
+    both = dict(inputs)
+    both[input_key("clean", 1)] = Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 1)
+    job = Job(task="preference", source=LEAKY, stage="train", configs=["clean"], seeds=[0, 1], limits=LIMITS)
+    outcome = warm.run(job, both)
+    assert outcome.ok, outcome.reason
+    assert set(outcome.outputs) == {input_key("clean", 0), input_key("clean", 1)}
