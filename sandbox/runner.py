@@ -115,6 +115,7 @@ def _failure(exc: BaseException, source: str, stage: str, memory_mb: int, file_m
 def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
     """Load, check and train; return the result dict that goes to ``result.pt``."""
     from discovery.tasks import ContractError, TrainingFailed, get_task
+    from discovery.tasks.base import FRESH_COPY
     from sandbox.jobfiles import input_key
 
     task = get_task(job.task)
@@ -128,7 +129,12 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
             no state a candidate keeps can pass from one (configuration, seed) training to the next."""
             namespace: dict[str, Any] = {"__name__": "candidate", "__builtins__": builtins}
             exec(code, namespace)  # the sandbox is the wall: this process is disposable
-            return namespace.get(task.slot.name)
+            slot = namespace.get(task.slot.name)
+            try:
+                setattr(slot, FRESH_COPY, load_slot)  # tasks that train several times reload through it
+            except (AttributeError, TypeError):
+                pass
+            return slot
 
         fn = load_slot()
         if not callable(fn):

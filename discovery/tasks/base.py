@@ -158,6 +158,23 @@ class Task(ABC):
         return f"{self.slot.signature}\n\n{self.slot.contract}"
 
 
+#: attribute the sandbox's runner sets on a candidate function: a loader of a fresh copy of it
+FRESH_COPY = "discovery_fresh_copy"
+
+
+def fresh_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A fresh copy of the candidate function (its module executed again: new globals, new default
+    arguments) when the sandbox provides one, else ``fn`` itself. For tasks that train several
+    times within one (configuration, seed), e.g. over a learning-rate grid, so that no state a
+    candidate keeps passes from one training to the next."""
+    factory = getattr(fn, FRESH_COPY, None)
+    if callable(factory):
+        copy = factory()
+        if callable(copy):
+            return copy
+    return fn
+
+
 def source_of(fn: Callable[..., Any], slot_name: str, imports: str) -> str:
     """Turn a library function into a standalone candidate program defining ``slot_name``."""
     src = inspect.getsource(fn)

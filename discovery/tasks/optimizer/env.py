@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed
+from discovery.tasks.base import TrainingFailed, fresh_copy
 
 ENV_VERSION = "opt-env-v1"
 #: training loss recorded at about this many points per run (the curve shown as feedback)
@@ -332,7 +332,8 @@ def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, to
 
 def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any]) -> dict[str, Any]:
     """Sandboxed: run ``rule`` once per learning rate of the grid; raw outputs only."""
-    runs = [train_one(rule, p, inputs, lr, int(inputs["order_seed"]) + i) for i, lr in enumerate(p.lrs)]
+    # each learning rate gets a fresh copy of the rule: nothing it remembers crosses runs of the grid
+    runs = [train_one(fresh_copy(rule), p, inputs, lr, int(inputs["order_seed"]) + i) for i, lr in enumerate(p.lrs)]
     return {
         "final": [r["final"] for r in runs],
         "curve_loss": torch.stack([r["curve"] for r in runs]),
