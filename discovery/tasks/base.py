@@ -158,6 +158,34 @@ class Task(ABC):
         return f"{self.slot.signature}\n\n{self.slot.contract}"
 
 
+class LibraryTask(Task):
+    """A task whose baselines and controls are plain functions in a library module (its
+    ``BASELINES`` and ``CONTROLS`` dicts), turned into candidate programs under ``imports``, whose
+    suites are the class attributes ``discover`` and ``heldout``, and whose seed program is the
+    reference baseline."""
+
+    library: Any
+    imports: str
+    discover: Suite
+    heldout: Suite
+
+    @property
+    def seed_program(self) -> str:
+        return self.baselines[self.reference_baseline]
+
+    @property
+    def baselines(self) -> dict[str, str]:
+        return {name: source_of(fn, self.slot.name, self.imports) for name, fn in self.library.BASELINES.items()}
+
+    @property
+    def controls(self) -> dict[str, str]:
+        """Programs that must score badly (e.g. an always-zero loss): sanity checks of the suites."""
+        return {name: source_of(fn, self.slot.name, self.imports) for name, fn in self.library.CONTROLS.items()}
+
+    def suites(self) -> dict[str, Suite]:
+        return {"discover": self.discover, "heldout": self.heldout}
+
+
 #: attribute the sandbox's runner sets on a candidate function: a loader of a fresh copy of it
 FRESH_COPY = "discovery_fresh_copy"
 

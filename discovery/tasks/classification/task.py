@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
 from discovery.tasks.classification import baselines as library
 from discovery.tasks.classification.env import (
     EnvParams,
@@ -81,7 +81,7 @@ HELDOUT = Suite(
 )
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LibraryTask):
     """Discover classification losses robust to label noise and class imbalance."""
 
     name = "classification"
@@ -91,21 +91,10 @@ class ClassificationTask(Task):
     reference_baseline = "cross_entropy"
     cascade_configs = ("digits_clean", "digits_sym40")
 
-    @property
-    def seed_program(self) -> str:
-        return self.baselines["cross_entropy"]
-
-    @property
-    def baselines(self) -> dict[str, str]:
-        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.BASELINES.items()}
-
-    @property
-    def controls(self) -> dict[str, str]:
-        """Programs that must score badly (always zero, sign-flipped cross-entropy): sanity checks."""
-        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.CONTROLS.items()}
-
-    def suites(self) -> dict[str, Suite]:
-        return {"discover": DISCOVER, "heldout": HELDOUT}
+    library = library
+    imports = IMPORTS
+    discover = DISCOVER
+    heldout = HELDOUT
 
     def contract_check(self, fn: Callable[..., Any]) -> None:
         g = torch.Generator().manual_seed(1234)

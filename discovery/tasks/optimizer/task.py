@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
 from discovery.tasks.optimizer import baselines as library
 from discovery.tasks.optimizer.env import (
     ProblemParams,
@@ -107,7 +107,7 @@ REFERENCES = {"sgd": library.sgd, "adamw": library.adamw}
 _REFERENCE_SOURCES = "".join(inspect.getsource(fn) for fn in REFERENCES.values())
 
 
-class OptimizerTask(Task):
+class OptimizerTask(LibraryTask):
     """Discover optimizer update rules (SGD, Adam, Lion and their relatives)."""
 
     name = "optimizer"
@@ -118,21 +118,10 @@ class OptimizerTask(Task):
     reference_baseline = "adamw"
     cascade_configs = ("charlm", "quadratic")
 
-    @property
-    def seed_program(self) -> str:
-        return self.baselines["adamw"]
-
-    @property
-    def baselines(self) -> dict[str, str]:
-        return {name: source_of(fn, "update", IMPORTS) for name, fn in library.BASELINES.items()}
-
-    @property
-    def controls(self) -> dict[str, str]:
-        """Programs that must score badly (no-op, gradient ascent): sanity checks."""
-        return {name: source_of(fn, "update", IMPORTS) for name, fn in library.CONTROLS.items()}
-
-    def suites(self) -> dict[str, Suite]:
-        return {"discover": DISCOVER, "heldout": HELDOUT}
+    library = library
+    imports = IMPORTS
+    discover = DISCOVER
+    heldout = HELDOUT
 
     def contract_check(self, fn: Callable[..., Any]) -> None:
         g = torch.Generator().manual_seed(1234)

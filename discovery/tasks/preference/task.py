@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, source_of
+from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
 from discovery.tasks.preference import baselines as library
 from discovery.tasks.preference.env import (
     EnvParams,
@@ -133,7 +133,7 @@ HELDOUT = Suite(
 )
 
 
-class PreferenceTask(Task):
+class PreferenceTask(LibraryTask):
     """Discover offline preference-optimization losses (DPO and its relatives)."""
 
     name = "preference"
@@ -143,21 +143,10 @@ class PreferenceTask(Task):
     reference_baseline = "dpo"
     cascade_configs = ("clean", "noise40")
 
-    @property
-    def seed_program(self) -> str:
-        return self.baselines["dpo"]
-
-    @property
-    def baselines(self) -> dict[str, str]:
-        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.BASELINES.items()}
-
-    @property
-    def controls(self) -> dict[str, str]:
-        """Programs that must score badly (always zero, sign-flipped DPO): sanity checks."""
-        return {name: source_of(fn, "loss", IMPORTS) for name, fn in library.CONTROLS.items()}
-
-    def suites(self) -> dict[str, Suite]:
-        return {"discover": DISCOVER, "heldout": HELDOUT}
+    library = library
+    imports = IMPORTS
+    discover = DISCOVER
+    heldout = HELDOUT
 
     def contract_check(self, fn: Callable[..., Any]) -> None:
         g = torch.Generator().manual_seed(1234)
