@@ -53,6 +53,21 @@ def _pool(kind: str, workers: int, image: str | None):  # noqa: ANN202
         fail(str(exc))
 
 
+def _exported_names(source: str) -> list[str]:
+    """The keys of a module's top-level ``REGISTRY = {...}`` (a ``discovery export`` module), else []."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    for stmt in tree.body:
+        if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "REGISTRY" for t in stmt.targets)
+                and isinstance(stmt.value, ast.Dict)):
+            return [k.value for k in stmt.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    return []
+
+
 def _fmt(est) -> str:  # noqa: ANN001
     if est is None:
         return "-"
@@ -121,6 +136,9 @@ def evaluate(
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}")
     t = _load_task(task)
+    if function is None and _exported_names(source):
+        fail(f"{path} is an exported module: choose one of its functions with --function NAME "
+             f"({', '.join(_exported_names(source)[:8])})")
     if function is not None:
         from discovery.export import ExportError, program_for_function
 

@@ -383,6 +383,9 @@ def test_bad_input_gives_one_line_and_nonzero_exit(short_run_db, tmp_path):
     proc = run_cli("evaluate", str(exported), "--function", "absent")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "no top-level function 'absent'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("evaluate", str(exported))  # an exported module without --function: say how to pick one
+    assert proc.returncode == 2 and "choose one of its functions with --function NAME" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_candidates_of_two_tasks_are_not_mixed(short_run_db, tmp_path):
