@@ -136,9 +136,10 @@ def evaluate(
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}")
     t = _load_task(task)
-    if function is None and _exported_names(source):
+    exported = _exported_names(source) if function is None else []
+    if exported:
         fail(f"{path} is an exported module: choose one of its functions with --function NAME "
-             f"({', '.join(_exported_names(source)[:8])})")
+             f"({', '.join(exported[:8])})")
     if function is not None:
         from discovery.export import ExportError, program_for_function
 

@@ -14,13 +14,21 @@ inside :meth:`prepare` and :meth:`score`, which never run in the sandbox.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, SeedMetrics, Slot, Suite, SuiteConfig, Task, TrainingFailed
+from discovery.tasks.base import (
+    ContractError,
+    SeedMetrics,
+    Slot,
+    Suite,
+    SuiteConfig,
+    Task,
+    TrainingFailed,
+    env_seed,
+)
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
 
@@ -48,17 +56,13 @@ HELDOUT = Suite("heldout", (  # another dataset and another kind of corruption, 
 STEPS, LR = 300, 0.05
 
 
-def _seed(config: SuiteConfig, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{config.name}/{seed}".encode()).digest()[:4], "little")
-
-
 def _dataset(config: SuiteConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Trusted side: standardised features, corrupted training targets, clean test targets."""
     import numpy as np
     from sklearn.datasets import load_diabetes, make_friedman1
     from sklearn.model_selection import train_test_split
 
-    rng = np.random.default_rng(_seed(config, seed))
+    rng = np.random.default_rng(env_seed(config, seed))
     p = dict(config.params)
     if p["data"] == "diabetes":
         x, y = load_diabetes(return_X_y=True)
@@ -124,7 +128,7 @@ class RobustRegressionTask(Task):
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         x_tr, y_tr, _, _ = _dataset(config, seed)  # the test split stays on the trusted side
-        return {"x": x_tr, "y": y_tr, "seed": torch.tensor(_seed(config, seed))}
+        return {"x": x_tr, "y": y_tr, "seed": torch.tensor(env_seed(config, seed))}
 
     def train(self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any],
               device: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ reasons, code) is HTML-escaped before it goes into a link or a table.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -16,6 +18,8 @@ from urllib.parse import urlencode
 import altair as alt
 import pandas as pd
 import streamlit as st
+
+from discovery.archive import Archive
 
 from . import data
 
@@ -111,6 +115,21 @@ def welcome(db: str | Path, opened: data.Opened) -> None:
     st.caption("The dashboard only reads the archive; it refreshes a run's page while the run is going.")
 
 
+@contextmanager
+def archive_or_welcome(db: str | Path) -> Iterator[Archive | None]:
+    """The archive at ``db``, opened read-only and closed on exit; ``None`` after showing the
+    welcome page when there is no usable archive."""
+    opened = data.open_archive(db)
+    if opened.archive is None:
+        welcome(db, opened)
+        yield None
+        return
+    try:
+        yield opened.archive
+    finally:
+        opened.close()
+
+
 def sidebar(db: str | Path, runs: pd.DataFrame) -> None:
     """Navigation: the leaderboard and the newest runs."""
     with st.sidebar:
@@ -128,12 +147,9 @@ def sidebar(db: str | Path, runs: pd.DataFrame) -> None:
 
 def leaderboard_page(db: str | Path) -> None:
     """All candidates across runs and tasks with fitness, CI, held-out fitness and ranks; baselines included."""
-    opened = data.open_archive(db)
-    if opened.archive is None:
-        welcome(db, opened)
-        return
-    try:
-        archive = opened.archive
+    with archive_or_welcome(db) as archive:
+        if archive is None:
+            return
         st.title("Leaderboard")
         task_names = data.tasks(archive)
         c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
@@ -176,8 +192,6 @@ def leaderboard_page(db: str | Path) -> None:
                 "heldout_fitness": st.column_config.NumberColumn(format="%.4f"),
                 "heldout_pm": st.column_config.NumberColumn("held-out ±", format="%.4f"),
             })
-    finally:
-        opened.close()
 
 
 def _leaderboard_table(df: pd.DataFrame) -> str:
@@ -208,14 +222,10 @@ def run_page(db: str | Path, run_id: str) -> None:
     While the run's status is ``running`` the page body is a fragment re-read every
     ``REFRESH_SECONDS``; when the run ends the whole page reruns once in its final form.
     """
-    opened = data.open_archive(db)
-    if opened.archive is None:
-        welcome(db, opened)
-        return
-    try:
-        run = data.run_info(opened.archive, run_id)
-    finally:
-        opened.close()
+    with archive_or_welcome(db) as archive:
+        if archive is None:
+            return
+        run = data.run_info(archive, run_id)
     if run is None:
         st.warning(f"No run {run_id} in {db}.")
         _html(link("Back to the leaderboard"))
@@ -227,12 +237,9 @@ def run_page(db: str | Path, run_id: str) -> None:
 
 
 def _run_body(db: str | Path, run_id: str, live: bool) -> None:
-    opened = data.open_archive(db)
-    if opened.archive is None:
-        welcome(db, opened)
-        return
-    try:
-        archive = opened.archive
+    with archive_or_welcome(db) as archive:
+        if archive is None:
+            return
         run = data.run_info(archive, run_id)
         if run is None:
             st.warning(f"No run {run_id} in {db}.")
@@ -305,8 +312,6 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         st.json(run.get("config") or {}, expanded=False)
         for note in run.get("isolation") or []:
             st.caption(f"sandbox: {note}")
-    finally:
-        opened.close()
 
 
 def progress_chart(tl: pd.DataFrame) -> alt.Chart:
@@ -328,20 +333,15 @@ def progress_chart(tl: pd.DataFrame) -> alt.Chart:
 
 def candidate_page(db: str | Path, candidate_id: str) -> None:
     """One candidate: scores, thought, code, diff against its parents, lineage, charts, feedback shown."""
-    opened = data.open_archive(db)
-    if opened.archive is None:
-        welcome(db, opened)
-        return
-    try:
-        archive = opened.archive
+    with archive_or_welcome(db) as archive:
+        if archive is None:
+            return
         row = data.candidate(archive, candidate_id)
         if row is None:
             st.warning(f"No candidate {candidate_id} in {db}.")
             _html(link("Back to the leaderboard"))
             return
         _candidate(archive, row)
-    finally:
-        opened.close()
 
 
 def _candidate(archive: Any, row: dict[str, Any]) -> None:

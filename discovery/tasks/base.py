@@ -13,10 +13,13 @@ split in two so that candidate code never touches the score:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -45,6 +48,49 @@ class SuiteConfig:
     name: str
     params: Mapping[str, Any]
     weight: float = 1.0
+
+
+def suite_config(name: str, **params: Any) -> SuiteConfig:
+    """A configuration from keyword parameters: ``suite_config("noise40", label_noise=0.4)``."""
+    return SuiteConfig(name, dict(params))
+
+
+def env_seed(config: SuiteConfig, seed: int, namespace: str = "") -> int:
+    """A 32-bit seed of its own for each (configuration, seed): its own data, initialisation and
+    environment, the same in every process."""
+    digest = hashlib.sha256(f"{namespace}{config.name}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def cache_dir() -> Path | None:
+    """Where trusted, derived artefacts (reference policies, reference scores) are cached:
+    ``$DISCOVERY_CACHE`` (``off`` disables the cache), else ``~/.cache/discovery``."""
+    root = os.environ.get("DISCOVERY_CACHE")
+    if root == "off":
+        return None
+    return Path(root) if root else Path.home() / ".cache" / "discovery"
+
+
+def check_per_example(out: Any, batch: int, dtype: Any, where: str, wrt: str) -> None:
+    """Raise TrainingFailed unless ``out`` is a finite tensor of shape [batch] and ``dtype`` that has a
+    graph (a per-example loss); ``wrt`` names what the gradient should flow to."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise TrainingFailed(f"{where}: loss returned {type(out).__name__}, expected a tensor of shape [{batch}]")
+    if out.shape != (batch,):
+        raise TrainingFailed(f"{where}: loss returned shape {tuple(out.shape)}, expected per-example [{batch}]")
+    if out.dtype != dtype:
+        raise TrainingFailed(f"{where}: loss returned dtype {out.dtype}, expected {dtype}")
+    if not torch.isfinite(out).all():
+        raise TrainingFailed(f"{where}: loss is NaN or infinite")
+    if not out.requires_grad:
+        raise TrainingFailed(f"{where}: loss has no gradient with respect to {wrt}")
+
+
+def curves_from(outputs: Mapping[str, Any], names: Iterable[str]) -> dict[str, list[float]]:
+    """The training curves ``curve_<name>`` of a sandbox's raw outputs, as plain lists keyed by name."""
+    return {name: [float(v) for v in outputs[f"curve_{name}"]] for name in names if f"curve_{name}" in outputs}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed
+from discovery.tasks.base import TrainingFailed, check_per_example
 from discovery.tasks.classification.data import Split, make_split
 
 
@@ -70,18 +70,6 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
     }
 
 
-def check_per_example(out: Any, batch: int, dtype: torch.dtype, where: str) -> None:
-    """Raise TrainingFailed unless ``out`` is a finite float tensor of shape [batch] with a graph."""
-    if not isinstance(out, torch.Tensor):
-        raise TrainingFailed(f"{where}: loss returned {type(out).__name__}, expected a tensor of shape [{batch}]")
-    if out.shape != (batch,):
-        raise TrainingFailed(f"{where}: loss returned shape {tuple(out.shape)}, expected per-example [{batch}]")
-    if out.dtype != dtype:
-        raise TrainingFailed(f"{where}: loss returned dtype {out.dtype}, expected {dtype}")
-    if not torch.isfinite(out).all():
-        raise TrainingFailed(f"{where}: loss is NaN or infinite")
-    if not out.requires_grad:
-        raise TrainingFailed(f"{where}: loss has no gradient with respect to the logits")
 
 
 def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +93,7 @@ def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict
         logits = net(x[idx])
         targets = y[idx]
         out = loss_fn(logits, targets)
-        check_per_example(out, batch, logits.dtype, f"step {step}")
+        check_per_example(out, batch, logits.dtype, f"step {step}", "the logits")
         loss = out.mean()
         opt.zero_grad()
         loss.backward()

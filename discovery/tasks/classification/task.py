@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
+from discovery.tasks.base import (
+    ContractError,
+    LibraryTask,
+    SeedMetrics,
+    Slot,
+    Suite,
+    SuiteConfig,
+    check_per_example,
+    curves_from,
+    suite_config,
+)
+from discovery.tasks.base import env_seed as base_env_seed
 from discovery.tasks.classification import baselines as library
 from discovery.tasks.classification.env import (
     EnvParams,
     TrainingFailed,
     build_inputs,
-    check_per_example,
     score_classifier,
     train_classifier,
 )
@@ -48,22 +57,17 @@ IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
 
 def env_seed(config: SuiteConfig, seed: int) -> int:
     """Each (configuration, seed) gets its own split, noise draw and initialisation."""
-    digest = hashlib.sha256(f"classification/{config.name}/{seed}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def _config(name: str, **params: Any) -> SuiteConfig:
-    return SuiteConfig(name, dict(params))
+    return base_env_seed(config, seed, namespace="classification/")
 
 
 DISCOVER = Suite(
     "discover",
     (
-        _config("digits_clean", dataset="digits"),
-        _config("digits_sym20", dataset="digits", noise="symmetric", noise_rate=0.2),
-        _config("digits_sym40", dataset="digits", noise="symmetric", noise_rate=0.4),
-        _config("digits_asym40", dataset="digits", noise="asymmetric", noise_rate=0.4),
-        _config("cancer_imb5_asym20", dataset="breast_cancer", noise="asymmetric", noise_rate=0.2, imbalance=5.0),
+        suite_config("digits_clean", dataset="digits"),
+        suite_config("digits_sym20", dataset="digits", noise="symmetric", noise_rate=0.2),
+        suite_config("digits_sym40", dataset="digits", noise="symmetric", noise_rate=0.4),
+        suite_config("digits_asym40", dataset="digits", noise="asymmetric", noise_rate=0.4),
+        suite_config("cancer_imb5_asym20", dataset="breast_cancer", noise="asymmetric", noise_rate=0.2, imbalance=5.0),
     ),
     seeds=(0, 1, 2),
 )
@@ -71,11 +75,11 @@ DISCOVER = Suite(
 HELDOUT = Suite(
     "heldout",
     (
-        _config("wine_clean", dataset="wine", test_fraction=0.4),
-        _config("wine_imb3_sym30", dataset="wine", noise="symmetric", noise_rate=0.3, imbalance=3.0,
-                test_fraction=0.4),
-        _config("iris_asym30", dataset="iris", noise="asymmetric", noise_rate=0.3, test_fraction=0.4),
-        _config("iris_sym30", dataset="iris", noise="symmetric", noise_rate=0.3, test_fraction=0.4),
+        suite_config("wine_clean", dataset="wine", test_fraction=0.4),
+        suite_config("wine_imb3_sym30", dataset="wine", noise="symmetric", noise_rate=0.3, imbalance=3.0,
+                     test_fraction=0.4),
+        suite_config("iris_asym30", dataset="iris", noise="asymmetric", noise_rate=0.3, test_fraction=0.4),
+        suite_config("iris_sym30", dataset="iris", noise="symmetric", noise_rate=0.3, test_fraction=0.4),
     ),
     seeds=(1000, 1001, 1002, 1003, 1004),
 )
@@ -103,7 +107,7 @@ class ClassificationTask(LibraryTask):
             targets = torch.randint(0, classes, (batch,), generator=g)
             try:
                 out = fn(logits, targets.clone())
-                check_per_example(out, batch, torch.float32, "contract")
+                check_per_example(out, batch, torch.float32, "contract", "the logits")
                 out.mean().backward()
             except TrainingFailed as exc:
                 raise ContractError(str(exc).removeprefix("contract: ")) from None
@@ -134,11 +138,7 @@ class ClassificationTask(LibraryTask):
     ) -> SeedMetrics:
         metrics = score_classifier(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["model"])
         fitness = metrics.pop("fitness")
-        curve = {
-            key.removeprefix("curve_"): [float(v) for v in outputs[key]]
-            for key in ("curve_loss", "curve_grad_norm", "curve_train_acc")
-            if key in outputs
-        }
+        curve = curves_from(outputs, ("loss", "grad_norm", "train_acc"))
         return SeedMetrics(config=config.name, seed=seed, fitness=fitness, metrics=metrics, curve=curve)
 
     def export_adapter(self) -> str:

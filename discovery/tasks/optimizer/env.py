@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed, fresh_copy
+from discovery.tasks.base import TrainingFailed, cache_dir, fresh_copy
 
 ENV_VERSION = "opt-env-v1"
 #: training loss recorded at about this many points per run (the curve shown as feedback)
@@ -413,11 +413,6 @@ def scoring_context(p: ProblemParams, seed: int, inputs: dict[str, Any]) -> Scor
     return _contexts[key]
 
 
-def _cache_dir() -> Path | None:
-    root = os.environ.get("DISCOVERY_CACHE")
-    if root == "off":
-        return None
-    return Path(root) if root else Path.home() / ".cache" / "discovery"
 
 
 _references: dict[str, dict[str, float]] = {}
@@ -431,7 +426,7 @@ def reference_means(p: ProblemParams, seed: int, inputs: dict[str, Any], rules: 
     key = hashlib.sha256(repr((ENV_VERSION, p, seed, rule_sources)).encode()).hexdigest()[:24]
     if key in _references:
         return _references[key]
-    cache = _cache_dir()
+    cache = cache_dir()
     path = cache / f"optref-{key}.json" if cache else None
     if path is not None and path.exists():
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,16 @@ from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
+from discovery.tasks.base import (
+    ContractError,
+    LibraryTask,
+    SeedMetrics,
+    Slot,
+    Suite,
+    SuiteConfig,
+    env_seed,
+    suite_config,
+)
 from discovery.tasks.optimizer import baselines as library
 from discovery.tasks.optimizer.env import (
     ProblemParams,
@@ -65,25 +73,15 @@ IMPORTS = "import math\n\nimport torch"
 _ADAPTER_MARKER = "# --- adapter source starts here ---"
 
 
-def env_seed(config: SuiteConfig, seed: int) -> int:
-    """Each (configuration, seed) gets its own data split, initial weights and problem instance."""
-    digest = hashlib.sha256(f"{config.name}/{seed}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def _config(name: str, **params: Any) -> SuiteConfig:
-    return SuiteConfig(name, dict(params))
-
-
 DISCOVER = Suite(
     "discover",
     (
-        _config("logreg", kind="logreg", steps=100, batch=64, base_lr=0.1),
-        _config("mlp", kind="mlp", steps=100, batch=64, hidden=32, base_lr=0.03),
-        _config("cnn", kind="cnn", steps=80, batch=32, channels=8, base_lr=0.02),
-        _config("charlm", kind="charlm", steps=150, batch=64, hidden=64, embed=12, context=6, base_lr=0.01),
-        _config("quadratic", kind="nqm", steps=150, dim=100, cond=10000.0, noise=0.0, base_lr=0.03),
-        _config("rosenbrock", kind="rosenbrock", steps=200, dim=10, base_lr=0.03),
+        suite_config("logreg", kind="logreg", steps=100, batch=64, base_lr=0.1),
+        suite_config("mlp", kind="mlp", steps=100, batch=64, hidden=32, base_lr=0.03),
+        suite_config("cnn", kind="cnn", steps=80, batch=32, channels=8, base_lr=0.02),
+        suite_config("charlm", kind="charlm", steps=150, batch=64, hidden=64, embed=12, context=6, base_lr=0.01),
+        suite_config("quadratic", kind="nqm", steps=150, dim=100, cond=10000.0, noise=0.0, base_lr=0.03),
+        suite_config("rosenbrock", kind="rosenbrock", steps=200, dim=10, base_lr=0.03),
     ),
     seeds=(0, 1, 2),
 )
@@ -91,13 +89,13 @@ DISCOVER = Suite(
 HELDOUT = Suite(
     "heldout",
     (
-        _config("mlp_deep_long", kind="mlp", steps=250, batch=64, hidden=64, depth=2, base_lr=0.01),
-        _config("cnn_wide_long", kind="cnn", steps=200, batch=32, channels=16, base_lr=0.01),
-        _config("charlm_large_long", kind="charlm", steps=400, batch=64, hidden=128, embed=16, context=8,
+        suite_config("mlp_deep_long", kind="mlp", steps=250, batch=64, hidden=64, depth=2, base_lr=0.01),
+        suite_config("cnn_wide_long", kind="cnn", steps=200, batch=32, channels=16, base_lr=0.01),
+        suite_config("charlm_large_long", kind="charlm", steps=400, batch=64, hidden=128, embed=16, context=8,
                 base_lr=0.003),
-        _config("noisy_quadratic_long", kind="nqm", steps=300, dim=400, cond=10000.0, noise=0.3, base_lr=0.03),
-        _config("rosenbrock_30d_long", kind="rosenbrock", steps=500, dim=30, base_lr=0.03),
-        _config("autoencoder", kind="autoencoder", steps=250, batch=64, hidden=16, base_lr=0.01),
+        suite_config("noisy_quadratic_long", kind="nqm", steps=300, dim=400, cond=10000.0, noise=0.3, base_lr=0.03),
+        suite_config("rosenbrock_30d_long", kind="rosenbrock", steps=500, dim=30, base_lr=0.03),
+        suite_config("autoencoder", kind="autoencoder", steps=250, batch=64, hidden=16, base_lr=0.01),
     ),
     seeds=(1000, 1001, 1002),
 )

@@ -19,16 +19,17 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed
+from discovery.tasks.base import TrainingFailed, cache_dir, check_per_example
 
 ENV_VERSION = "pref-env-v1"
+#: what a preference loss must pass gradient to
+POLICY_LOGPS = "the policy log-probs"
 
 
 @dataclass(frozen=True)
@@ -143,17 +144,12 @@ def _prompts(p: EnvParams, seed: int, split: str, n: int) -> torch.Tensor:
     return torch.randn(n, p.prompt_dim, generator=_generator("prompts", split, p.prompt_dim, seed))
 
 
-def _cache_dir() -> Path | None:
-    root = os.environ.get("DISCOVERY_CACHE")
-    if root == "off":
-        return None
-    return Path(root) if root else Path.home() / ".cache" / "discovery"
 
 
 def reference_policy(p: EnvParams, seed: int) -> dict[str, torch.Tensor]:
     """Weights of the reference: SFT of a fresh policy on samples of a base distribution."""
     key = f"{ENV_VERSION}-ref-{p.vocab}-{p.length}-{p.prompt_dim}-{p.hidden}-{seed}"
-    cache = _cache_dir()
+    cache = cache_dir()
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt" if cache else None
     if path is not None and path.exists():
         try:
@@ -241,7 +237,7 @@ def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str
         both = policy.sequence_logps(x[idx].repeat(2, 1), torch.cat([chosen[idx], rejected[idx]]))
         pc, pr = both[: p.batch], both[p.batch :]
         out = loss_fn(pc, pr, ref_c[idx], ref_r[idx], p.beta)
-        check_per_example(out, p.batch, pc.dtype, f"step {step}")
+        check_per_example(out, p.batch, pc.dtype, f"step {step}", POLICY_LOGPS)
         loss = out.mean()
         opt.zero_grad()
         loss.backward()
@@ -262,18 +258,6 @@ def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str
     }
 
 
-def check_per_example(out: Any, batch: int, dtype: torch.dtype, where: str) -> None:
-    """Raise TrainingFailed unless ``out`` is a finite float tensor of shape [batch] with a graph."""
-    if not isinstance(out, torch.Tensor):
-        raise TrainingFailed(f"{where}: loss returned {type(out).__name__}, expected a tensor of shape [{batch}]")
-    if out.shape != (batch,):
-        raise TrainingFailed(f"{where}: loss returned shape {tuple(out.shape)}, expected per-example [{batch}]")
-    if out.dtype != dtype:
-        raise TrainingFailed(f"{where}: loss returned dtype {out.dtype}, expected {dtype}")
-    if not torch.isfinite(out).all():
-        raise TrainingFailed(f"{where}: loss is NaN or infinite")
-    if not out.requires_grad:
-        raise TrainingFailed(f"{where}: loss has no gradient with respect to the policy log-probs")
 
 
 class ScoringContext:

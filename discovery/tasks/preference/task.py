@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from discovery.tasks.base import ContractError, LibraryTask, SeedMetrics, Slot, Suite, SuiteConfig
+from discovery.tasks.base import (
+    ContractError,
+    LibraryTask,
+    SeedMetrics,
+    Slot,
+    Suite,
+    SuiteConfig,
+    check_per_example,
+    curves_from,
+    env_seed,
+    suite_config,
+)
 from discovery.tasks.preference import baselines as library
 from discovery.tasks.preference.env import (
+    POLICY_LOGPS,
     EnvParams,
     TrainingFailed,
     build_inputs,
-    check_per_example,
     make_policy,
     score_policy,
     train_policy,
@@ -98,25 +108,14 @@ class DiscoveredDPOLoss(torch.nn.Module):
 '''
 
 
-def env_seed(config: SuiteConfig, seed: int) -> int:
-    """Each (configuration, seed) gets its own environment (gold reward, reference, data), so
-    that averaging over configurations also averages over independent environments."""
-    digest = hashlib.sha256(f"{config.name}/{seed}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def _config(name: str, **params: Any) -> SuiteConfig:
-    return SuiteConfig(name, dict(params))
-
-
 DISCOVER = Suite(
     "discover",
     (
-        _config("clean", label_noise=0.0, beta=0.1, n_pairs=512),
-        _config("noise20", label_noise=0.2, beta=0.1, n_pairs=512),
-        _config("noise40", label_noise=0.4, beta=0.1, n_pairs=1024),
-        _config("small_data", label_noise=0.1, beta=0.05, n_pairs=256),
-        _config("beta05_len8", label_noise=0.1, beta=0.5, n_pairs=512, length=8),
+        suite_config("clean", label_noise=0.0, beta=0.1, n_pairs=512),
+        suite_config("noise20", label_noise=0.2, beta=0.1, n_pairs=512),
+        suite_config("noise40", label_noise=0.4, beta=0.1, n_pairs=1024),
+        suite_config("small_data", label_noise=0.1, beta=0.05, n_pairs=256),
+        suite_config("beta05_len8", label_noise=0.1, beta=0.5, n_pairs=512, length=8),
     ),
     seeds=(0, 1, 2),
 )
@@ -124,10 +123,10 @@ DISCOVER = Suite(
 HELDOUT = Suite(
     "heldout",
     (
-        _config("motif_clean_len5", reward_family="motif", label_noise=0.0, beta=0.1, length=5),
-        _config("motif_noise30_len10", reward_family="motif", label_noise=0.3, beta=0.2, n_pairs=1024, length=10),
-        _config("motif_noise10_beta002", reward_family="motif", label_noise=0.1, beta=0.02, n_pairs=512),
-        _config("linear_noise30_len7", label_noise=0.3, beta=0.1, n_pairs=768, length=7),
+        suite_config("motif_clean_len5", reward_family="motif", label_noise=0.0, beta=0.1, length=5),
+        suite_config("motif_noise30_len10", reward_family="motif", label_noise=0.3, beta=0.2, n_pairs=1024, length=10),
+        suite_config("motif_noise10_beta002", reward_family="motif", label_noise=0.1, beta=0.02, n_pairs=512),
+        suite_config("linear_noise30_len7", label_noise=0.3, beta=0.1, n_pairs=768, length=7),
     ),
     seeds=(1000, 1001, 1002),
 )
@@ -153,7 +152,7 @@ class PreferenceTask(LibraryTask):
         args = [(torch.randn(10, generator=g) * 3 - 10).requires_grad_(True) for _ in range(4)]
         try:
             out = fn(*args, 0.1)
-            check_per_example(out, 10, torch.float32, "contract")
+            check_per_example(out, 10, torch.float32, "contract", POLICY_LOGPS)
             out.mean().backward()
         except TrainingFailed as exc:
             raise ContractError(str(exc).removeprefix("contract: ")) from None
@@ -194,11 +193,7 @@ class PreferenceTask(LibraryTask):
     ) -> SeedMetrics:
         metrics = score_policy(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["policy"])
         fitness = metrics.pop("fitness")
-        curve = {
-            key.removeprefix("curve_"): [float(v) for v in outputs[key]]
-            for key in ("curve_loss", "curve_grad_norm", "curve_margin")
-            if key in outputs
-        }
+        curve = curves_from(outputs, ("loss", "grad_norm", "margin"))
         return SeedMetrics(config=config.name, seed=seed, fitness=fitness, metrics=metrics, curve=curve)
 
 
