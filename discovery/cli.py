@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,9 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-driven discovery of losses and optimizers.")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="LLM-driven discovery of losses and optimizers.")
 console = Console()
 err = Console(stderr=True)
+
+#: exit codes: done, the run or evaluation failed, usage or configuration, stopped by Ctrl-C
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name or path to a task file.")]
 SuiteOpt = Annotated[str, typer.Option("--suite", help="discover | heldout")]
@@ -25,6 +31,44 @@ SandboxOpt = Annotated[str, typer.Option("--sandbox", help="local | docker")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="Evaluations in parallel.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and logs.")]
 ImageOpt = Annotated[str | None, typer.Option("--docker-image", help="Image for --sandbox docker.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto: CUDA when a GPU "
+                                               "is visible). With cuda and --workers N each worker owns one GPU.")]
+TrainingSecondsOpt = Annotated[float | None, typer.Option(
+    "--training-seconds", min=0.001, help="Wall-clock limit of one (configuration, seed) training (default: the "
+    "task's, 60 s for the built-in tasks).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from discovery import __version__
+
+        console.print(f"discovery {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """LLM-driven discovery of losses and optimizers."""
+
+
+def _device(spec: str | None) -> str:
+    from discovery.devices import DeviceError, resolve_device
+
+    try:
+        return resolve_device(spec or "auto")
+    except DeviceError as exc:
+        fail(str(exc))
+    raise AssertionError  # fail() exits
+
+
+def _evaluator(task, device: str, training_seconds: float | None):  # noqa: ANN001, ANN202
+    from discovery.evaluation import Evaluator
+    from sandbox.base import Limits
+
+    return Evaluator(task, device=device, limits=Limits(training_seconds=training_seconds or 0.0))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -44,11 +88,11 @@ def _load_task(ref: str):  # noqa: ANN202
         fail(f"cannot load task {ref}: {type(exc).__name__}: {exc}")
 
 
-def _pool(kind: str, workers: int, image: str | None):  # noqa: ANN202
+def _pool(kind: str, workers: int, image: str | None, device: str = "cpu"):  # noqa: ANN202
     from discovery.sandboxes import SandboxUnavailable, make_pool
 
     try:
-        return make_pool(kind, workers, image)
+        return make_pool(kind, workers, image, device)
     except (SandboxUnavailable, RuntimeError) as exc:
         fail(str(exc))
 
@@ -127,10 +171,10 @@ def evaluate(
     verbose: VerboseOpt = False,
     function: Annotated[str | None, typer.Option("--function", help="Evaluate this function of the file as the "
                                                  "slot (e.g. one of an exported module).")] = None,
+    device: DeviceOpt = None,
+    training_seconds: TrainingSecondsOpt = None,
 ) -> None:
     """Check a candidate, run it on a suite in the sandbox, print its scores."""
-    from discovery.evaluation import Evaluator
-
     try:
         source = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -149,8 +193,9 @@ def evaluate(
             fail(f"{path}: {exc}")
     if suite not in t.suites():
         fail(f"task {t.name!r} has no suite {suite!r} (have: {', '.join(t.suites())})")
-    evaluator = Evaluator(t)
-    with _pool(sandbox, 1, docker_image) as pool:
+    resolved = _device(device)
+    evaluator = _evaluator(t, resolved, training_seconds)
+    with _pool(sandbox, 1, docker_image, resolved) as pool:
         report = pool.submit(lambda box: evaluator.evaluate(source, box, suite, seeds)).result()
         notes = pool.isolation_notes
     if as_json:
@@ -158,6 +203,7 @@ def evaluate(
         data["candidate"] = str(path)
         data["function"] = function
         data["sandbox"] = {"backend": sandbox, "isolation": notes}
+        data["device"] = resolved
         print(json.dumps(data))
     elif report.ok:
         print_report(report, f"{path}{':' + function if function else ''} on {t.name}/{suite}")
@@ -180,9 +226,10 @@ def baselines(
     docker_image: ImageOpt = None,
     workers: WorkersOpt = 1,
     only: Annotated[str | None, typer.Option("--only", help="Comma-separated baseline names.")] = None,
+    device: DeviceOpt = None,
+    training_seconds: TrainingSecondsOpt = None,
 ) -> None:
     """Evaluate the task's whole baseline library and print a ranked leaderboard."""
-    from discovery.evaluation import Evaluator
     from discovery.stats import spearman
 
     t = _load_task(task)
@@ -197,10 +244,11 @@ def baselines(
         if unknown:
             fail(f"unknown baseline(s): {', '.join(unknown)} (have: {', '.join(library)})")
         library = {n: library[n] for n in wanted}
-    evaluator = Evaluator(t)
+    resolved = _device(device)
+    evaluator = _evaluator(t, resolved, training_seconds)
     started = time.monotonic()
     results: dict[str, dict[str, object]] = {s: {} for s in suites}
-    with _pool(sandbox, workers, docker_image) as pool:
+    with _pool(sandbox, workers, docker_image, resolved) as pool:
         futures = {
             (s, name): pool.submit(lambda box, src=src, s=s: evaluator.evaluate(src, box, s, seeds))
             for s in suites for name, src in library.items()
@@ -208,7 +256,7 @@ def baselines(
         for (s, name), fut in futures.items():
             results[s][name] = fut.result()
     elapsed = time.monotonic() - started
-    out: dict[str, object] = {"task": t.name, "seconds": elapsed, "suites": {}}
+    out: dict[str, object] = {"task": t.name, "seconds": elapsed, "device": resolved, "suites": {}}
     for s in suites:
         ranked = sorted(results[s].items(),
                         key=lambda kv: kv[1].fitness.mean if kv[1].ok else float("-inf"), reverse=True)
@@ -256,18 +304,29 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with any of these options.")] = None,
     proposer: Annotated[str | None, typer.Option("--proposer", help="auto | llm | mutation | random")] = None,
     sandbox: Annotated[str | None, typer.Option("--sandbox", help="local | docker")] = None,
+    docker_image: ImageOpt = None,
+    device: DeviceOpt = None,
+    training_seconds: TrainingSecondsOpt = None,
+    job_seconds: Annotated[float | None, typer.Option("--job-seconds", min=1, help="Wall-clock limit of one whole "
+                           "sandboxed job (default: 60 s + training seconds per training).")] = None,
+    memory_mb: Annotated[int | None, typer.Option("--memory-mb", min=256, help="Memory limit of a CPU job, MB "
+                         "(default 6144).")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue the run with this id.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
 ) -> None:
-    """Run the discovery loop (offline mutation proposer unless a --model is given)."""
+    """Run the discovery loop (offline mutation proposer unless a --model is given).
+
+    Exit codes: 0 finished, 1 failed, 2 usage or configuration error, 130 stopped by Ctrl-C."""
     from discovery.agent.loop import DiscoveryRun
     from discovery.archive import ArchiveError
     from discovery.config import ConfigError, load_config, parse_model
 
     try:
         models = [parse_model(m, api_base).model_dump() for m in model] if model else None
+        limits = {"training_seconds": training_seconds, "job_seconds": job_seconds, "memory_mb": memory_mb}
         overrides = {"task": task, "models": models, "budget": budget, "max_cost": max_cost, "workers": workers,
-                     "db": db, "seed": seed, "proposer": proposer, "sandbox": sandbox}
+                     "db": db, "seed": seed, "proposer": proposer, "sandbox": sandbox, "docker_image": docker_image,
+                     "device": device, "limits": {k: v for k, v in limits.items() if v is not None} or None}
         cfg = load_config(config, overrides)
         if api_base and not model:
             cfg = cfg.model_copy(update={"models": [m.model_copy(update={"api_base": api_base})
@@ -284,19 +343,34 @@ def run(
     except Exception as exc:  # e.g. the sandbox cannot start: one line, not a traceback
         fail(f"{type(exc).__name__}: {exc}")
     console.print(f"run [bold]{runner.run_id}[/] on task {runner.task.name}: budget {runner.config.budget}, "
-                  f"{runner.config.workers} worker(s), proposer {type(runner.proposer).__name__}, "
-                  f"archive {runner.config.db}", highlight=False)
+                  f"{runner.config.workers} worker(s), device {runner.config.device}, proposer "
+                  f"{type(runner.proposer).__name__}, archive {runner.config.db}", highlight=False)
     for note in runner.pool.isolation_notes:
         console.print(f"  sandbox: {note}", highlight=False)
+
+    def stopping(running: int) -> None:  # from the SIGINT handler: answer at once
+        err.print(f"stopping: {running} evaluation(s) still running; Ctrl-C again to abort", highlight=False)
+
+    runner.on_stop_requested = stopping
     result = _run_with_progress(runner, quiet)
+    resume_hint = f"discovery run --resume {result.run_id} --db {result.db}"
+    if runner.aborted:
+        # running jobs were killed; pipeline threads may still be unwinding: leave now (the archive
+        # is consistent, as after a SIGKILL), without waiting for them
+        err.print(f"run {result.run_id} aborted; resume: {resume_hint}", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     _print_leaderboard(result.db, run_id=result.run_id, task_name=None, limit=10)
     console.print(f"run {result.run_id} {result.status}{': ' + result.message if result.message else ''}",
                   highlight=False)
     console.print(f"archive: {Path(result.db).resolve()}  (discovery leaderboard --db {result.db}; "
-                  f"discovery show CANDIDATE --db {result.db}; resume: discovery run --resume {result.run_id} "
-                  f"--db {result.db})", highlight=False, soft_wrap=True)
+                  f"discovery show CANDIDATE --db {result.db}; resume: {resume_hint})", highlight=False,
+                  soft_wrap=True)
     if result.status == "failed":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
+    if result.status == "stopped":
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _run_with_progress(runner, quiet: bool):  # noqa: ANN001, ANN202
@@ -379,10 +453,14 @@ def show(
             if row is None:
                 fail(f"no candidate {candidate} in {db}")
             lineage = archive.lineage(candidate)
+            run_row = archive.get_run(row["run_id"]) or {}
     except ArchiveError as exc:
         fail(str(exc))
+    run_config = run_row.get("config") or {}
     console.print(f"[bold]{escape(row['name'])}[/] ({row['id']}), run {row['run_id']}, generation "
                   f"{row['generation']}, island {row['island']}, proposer {row['proposer']}", highlight=False)
+    console.print(f"trained on: {run_config.get('device', 'cpu')} ({run_config.get('sandbox', 'local')} sandbox)",
+                  highlight=False)
     console.print(f"status: {row['status']}" + (f" at {row['failed_stage']}: {escape(row['reason'] or '')}"
                                                  if row['status'] != 'ok' and row.get('reason') else ""),
                   highlight=False)
@@ -475,7 +553,7 @@ def dashboard(
         fail(f"cannot start streamlit: {exc}")
     try:
         code = proc.wait()
-    except KeyboardInterrupt:  # streamlit got the same SIGINT: let it stop cleanly
+    except (KeyboardInterrupt, Interrupted):  # streamlit got the same SIGINT: let it stop cleanly
         try:
             code = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -485,13 +563,32 @@ def dashboard(
     raise typer.Exit(code)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C outside a run (which handles SIGINT itself). Not a KeyboardInterrupt, which click
+    would turn into "Aborted!" and exit code 1."""
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 def main() -> None:
-    """Entry point that turns unexpected errors into one line (``--verbose`` shows them)."""
+    """The ``discovery`` command: unexpected errors become one line and exit 1 (with
+    ``DISCOVERY_DEBUG=1`` the traceback too); Ctrl-C exits 130; usage errors exit 2."""
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         app()
-    except KeyboardInterrupt:
+    except Interrupted:
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, never a silent exit 0
+        if os.environ.get("DISCOVERY_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exc()
+        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}"
+                  " (DISCOVERY_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,18 @@ from __future__ import annotations
 import ast
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from discovery.devices import job_device, trusted_device
 from discovery.stats import Estimate, mean_ci
 from discovery.tasks import SeedMetrics, Suite, Task
 from sandbox.base import Job, Limits, Outcome, Sandbox, Status
 from sandbox.jobfiles import input_key
 from sandbox.policy import Policy, check_source
+
+#: wall-clock seconds a job gets beyond its trainings: start, imports, the contract check
+JOB_OVERHEAD_SECONDS = 60
 
 
 def _positional_params(fn: ast.FunctionDef) -> list[str]:
@@ -131,14 +135,26 @@ def aggregate(suite: Suite, per_seed: list[SeedMetrics]) -> tuple[Estimate, list
 class Evaluator:
     """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
 
-    def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None):
+    def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None,
+                 job_seconds: float | None = None, cpu_seconds: int | None = None):
+        """``device``: resolved (``cpu``, ``cuda``, ``cuda:N``; see :mod:`discovery.devices`).
+        ``limits``: per job; its ``training_seconds`` defaults to the task's. ``job_seconds``: the
+        wall of a whole job, else JOB_OVERHEAD_SECONDS + training_seconds per training;
+        ``cpu_seconds``: a job's CPU time, else its wall times its threads."""
         import torch
 
         # trusted scoring is small; one thread keeps the cores for the sandboxed trainings
         torch.set_num_threads(1)
         self.task = task
         self.device = device
-        self.limits = limits or Limits()
+        self.trusted_device = trusted_device(device)
+        self.job_device = job_device(device)
+        limits = limits or Limits()
+        if not limits.training_seconds:
+            limits = replace(limits, training_seconds=task.training_seconds)
+        self.limits = limits
+        self.job_seconds = job_seconds
+        self.cpu_seconds = cpu_seconds
         self.policy = Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name)
         self._inputs: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._inputs_lock = threading.Lock()
@@ -166,7 +182,7 @@ class Evaluator:
         key = (suite.name, config, seed)
         with self._inputs_lock:
             if key not in self._inputs:
-                self._inputs[key] = self.task.prepare(suite.config(config), seed, self.device)
+                self._inputs[key] = self.task.prepare(suite.config(config), seed, self.trusted_device)
             return self._inputs[key]
 
     def evaluate(
@@ -192,7 +208,7 @@ class Evaluator:
         }
         # the suite may have grown seeds beyond its definition: the sandbox needs the same suite
         job = Job(task=self.task_ref, source=source, stage="train", suite=suite_name, configs=config_names,
-                  seeds=seed_list, device=self.device, limits=self._limits_for(len(inputs)))
+                  seeds=seed_list, device=self.job_device, limits=self.limits_for(len(inputs)))
         outcome = sandbox.run(job, inputs)
         report = self._score(outcome, suite, config_names, seed_list, inputs)
         report.seconds = time.monotonic() - start
@@ -202,11 +218,12 @@ class Evaluator:
     def task_ref(self) -> str:
         return getattr(self.task, "ref", self.task.name)
 
-    def _limits_for(self, n_runs: int) -> Limits:
+    def limits_for(self, n_runs: int) -> Limits:
+        """The limits of a job with ``n_runs`` trainings (0: the contract check alone)."""
         base = self.limits
-        wall = base.wall_seconds + 10.0 * n_runs
-        return Limits(wall, int(base.cpu_seconds + 20 * n_runs * base.threads), base.memory_mb, base.file_mb,
-                      base.max_processes, base.threads)
+        wall = self.job_seconds or JOB_OVERHEAD_SECONDS + base.training_seconds * n_runs
+        cpu = self.cpu_seconds or int(wall * max(1, base.threads)) + JOB_OVERHEAD_SECONDS
+        return replace(base, wall_seconds=wall, cpu_seconds=cpu)
 
     def _score(
         self, outcome: Outcome, suite: Suite, configs: list[str], seeds: list[int], inputs: dict[str, Any]
@@ -229,7 +246,7 @@ class Evaluator:
                     return report
                 t0 = time.monotonic()
                 try:
-                    metrics = self.task.score(suite.config(config), seed, inputs[key], raw, self.device)
+                    metrics = self.task.score(suite.config(config), seed, inputs[key], raw, self.trusted_device)
                 except Exception as exc:  # outputs are untrusted data: any failure is the candidate's
                     report.status, report.stage = Status.INVALID, "score"
                     report.reason = f"{config} seed {seed}: unusable outputs ({type(exc).__name__}: {exc})"[:300]

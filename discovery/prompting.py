@@ -1,6 +1,7 @@
 """Render a :class:`ProposalContext` into the chat messages an LLM proposer sends.
 
-The prompts live in Jinja2 templates under ``prompts/`` at the repository root
+The prompts live in Jinja2 templates under ``prompts/`` at the repository root, shipped in
+the wheel as the package ``discovery.prompts`` and read through :mod:`importlib.resources`
 (``system.j2``: the task, the slot, the fitness definition, the rules and the answer format;
 ``propose.j2``: a bounded view of the archive and the parent's OPTO-style trace). This module
 only prepares plain values for them and keeps the result bounded:
@@ -17,6 +18,7 @@ Only named fields of a row are read, so nothing held out (``heldout_*``) can rea
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -37,9 +39,24 @@ __all__ = [
     "render_messages",
 ]
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+def _prompts_dir() -> Path:
+    """The templates' directory: the ``discovery.prompts`` package (the checkout's top-level
+    ``prompts/``, mapped there by pyproject.toml, or its copy inside an installed wheel)."""
+    try:
+        return Path(str(importlib.resources.files("discovery.prompts")))
+    except ModuleNotFoundError:  # a checkout on sys.path without an install
+        return Path(__file__).resolve().parents[1] / "prompts"
+
+
+PROMPTS_DIR = _prompts_dir()
 SYSTEM_TEMPLATE = "system.j2"
 PROPOSE_TEMPLATE = "propose.j2"
+
+
+def missing_templates() -> list[str]:
+    """The prompt templates this installation lacks (a broken install), by file name."""
+    return [name for name in (SYSTEM_TEMPLATE, PROPOSE_TEMPLATE) if not (PROMPTS_DIR / name).is_file()]
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from discovery.devices import worker_gpus
 from sandbox.base import Sandbox
-from sandbox.pool import SandboxPool
+from sandbox.pool import SandboxPool, visible_gpus
 
 BACKENDS = ("local", "docker")
 
@@ -12,8 +13,11 @@ class SandboxUnavailable(RuntimeError):
     """The requested backend cannot run here (one-line message)."""
 
 
-def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = None) -> SandboxPool:
-    """A pool of ``workers`` sandboxes of backend ``kind``; GPUs are assigned one per worker."""
+def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = None,
+              device: str = "cpu") -> SandboxPool:
+    """A pool of ``workers`` sandboxes of backend ``kind``. With a CUDA ``device`` (resolved, see
+    :mod:`discovery.devices`) each worker owns one GPU, round-robin over the visible ones
+    (``cuda``) or the one named (``cuda:N``); with ``cpu`` no job sees a GPU."""
     if kind not in BACKENDS:
         raise SandboxUnavailable(f"unknown sandbox {kind!r} (choose from {', '.join(BACKENDS)})")
 
@@ -21,8 +25,7 @@ def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = 
         if kind == "local":
             from sandbox.local import LocalSandbox
 
-            env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
-            return LocalSandbox(env_extra=env, threads=threads)
+            return LocalSandbox(threads=threads, gpu=gpu)
         from sandbox.docker_backend import DockerSandbox, DockerUnavailable
 
         try:
@@ -32,4 +35,4 @@ def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = 
         box.threads = threads  # type: ignore[attr-defined]
         return box
 
-    return SandboxPool(factory, workers)
+    return SandboxPool(factory, workers, gpus=worker_gpus(device, visible_gpus()))

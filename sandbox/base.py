@@ -42,6 +42,8 @@ class Limits:
     file_mb: int = 64
     max_processes: int = 256  # threads count too; forks are refused by seccomp regardless
     threads: int = 1
+    #: wall-clock seconds one (configuration, seed) training may take (0: only the job's wall)
+    training_seconds: float = 0.0
 
 
 @dataclass
@@ -101,6 +103,10 @@ class Sandbox(ABC):
     def close(self) -> None:
         """Release processes and containers."""
         return None
+
+    def kill(self) -> None:
+        """Stop at once, a running job included (from another thread; an abort)."""
+        self.close()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -91,6 +91,7 @@ class DockerSandbox(Sandbox):
         if self.jobs_root is not None:
             self.jobs_root.mkdir(parents=True, exist_ok=True)
         self._free_gpus: queue.Queue[str] = queue.Queue()
+        self._running: set[Any] = set()  # containers of jobs now running (killed by an abort)
         for gpu in self.gpus:
             self._free_gpus.put(gpu)
         try:
@@ -180,6 +181,14 @@ class DockerSandbox(Sandbox):
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """Remove this sandbox's running containers at once (an abort)."""
+        for container in list(getattr(self, "_running", ())):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone, or the engine is down
+                pass
+
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
@@ -254,6 +263,7 @@ class DockerSandbox(Sandbox):
             # create + start rather than containers.run: run() would pull a missing image
             kwargs = self._container_kwargs(limits, volumes, gpu)
             container = self.client.containers.create(self.image, command, **kwargs)
+            self._running.add(container)
             started = time.monotonic()
             container.start()
             timed_out = False
@@ -293,6 +303,7 @@ class DockerSandbox(Sandbox):
             raise DockerUnavailable(f"Docker engine failed running the job ({_one_line(exc)})") from exc
         finally:
             if container is not None:
+                self._running.discard(container)
                 try:
                     container.remove(force=True)
                 except Exception:  # noqa: BLE001 - already gone, or the engine is down

@@ -8,6 +8,7 @@ numbers, strings and tensors only, so nothing in it can run code on the trusted 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,14 @@ from typing import Any
 import torch
 
 from sandbox.base import Job, Outcome, Status
-from sandbox.runner import CANDIDATE_FILE, DEADLINE_FILE, one_line, where
+from sandbox.runner import (
+    CANDIDATE_FILE,
+    DEADLINE_FILE,
+    TRAINING_TIMEOUT_EXIT,
+    TRAINING_TIMEOUT_FILE,
+    one_line,
+    where,
+)
 
 LOG_TAIL_CHARS = 2000
 DUMP_SEARCH_CHARS = 32768
@@ -45,7 +53,18 @@ def write_job(job_dir: Path, job: Job, inputs: dict[str, Any] | None) -> None:
         job = replace(job, task=TASK_FILE)
     job.write(job_dir)
     if inputs is not None:
-        torch.save(inputs, job_dir / "inputs.pt")
+        # inputs travel on the CPU: the job sees only its own GPU, under another index
+        torch.save(_to_cpu(inputs), job_dir / "inputs.pt")
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu() if value.device.type != "cpu" else value
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def write_deadline(job_dir: Path, wall_seconds: float) -> None:
@@ -164,6 +183,17 @@ def dumped_line(log: str) -> int:
     return -1
 
 
+def _training_timeout(job_dir: Path) -> str:
+    """The reason the runner gave for ending a training at its per-training limit, or ""."""
+    raw = read_regular_file(job_dir / TRAINING_TIMEOUT_FILE)
+    try:
+        data = json.loads(raw or b"")
+        config, seed, seconds = str(data["config"]), int(data["seed"]), float(data["seconds"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f"{config} seed {seed}: training exceeded the per-training limit of {seconds:g} s; process killed"
+
+
 def _valid_result(data: Any) -> bool:
     return (
         isinstance(data, dict)
@@ -211,6 +241,10 @@ def read_outcome(
                        dumped_line(log))
     if scratch:
         return outcome(Status.OUTPUT, scratch + "; process group killed")
+    if returncode == TRAINING_TIMEOUT_EXIT:
+        expired = _training_timeout(job_dir)
+        if expired:
+            return outcome(Status.TIMEOUT, expired, dumped_line(log))
     if signal == signals.SIGXCPU:
         return outcome(Status.TIMEOUT, "CPU-time limit exceeded (SIGXCPU)", dumped_line(log))
     if signal == signals.SIGXFSZ:
@@ -222,7 +256,7 @@ def read_outcome(
     data: Any = None
     if raw is not None:
         try:
-            data = torch.load(io.BytesIO(raw), weights_only=True)
+            data = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
         except Exception as exc:  # a forged or torn file is a crash, never trusted
             return outcome(Status.CRASHED, f"unreadable result file ({type(exc).__name__})")
     if data is not None and _valid_result(data) and returncode == 0:

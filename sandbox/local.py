@@ -20,6 +20,7 @@ The trusted side reads back only ``result.pt`` (raw tensors) and scores it itsel
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -114,13 +115,29 @@ def _parent_dir_args(destinations: list[str]) -> list[str]:
     return args
 
 
-def bubblewrap_command(scratch: Path) -> list[str]:
-    """The bwrap prefix that gives a process only what running a candidate needs."""
+def gpu_device_args() -> list[str]:
+    """bwrap arguments that give a GPU job the NVIDIA device nodes and the sysfs the CUDA driver
+    reads. Every /dev/nvidia* node is bound; CUDA_VISIBLE_DEVICES picks the worker's GPU (the
+    node numbering need not follow CUDA's order), so it is not a wall between GPUs."""
+    args: list[str] = []
+    for node in sorted(glob.glob("/dev/nvidia*")):
+        if os.path.exists(node) and not os.path.isdir(node):
+            args += ["--dev-bind", node, node]
+    if os.path.isdir("/dev/nvidia-caps"):
+        args += ["--dev-bind", "/dev/nvidia-caps", "/dev/nvidia-caps"]
+    return args + ["--ro-bind-try", "/sys", "/sys"]
+
+
+def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
+    """The bwrap prefix that gives a process only what running a candidate needs (and, for a
+    sandbox that owns a GPU, the NVIDIA devices)."""
     args = [
         "bwrap", "--die-with-parent", "--new-session",
         "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
     ]
+    if gpu:
+        args += gpu_device_args()
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -151,9 +168,13 @@ class LocalSandbox(Sandbox):
         isolation: str = "auto",
         env_extra: dict[str, str] | None = None,
         threads: int | None = None,
+        gpu: str | None = None,
     ):
         self.warm = warm
+        self.gpu = gpu
         self.env_extra = dict(env_extra or {})
+        # the job sees its one GPU (as cuda:0), or none at all
+        self.env_extra.setdefault("CUDA_VISIBLE_DEVICES", gpu if gpu is not None else "")
         self.threads = threads
         self._own_root = jobs_root is None
         root = tempfile.mkdtemp(prefix="discovery-sandbox-") if jobs_root is None else jobs_root
@@ -181,6 +202,8 @@ class LocalSandbox(Sandbox):
             f"per job: own session and process group, {privileges}rlimits, seccomp (no fork/exec/sockets), "
             f"scrubbed environment, scratch directory capped at {SCRATCH_FACTOR}x the file-size limit, "
             "wiped after the job")
+        if gpu is not None:
+            self.isolation_notes.append(f"GPU {gpu} (CUDA_VISIBLE_DEVICES; the job sees it as cuda:0)")
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
@@ -197,7 +220,7 @@ class LocalSandbox(Sandbox):
         popen_env = dict(env)
         popen_env[UID_VARIABLE] = str(self.job_uid)  # the template's own environment, not the jobs'
         if self.use_bwrap:
-            cmd = bubblewrap_command(self.root) + cmd
+            cmd = bubblewrap_command(self.root, gpu=self.gpu is not None) + cmd
         else:
             popen_env["DISCOVERY_SANDBOX_NETNS"] = "self"
         self._proc = subprocess.Popen(
@@ -337,7 +360,7 @@ class LocalSandbox(Sandbox):
         env[UID_VARIABLE] = str(self.job_uid)
         cmd = [sys.executable, "-m", "sandbox.runner", str(job_dir)]
         if self.use_bwrap:
-            cmd = bubblewrap_command(self.root) + cmd
+            cmd = bubblewrap_command(self.root, gpu=self.gpu is not None) + cmd
         budget = scratch_budget(job_dir, job.limits.file_mb)
         write_deadline(job_dir, job.limits.wall_seconds)
         start = time.monotonic()
@@ -368,6 +391,10 @@ class LocalSandbox(Sandbox):
                             seconds, wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb,
                             source=job.source, scratch=scratch, cpu_limit=job.limits.cpu_seconds,
                             memory_limit_mb=job.limits.memory_mb)
+
+    def kill(self) -> None:
+        """Kill the template and the job it runs, without waiting for the job (an abort)."""
+        self._stop_template()
 
     def close(self) -> None:
         """Stop the template and remove the scratch area."""

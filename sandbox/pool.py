@@ -48,9 +48,11 @@ def threads_per_worker(workers: int) -> int:
 class SandboxPool:
     """Owns ``workers`` sandboxes; a submitted function borrows one for its whole duration."""
 
-    def __init__(self, factory: Callable[[int, str | None, int], Sandbox], workers: int = 1):
+    def __init__(self, factory: Callable[[int, str | None, int], Sandbox], workers: int = 1,
+                 gpus: list[str] | None = None):
+        """``gpus``: ids handed to the workers round-robin (default: every visible GPU; [] for none)."""
         self.workers = max(1, workers)
-        gpus = visible_gpus()
+        gpus = visible_gpus() if gpus is None else list(gpus)
         threads = threads_per_worker(self.workers)
         self._idle: queue.Queue[Sandbox] = queue.Queue()
         self.sandboxes = [
@@ -84,6 +86,12 @@ class SandboxPool:
                 self._idle.put(box)
 
         return self._executor.submit(borrow)
+
+    def kill(self) -> None:
+        """Stop every sandbox now, running jobs included (an abort: nothing is waited for)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for box in self.sandboxes:
+            box.kill()
 
     def close(self) -> None:
         """Wait for running work, then stop every sandbox."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import errno
 import faulthandler
+import json
 import math
 import os
 import resource
@@ -40,6 +41,10 @@ DEADLINE_FILE = "deadline"
 #: seconds before the deadline at which the runner dumps the candidate's stack into the log
 DUMP_MARGIN_SECONDS = 1.0
 REASON_CHARS = 300
+#: written by the runner when one training outlives ``Limits.training_seconds``; the process then
+#: exits with TRAINING_TIMEOUT_EXIT (a candidate that writes it itself only fails itself)
+TRAINING_TIMEOUT_FILE = "training_timeout.json"
+TRAINING_TIMEOUT_EXIT = 124
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
@@ -112,6 +117,48 @@ def _failure(exc: BaseException, source: str, stage: str, memory_mb: int, file_m
     return {"status": "error", "stage": stage, "reason": one_line(reason), "line": line}
 
 
+class training_deadline:  # noqa: N801 - used as a context manager, like contextlib's
+    """Ends the process when one training outlives ``seconds`` (0: no limit): the candidate's
+    stack goes to the log, :data:`TRAINING_TIMEOUT_FILE` says which training, and the process
+    exits with :data:`TRAINING_TIMEOUT_EXIT` (no exception the candidate could catch)."""
+
+    def __init__(self, seconds: float, config: str, seed: int):
+        self.seconds, self.config, self.seed = float(seconds or 0.0), config, seed
+
+    def _expired(self, signum: int, frame: Any) -> None:
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=False)
+        data = json.dumps({"config": self.config, "seed": self.seed, "seconds": self.seconds}).encode()
+        try:
+            fd = os.open(TRAINING_TIMEOUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        finally:
+            os._exit(TRAINING_TIMEOUT_EXIT)
+
+    def __enter__(self) -> training_deadline:
+        if self.seconds > 0:
+            signal.signal(signal.SIGALRM, self._expired)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.seconds > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def to_device(value: Any, device: str) -> Any:
+    """``value`` (tensors in dicts, lists and tuples) moved onto ``device``."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
     """Load, check and train; return the result dict that goes to ``result.pt``."""
     from discovery.tasks import ContractError, TrainingFailed, get_task
@@ -144,6 +191,8 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
         if job.stage == "train":
             stage = "train"
+            if inputs and job.device != "cpu":  # inputs travel on the CPU; the job owns one GPU
+                inputs = to_device(inputs, job.device)
             suite = task.suite(job.suite)
             for config_name in job.configs:
                 config = suite.config(config_name)
@@ -151,7 +200,8 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
                     key = input_key(config_name, seed)
                     started = time.perf_counter()
                     try:
-                        outputs[key] = task.train(load_slot(), config, seed, (inputs or {})[key], job.device)
+                        with training_deadline(job.limits.training_seconds, config_name, seed):
+                            outputs[key] = task.train(load_slot(), config, seed, (inputs or {})[key], job.device)
                     except TrainingFailed as exc:
                         return {"status": "invalid", "stage": stage,
                                 "reason": one_line(f"{config_name} seed {seed}: {exc}")}
@@ -241,7 +291,7 @@ def load(job_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     if job.task.endswith(".py") and not os.path.isabs(job.task):  # a user's task file, copied in
         job.task = str((job_dir / job.task).resolve())
     inputs_path = job_dir / "inputs.pt"
-    inputs = torch.load(inputs_path, weights_only=True) if inputs_path.exists() else None
+    inputs = torch.load(inputs_path, weights_only=True, map_location="cpu") if inputs_path.exists() else None
     return job, inputs
 
 

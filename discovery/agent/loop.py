@@ -22,10 +22,14 @@ from typing import Any
 from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, summarize
 from discovery.archive import Archive
 from discovery.config import ConfigError, RunConfig
+from discovery.devices import DeviceError, resolve_device
 from discovery.evaluation import Evaluator
 from discovery.proposers.base import Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
 from discovery.tasks import Task, get_task
+
+#: internal errors (bugs, a broken installation) in a row after which a run stops as failed
+MAX_INTERNAL_ERRORS_IN_A_ROW = 3
 
 
 @dataclass
@@ -95,8 +99,13 @@ def preflight(config: RunConfig, task: Task) -> None:
     if config.uses_llm:
         if not config.models:
             raise ConfigError("--proposer llm needs at least one --model")
+        from discovery.prompting import missing_templates
         from discovery.proposers.llm_client import ModelSpec, check_model
 
+        missing = missing_templates()
+        if missing:
+            raise ConfigError(f"this installation lacks the prompt templates {', '.join(missing)} "
+                              "(reinstall discovery: its wheel ships them as discovery.prompts)")
         for m in config.models:
             problem = check_model(ModelSpec(name=m.name, api_base=m.api_base, api_key_env=m.api_key_env))
             if problem:
@@ -111,6 +120,11 @@ class DiscoveryRun:
         from discovery.sandboxes import make_pool
 
         self.task = get_task(config.task)
+        if not resume or "device" in (explicit or set()):  # refuse before the archive is touched
+            try:
+                resolve_device(config.device)
+            except DeviceError as exc:
+                raise ConfigError(str(exc)) from None
         self.archive = Archive(config.db)
         if resume:
             row = self.archive.get_run(resume)
@@ -118,7 +132,8 @@ class DiscoveryRun:
                 raise ConfigError(f"no run {resume} in {config.db}")
             stored = RunConfig(**row["config"])
             # the stored config wins, except what a resume may change when asked to explicitly
-            changeable = {"budget", "workers", "max_cost", "sandbox"} & (explicit or set())
+            changeable = {"budget", "workers", "max_cost", "sandbox", "docker_image", "device",
+                          "limits"} & (explicit or set())
             update = {key: getattr(config, key) for key in changeable}
             config = stored.model_copy(update={**update, "db": config.db})
             self.task = get_task(config.task)
@@ -126,10 +141,19 @@ class DiscoveryRun:
             config = config.model_copy(update={"task": getattr(self.task, "ref", config.task)})
         if config.cascade_configs is None:
             config = config.model_copy(update={"cascade_configs": list(self.task.cascade_configs)})
+        try:
+            config = config.model_copy(update={"device": resolve_device(config.device)})
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
         preflight(config, self.task)
         self.config = config
         self.on_progress = on_progress or (lambda p: None)
-        self.pool = make_pool(config.sandbox, config.workers, config.docker_image)
+        #: called once, from the signal handler, at the first Ctrl-C with the evaluations still running
+        self.on_stop_requested: Callable[[int], None] = lambda running: None
+        self.aborted = False
+        self._running_count = 0
+        self._internal_errors = 0
+        self.pool = make_pool(config.sandbox, config.workers, config.docker_image, config.device)
         if resume:
             self.run_id = resume
             self.archive.reopen_run(resume)
@@ -138,12 +162,15 @@ class DiscoveryRun:
                                                   self.pool.isolation_notes)
         runtime_ref: list[Runtime] = []
         self.proposer = build_proposer(config, self.task, runtime_ref)
-        self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=Evaluator(self.task),
+        evaluator = Evaluator(self.task, device=config.device, limits=config.limits.to_limits(),
+                              job_seconds=config.limits.job_seconds, cpu_seconds=config.limits.cpu_seconds)
+        self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=evaluator,
                           pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed)
         runtime_ref.append(self.rt)
         self.graph = build_pipeline(self.rt)
         self.progress = Progress(budget=config.budget)
         self.stop = threading.Event()
+        self.failed = False
         self.message = ""
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -181,8 +208,10 @@ class DiscoveryRun:
     def _handle_done(self, fut: Future, state: dict[str, Any]) -> None:
         try:
             fut.result()
+            self._internal_errors = 0
         except ProposerUnavailable as exc:
             self.message = f"proposer unavailable, stopping: {exc}"
+            self.failed = True
             self.stop.set()
         except Exception as exc:  # a bug must not end a days-long run: record it and go on
             cid = state.get("candidate_id")
@@ -190,6 +219,11 @@ class DiscoveryRun:
             if cid:
                 self.archive.update_candidate(cid, status="error", failed_stage="internal", reason=line)
             self.message = line
+            self._internal_errors += 1
+            if self._internal_errors >= MAX_INTERNAL_ERRORS_IN_A_ROW:  # not bad luck: our own bug
+                self.message = f"{self._internal_errors} internal errors in a row, stopping; last: {line}"
+                self.failed = True
+                self.stop.set()
 
     def _heldout(self) -> None:
         """Score the top candidates (and the reference) on the held-out suite, never shown to proposers."""
@@ -221,10 +255,12 @@ class DiscoveryRun:
         def on_sigint(signum: int, frame: Any) -> None:
             nonlocal interrupts
             interrupts += 1
-            self.stop.set()
-            self.message = "stopped by Ctrl-C"
             if interrupts > 1:
                 raise KeyboardInterrupt
+            self.stop.set()
+            if not self.failed:
+                self.message = "stopped by Ctrl-C"
+            self.on_stop_requested(self._running_count)
 
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -233,13 +269,19 @@ class DiscoveryRun:
         try:
             status = self._loop()
         except KeyboardInterrupt:
-            status, self.message = "stopped", "stopped by a second Ctrl-C; resume with --resume " + self.run_id
+            # an abort: running jobs are killed, not waited for; their candidates stay unfinished
+            # (pending/evaluating), so --resume evaluates them again, as after a SIGKILL
+            status, self.message, self.aborted = "stopped", "aborted by a second Ctrl-C", True
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
-            self.pool.close()
+            if self.aborted:
+                self.pool.kill()
+            else:
+                self.pool.close()
             self.archive.finish_run(self.run_id, status, self.message)
-            self.archive.close()
+            if not self.aborted:  # pipeline threads still running after an abort may use it
+                self.archive.close()
         return RunResult(self.run_id, status, self.message, self.config.db)
 
     def _loop(self) -> str:
@@ -277,13 +319,14 @@ class DiscoveryRun:
             self._drain(running, until_empty=True)
         self._refresh_progress()
         if self.stop.is_set():
-            return "stopped" if "proposer unavailable" not in self.message else "failed"
+            return "failed" if self.failed else "stopped"
         self._heldout()
         self._refresh_progress()
         return "finished"
 
     def _drain(self, running: dict[Future, dict[str, Any]], until_empty: bool) -> None:
         while running:
+            self._running_count = len(running)
             done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 self._handle_done(fut, running.pop(fut))

@@ -201,8 +201,8 @@ def contract_check(rt: Runtime, state: CandidateState) -> CandidateState:
     row = rt.archive.get_candidate(cid) or {}
     if rt.archive.done_keys(cid, "discover"):
         return {}  # it trained before (resume): the contract held
-    job = Job(task=rt.evaluator.task_ref, source=row["code"], stage="contract", device=rt.evaluator.device,
-              limits=rt.evaluator.limits)
+    job = Job(task=rt.evaluator.task_ref, source=row["code"], stage="contract", device=rt.evaluator.job_device,
+              limits=rt.evaluator.limits_for(0))
     with rt.pool.borrow() as box:
         outcome = box.run(job)
     if not outcome.ok:

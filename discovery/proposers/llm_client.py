@@ -184,9 +184,53 @@ def _classify(exc: BaseException) -> bool | None:
     return None
 
 
+_NETWORK_PHRASES = (
+    ("connection refused", "connection refused"),
+    ("name or service not known", "DNS lookup failed (name or service not known)"),
+    ("temporary failure in name resolution", "DNS lookup failed (temporary failure in name resolution)"),
+    ("nodename nor servname", "DNS lookup failed"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network is unreachable"),
+    ("connection reset", "connection reset by the server"),
+    ("timed out", "timed out"),
+)
+
+
+def network_cause(exc: BaseException) -> str | None:
+    """What went wrong on the wire, in words (connection refused, DNS, timeout), from the exception
+    chain; None for an error the server answered with. litellm reports every connection failure
+    as an APIConnectionError with status 500, which says nothing of the cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return f"DNS lookup failed ({current.strerror or current})"
+        name = type(current).__name__
+        if name in ("ConnectTimeout", "ConnectTimeoutError"):
+            return "timed out connecting"
+        if name in ("ReadTimeout", "ReadTimeoutError", "TimeoutError", "APITimeoutError", "Timeout",
+                    "TimeoutException"):
+            return "timed out waiting for the reply"
+        current = current.__cause__ or current.__context__
+    if not isinstance(exc, (ConnectionError, TimeoutError)) and not any(
+            t in type(exc).__name__ for t in ("Connection", "Timeout", "Connect")):
+        return None
+    text = str(exc).lower()
+    for phrase, said in _NETWORK_PHRASES:
+        if phrase in text:
+            return said
+    return None
+
+
 def _error_line(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
+    cause = network_cause(exc)
+    if cause:  # the transport failed: no HTTP status was ever received
+        return _one_line(f"{name}: {cause}", 300)
     msg = str(exc)
     # litellm prefixes messages with "litellm.RateLimitError: RateLimitError: OpenAIException - ...";
     # keep the useful part.

@@ -139,6 +139,9 @@ class Task(ABC):
     fitness_doc: str = ""
     #: the baseline the feedback compares against ("worse than DPO on 3/5 configs")
     reference_baseline: str = ""
+    #: default wall-clock limit of one (configuration, seed) training in the sandbox, in seconds;
+    #: generous for the CPU of a busy machine (``--training-seconds`` changes it per run)
+    training_seconds: float = 60.0
 
     @property
     @abstractmethod

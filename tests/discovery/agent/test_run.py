@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,9 +195,9 @@ def test_locked_database_is_a_clear_error(existing_db):
         assert [r["config"] for r in archive.list_runs()] == [{"budget": 1}]
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+def _start_and_wait_for_a_candidate(tmp_path, budget: int):
     db = tmp_path / "runs.db"
-    config = write_config(tmp_path, 6)
+    config = write_config(tmp_path, budget)
     proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db),
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -211,10 +212,35 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
             continue
         if started:
             break
+    return proc, db
+
+
+def _stderr_line_within(proc: subprocess.Popen, text: str, seconds: float) -> str:
+    """The first stderr line containing ``text`` if it comes within ``seconds``, else ""."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if text in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return found[0] if found else ""
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    proc, db = _start_and_wait_for_a_candidate(tmp_path, 6)
     proc.send_signal(signal.SIGINT)
+    # the first Ctrl-C answers at once, while running evaluations finish
+    answer = _stderr_line_within(proc, "stopping:", 5.0)
+    assert "evaluation(s) still running; Ctrl-C again to abort" in answer
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
     assert "stopped by Ctrl-C" in out and "Traceback" not in err
+    assert "resume: discovery run --resume" in out
     with Archive.open_readonly(db) as archive:
         (run,) = archive.list_runs()
         assert run["status"] == "stopped"
@@ -226,3 +252,24 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     with Archive.open_readonly(db) as archive:
         assert archive.get_run(run["id"])["status"] == "finished"
         assert len([r for r in archive.candidates(run["id"]) if not r["is_baseline"]]) == 6
+
+
+def test_second_ctrl_c_aborts_at_once_and_resume_finishes(tmp_path):
+    proc, db = _start_and_wait_for_a_candidate(tmp_path, 4)
+    proc.send_signal(signal.SIGINT)
+    assert _stderr_line_within(proc, "stopping:", 5.0)
+    aborted_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - aborted_at < 20  # running jobs are killed, not waited for
+    assert "aborted; resume: discovery run --resume" in err and "Traceback" not in err
+    with Archive.open_readonly(db) as archive:
+        (run,) = archive.list_runs()
+        assert run["status"] == "stopped" and "aborted" in run["message"]
+    resumed = cli("run", "--resume", run["id"], "--db", str(db), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with Archive.open_readonly(db) as archive:
+        assert archive.get_run(run["id"])["status"] == "finished"
+        rows = [r for r in archive.candidates(run["id"], order_by_fitness=False) if not r["is_baseline"]]
+        assert len(rows) == 4 and all(r["status"] not in ("pending", "evaluating") for r in rows)

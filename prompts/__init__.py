@@ -1,0 +1,1 @@
+"""Jinja2 prompt templates; installed as the package ``discovery.prompts``."""
