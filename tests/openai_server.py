@@ -85,7 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
             return raw.decode("utf-8", "replace")
 
     def _log(self, payload: Any) -> None:
-        req = Request(self.command, self.path, dict(self.headers.items()), payload, time.time())
+        # HTTP header names are case-insensitive (httpx sends them lower-case): keep them canonical
+        headers = {"-".join(w.capitalize() for w in k.split("-")): v for k, v in self.headers.items()}
+        req = Request(self.command, self.path, headers, payload, time.time())
         with self.server.lock:
             self.server.requests.append(req)
 

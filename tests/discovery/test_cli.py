@@ -1,6 +1,8 @@
 """The ``discovery`` command as a user runs it: real console script, real sandbox."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,3 +84,39 @@ def test_tasks_lists_the_slot():
     proc = run_cli("tasks")
     assert proc.returncode == 0
     assert "preference" in proc.stdout and "def loss(policy_chosen_logps" in proc.stdout
+
+
+# ---- conventions: version, python -m, exit codes ---------------------------------------------
+
+
+def test_version_from_the_command_and_python_dash_m():
+    from discovery import __version__
+
+    for cmd in (["discovery", "--version"], [sys.executable, "-m", "discovery", "--version"]):
+        if cmd[0] == "discovery" and shutil.which("discovery") is None:
+            pytest.fail("the discovery console script is not on PATH")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"discovery {__version__}", proc
+
+
+def test_shell_completion_is_offered():
+    proc = subprocess.run([sys.executable, "-m", "discovery", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert "--install-completion" in proc.stdout and "--show-completion" in proc.stdout
+
+
+def test_usage_error_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "discovery", "no-such-command"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "No such command" in proc.stderr
+
+
+def test_an_internal_error_is_one_line_and_exit_1():
+    code = ("import discovery.cli as cli\n"
+            "@cli.app.command('boom')\n"
+            "def boom() -> None:\n"
+            "    raise RuntimeError('a bug')\n"
+            "cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, "boom"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc
+    assert proc.stderr.strip() == "internal error: RuntimeError: a bug (DISCOVERY_DEBUG=1 shows the traceback)"

@@ -273,3 +273,22 @@ def test_second_ctrl_c_aborts_at_once_and_resume_finishes(tmp_path):
         assert archive.get_run(run["id"])["status"] == "finished"
         rows = [r for r in archive.candidates(run["id"], order_by_fitness=False) if not r["is_baseline"]]
         assert len(rows) == 4 and all(r["status"] not in ("pending", "evaluating") for r in rows)
+
+
+def test_internal_errors_in_a_row_fail_the_run(tmp_path, monkeypatch):
+    """A bug (or a broken installation) that hits every candidate stops the run as failed, with the
+    reason, instead of finishing "successfully" with every candidate in error."""
+    from discovery.agent import loop
+    from discovery.config import RunConfig
+
+    def broken(self, state):  # noqa: ANN001, ANN202
+        raise RuntimeError("a bug in the pipeline")
+
+    monkeypatch.setattr(loop.DiscoveryRun, "_run_pipeline", broken)
+    result = loop.DiscoveryRun(RunConfig(budget=8, workers=1, db=str(tmp_path / "r.db"))).execute()
+    assert result.status == "failed"
+    assert f"{loop.MAX_INTERNAL_ERRORS_IN_A_ROW} internal errors in a row" in result.message
+    assert "RuntimeError: a bug in the pipeline" in result.message
+    with Archive.open_readonly(str(tmp_path / "r.db")) as archive:
+        rows = archive.candidates(archive.list_runs()[0]["id"], order_by_fitness=False)
+        assert len(rows) < 8 and all(r["status"] == "error" for r in rows)

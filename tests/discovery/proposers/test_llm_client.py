@@ -26,6 +26,7 @@ from discovery.proposers.llm_client import (  # noqa: E402
     LLMUnavailable,
     ModelSpec,
     check_model,
+    network_cause,
 )
 
 MODEL = "openai/test-model"
@@ -357,3 +358,36 @@ def test_fake_server_shutdown_interrupts_delays():
     t.join(5)
     assert time.monotonic() - t0 < 2 and not t.is_alive()
     assert len(srv.requests) == 1  # the log survives close()
+
+
+# ---- what a failed connection says ------------------------------------------------------------
+
+
+def test_connection_refused_says_so_not_500():
+    records: list[CallRecord] = []
+    c = LLMClient([ModelSpec(MODEL, api_base=f"http://127.0.0.1:{closed_port()}/v1", api_key="sk-test")],
+                  on_call=records.append, max_retries=1, timeout=5.0, base_delay=0.01, sleep=lambda s: None)
+    with pytest.raises(LLMUnavailable) as info:
+        c.complete("hi")
+    assert "connection refused" in info.value.reason and "500" not in info.value.reason
+    assert records and all("connection refused" in r.error for r in records)
+
+
+def test_timeout_says_so():
+    with FakeOpenAIServer([Reply("too late", delay=20)]) as srv:
+        c = client(srv, max_retries=0, timeout=0.5)
+        with pytest.raises(LLMUnavailable) as info:
+            c.complete("hi")
+    assert "timed out" in info.value.reason
+
+
+def test_dns_failure_is_named_from_the_exception_chain():
+    """Built, not sent: a lookup here would leave the machine. The chain is how httpx/openai wrap it."""
+    try:
+        try:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        except socket.gaierror as inner:
+            raise ConnectionError("Connection error.") from inner
+    except ConnectionError as outer:
+        assert network_cause(outer) == "DNS lookup failed (Name or service not known)"
+    assert network_cause(ValueError("a 400 from the server")) is None
