@@ -14,8 +14,9 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,22 @@ from discovery.evaluation import Evaluator
 from discovery.proposers.base import Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
 from discovery.tasks import Task, get_task
+
+
+@contextmanager
+def abortable_executor(workers: int, prefix: str) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that waits for its work on the way out, except when a second Ctrl-C
+    (KeyboardInterrupt) leaves: an abort waits for nothing (the sandboxes are killed next)."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+    aborted = False
+    try:
+        yield executor
+    except KeyboardInterrupt:
+        aborted = True
+        raise
+    finally:
+        executor.shutdown(wait=not aborted, cancel_futures=aborted)
+
 
 #: internal errors (bugs, a broken installation) in a row after which a run stops as failed
 MAX_INTERNAL_ERRORS_IN_A_ROW = 3
@@ -243,7 +260,7 @@ class DiscoveryRun:
                 self.archive.update_candidate(row["id"], reason=f"held-out failed: {report.one_line()}")
             summarize(self.rt, row["id"], "heldout")
 
-        with ThreadPoolExecutor(self.config.workers) as ex:
+        with abortable_executor(self.config.workers, "heldout") as ex:
             list(ex.map(score, [r for r in chosen if r]))
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -288,7 +305,7 @@ class DiscoveryRun:
         cfg = self.config
         baseline_ids = self._seed_baselines()
         concurrency = cfg.workers + (1 if cfg.uses_llm else 0)
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="candidate") as executor:
+        with abortable_executor(concurrency, "candidate") as executor:
             running: dict[Future, dict[str, Any]] = {}
 
             def launch(state: dict[str, Any]) -> None:
