@@ -128,18 +128,20 @@ class RobustRegressionTask(Task):
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         x_tr, y_tr, _, _ = _dataset(config, seed)  # the test split stays on the trusted side
+        # CPU tensors whatever `device` is: the transport moves them onto the job's device
         return {"x": x_tr, "y": y_tr, "seed": torch.tensor(env_seed(config, seed))}
 
     def train(self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any],
-              device: str) -> dict[str, Any]:
+              device: str = "cpu") -> dict[str, Any]:
+        x, y = inputs["x"].to(device), inputs["y"].to(device)
         torch.manual_seed(int(inputs["seed"]))
-        model = _model(inputs["x"].shape[1])
+        model = _model(x.shape[1]).to(device)  # initialised on the CPU: the same weights on every device
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         curve = []
         for step in range(STEPS):
-            losses = fn(model(inputs["x"]).squeeze(-1), inputs["y"])
-            if not isinstance(losses, torch.Tensor) or losses.shape != inputs["y"].shape:
-                raise TrainingFailed(f"step {step}: loss must have shape {tuple(inputs['y'].shape)}")
+            losses = fn(model(x).squeeze(-1), y)
+            if not isinstance(losses, torch.Tensor) or losses.shape != y.shape:
+                raise TrainingFailed(f"step {step}: loss must have shape {tuple(y.shape)}")
             value = losses.mean()
             if not torch.isfinite(value):
                 raise TrainingFailed(f"step {step}: loss is NaN or infinite")
@@ -148,11 +150,13 @@ class RobustRegressionTask(Task):
             opt.step()
             if step % 30 == 0 or step == STEPS - 1:
                 curve.append(float(value.detach()))
-        return {"weights": model.state_dict(), "curve_loss": torch.tensor(curve)}
+        # raw outputs go back to the trusted side through a file: CPU tensors
+        return {"weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "curve_loss": torch.tensor(curve)}
 
     def score(self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any],
-              device: str) -> SeedMetrics:
-        _, _, x_te, y_te = _dataset(config, seed)
+              device: str = "cpu") -> SeedMetrics:
+        _, _, x_te, y_te = _dataset(config, seed)  # scored on the CPU: a linear model needs no GPU
         model = _model(x_te.shape[1])
         model.load_state_dict(outputs["weights"])  # untrusted tensors: shapes are checked by torch
         with torch.no_grad():

@@ -72,22 +72,25 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
 
 
 
-def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Sandboxed: train a fresh MLP with the candidate loss; final weights and curves."""
-    x, y = inputs["features"], inputs["labels"]
+def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Sandboxed: train a fresh MLP with the candidate loss on ``device``; final weights and curves,
+    on the CPU."""
+    x, y = inputs["features"].to(device), inputs["labels"].to(device)
     classes = int(inputs["num_classes"])
     n = x.shape[0]
     batch = min(p.batch, n)
+    # initialisation and minibatch order are drawn on the CPU (CUDA generators have other
+    # streams), then moved: every device trains from the same weights on the same batches
     torch.manual_seed(int(inputs["init_seed"]))
-    net = make_mlp(x.shape[1], p.hidden, classes)
+    net = make_mlp(x.shape[1], p.hidden, classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=p.lr)
     g = torch.Generator().manual_seed(int(inputs["order_seed"]))
-    order, cursor = torch.randperm(n, generator=g), 0
+    order, cursor = torch.randperm(n, generator=g).to(device), 0
     losses, grad_norms, train_acc = [], [], []
     every = max(1, p.steps // 20)
     for step in range(p.steps):
         if cursor + batch > n:
-            order, cursor = torch.randperm(n, generator=g), 0
+            order, cursor = torch.randperm(n, generator=g).to(device), 0
         idx = order[cursor : cursor + batch]
         cursor += batch
         logits = net(x[idx])
@@ -106,7 +109,7 @@ def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict
             grad_norms.append(float(norm))
             train_acc.append(float((logits.detach().argmax(1) == targets).float().mean()))
     return {
-        "model": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()},
         "curve_loss": torch.tensor(losses),
         "curve_grad_norm": torch.tensor(grad_norms),
         "curve_train_acc": torch.tensor(train_acc),
@@ -119,8 +122,8 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     confidence, predicted = probs.max(1)
     correct = (predicted == labels).to(probs.dtype)
     which = torch.clamp((confidence * bins).ceil().long() - 1, 0, bins - 1)
-    conf_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, which, confidence)
-    acc_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, which, correct)
+    conf_sum = torch.zeros(bins, dtype=probs.dtype, device=probs.device).index_add_(0, which, confidence)
+    acc_sum = torch.zeros(bins, dtype=probs.dtype, device=probs.device).index_add_(0, which, correct)
     return float((conf_sum - acc_sum).abs().sum() / len(labels))
 
 

@@ -117,25 +117,30 @@ class ClassificationTask(LibraryTask):
                 raise ContractError(f"gradient with respect to the logits is NaN or infinite (C = {classes})")
 
     def warmup(self) -> None:
+        # CPU only: the warm template forks, and CUDA does not survive a fork
         params = EnvParams(hidden=8, steps=2, batch=4)
         g = torch.Generator().manual_seed(0)
         inputs = {
             "features": torch.randn(8, 3, generator=g), "labels": torch.randint(0, 3, (8,), generator=g),
             "num_classes": torch.tensor(3), "init_seed": torch.tensor(0), "order_seed": torch.tensor(0),
         }
-        train_classifier(library.cross_entropy, params, inputs)
+        train_classifier(library.cross_entropy, params, inputs, "cpu")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""
         return build_inputs(EnvParams.from_mapping(config.params), env_seed(config, seed))
 
     def train(
-        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
-        return train_classifier(fn, EnvParams.from_mapping(config.params), inputs)
+        """Train the MLP with ``fn`` on ``device``; the raw outputs come back on the CPU."""
+        return train_classifier(fn, EnvParams.from_mapping(config.params), inputs, device)
 
     def score(
-        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
     ) -> SeedMetrics:
+        """Score on the CPU whatever ``device`` is: the network is tiny, and a score is then a
+        function of the returned weights alone, the same on every machine."""
         metrics = score_classifier(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["model"])
         fitness = metrics.pop("fitness")
         curve = curves_from(outputs, ("loss", "grad_norm", "train_acc"))

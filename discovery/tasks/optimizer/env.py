@@ -246,26 +246,29 @@ def build_inputs(p: ProblemParams, seed: int) -> dict[str, Any]:
 
 
 class _Batches:
-    """Minibatches (inputs, targets) of one run, drawn from a generator seeded by the inputs."""
+    """Minibatches (inputs, targets) of one run on ``device``, drawn from a generator seeded by the
+    inputs. The draws happen on the CPU (CUDA generators have other streams) and are then moved,
+    so that every device sees the same batches."""
 
-    def __init__(self, p: ProblemParams, inputs: dict[str, Any]):
+    def __init__(self, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu"):
         self.p = p
         g = torch.Generator().manual_seed(int(inputs["order_seed"]))
         if p.kind == "charlm":
-            text = inputs["text"].long()
+            text = inputs["text"].to(device).long()
             self.windows = text.unfold(0, p.context + 1, 1)
-            self.index = torch.randint(0, self.windows.shape[0], (p.steps, p.batch), generator=g)
+            self.index = torch.randint(0, self.windows.shape[0], (p.steps, p.batch), generator=g).to(device)
         elif not p.synthetic:
-            self.x, self.y = inputs["x"], inputs["y"]
-            self.index = torch.randint(0, self.x.shape[0], (p.steps, p.batch), generator=g)
+            self.x, self.y = inputs["x"].to(device), inputs["y"].to(device)
+            self.index = torch.randint(0, self.x.shape[0], (p.steps, p.batch), generator=g).to(device)
         else:
-            self.noise = torch.randn(p.steps, p.dim, generator=g) if p.noise > 0 else None
+            self.problem = {k: v.to(device) for k, v in inputs["problem"].items()}
+            self.noise = torch.randn(p.steps, p.dim, generator=g).to(device) if p.noise > 0 else None
 
-    def loss(self, w: dict[str, torch.Tensor], step: int, inputs: dict[str, Any]) -> tuple[torch.Tensor, float]:
+    def loss(self, w: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, float]:
         """(the loss whose gradient the rule sees at ``step`` (from 1), the loss value recorded)."""
         p = self.p
         if p.synthetic:
-            problem = inputs["problem"]
+            problem = self.problem
             value = synthetic_loss(p, w["x"], problem)
             if self.noise is None:
                 return value, float(value.detach())
@@ -294,22 +297,27 @@ def _check_update(new: Any, old: torch.Tensor, name: str, step: int) -> None:
     if new.dtype != old.dtype:
         raise TrainingFailed(f"step {step}: update returned dtype {new.dtype} for parameter {name!r}, "
                              f"expected {old.dtype}")
+    if new.device != old.device:
+        raise TrainingFailed(f"step {step}: update returned a tensor on {new.device} for parameter {name!r} "
+                             f"on {old.device}; create new tensors like param (torch.zeros_like, device=)")
 
 
-def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int) -> dict[str, Any]:
-    """One run of ``rule`` at learning rate ``lr``: final weights, loss curve, step it diverged at (0: never)."""
+def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int,
+              device: str = "cpu") -> dict[str, Any]:
+    """One run of ``rule`` at learning rate ``lr`` on ``device``: final weights (on the CPU), loss
+    curve, step it diverged at (0: never)."""
     torch.manual_seed(torch_seed)  # a rule that draws random numbers gets the same ones every time
-    w = {k: v.detach().clone().requires_grad_(True) for k, v in inputs["init"].items()}
+    w = {k: v.detach().to(device, copy=True).requires_grad_(True) for k, v in inputs["init"].items()}
     names = list(w)
     tensors = [w[k] for k in names]
     states: list[dict[str, Any]] = [{} for _ in names]
-    batches = _Batches(p, inputs)
+    batches = _Batches(p, inputs, device)
     every = max(1, p.steps // CURVE_POINTS)
     curve: list[float] = []
     first = None
     diverged = 0
     for step in range(1, p.steps + 1):
-        loss, value = batches.loss(w, step, inputs)
+        loss, value = batches.loss(w, step)
         if first is None:
             first = abs(value)
         if not math.isfinite(value) or abs(value) > DIVERGE_FACTOR * max(first, 1e-12):
@@ -326,14 +334,15 @@ def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, to
                 tensor.copy_(new)
     n_points = (p.steps - 1) // every + 1
     curve += [float("nan")] * (n_points - len(curve))
-    return {"final": {k: v.detach().clone() for k, v in w.items()}, "curve": torch.tensor(curve[:n_points]),
-            "diverged_at": diverged}
+    return {"final": {k: v.detach().to("cpu", copy=True) for k, v in w.items()},
+            "curve": torch.tensor(curve[:n_points]), "diverged_at": diverged}
 
 
-def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Sandboxed: run ``rule`` once per learning rate of the grid; raw outputs only."""
+def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Sandboxed: run ``rule`` on ``device`` once per learning rate of the grid; raw outputs only, on the CPU."""
     # each learning rate gets a fresh copy of the rule: nothing it remembers crosses runs of the grid
-    runs = [train_one(fresh_copy(rule), p, inputs, lr, int(inputs["order_seed"]) + i) for i, lr in enumerate(p.lrs)]
+    runs = [train_one(fresh_copy(rule), p, inputs, lr, int(inputs["order_seed"]) + i, device)
+            for i, lr in enumerate(p.lrs)]
     return {
         "final": [r["final"] for r in runs],
         "curve_loss": torch.stack([r["curve"] for r in runs]),
@@ -349,7 +358,8 @@ class ScoringContext:
 
     def __init__(self, p: ProblemParams, seed: int, inputs: dict[str, Any]):
         self.p = p
-        self.problem = inputs.get("problem")
+        problem = inputs.get("problem")  # scoring runs on the CPU, wherever the inputs were made
+        self.problem = {k: v.cpu() for k, v in problem.items()} if problem is not None else None
         if p.kind in ("logreg", "mlp", "cnn", "autoencoder"):
             _, _, self.x_test, self.y_test = digits_split(seed)
         elif p.kind == "charlm":
@@ -366,7 +376,7 @@ class ScoringContext:
         expected = self._shapes()
         if set(weights) != set(expected) or any(tuple(weights[k].shape) != s for k, s in expected.items()):
             raise ValueError("returned weights do not match the problem's parameters")
-        w = {k: v.float() for k, v in weights.items()}
+        w = {k: v.float().cpu() for k, v in weights.items()}
         if not all(torch.isfinite(v).all() for v in w.values()):
             return {"metric": math.inf}
         if p.synthetic:

@@ -142,6 +142,7 @@ class OptimizerTask(LibraryTask):
                 param = new.detach().clone()
 
     def warmup(self) -> None:
+        # CPU only: the warm template forks, and CUDA does not survive a fork
         g = torch.Generator().manual_seed(0)
         for kind, extra in (("mlp", {}), ("cnn", {}), ("charlm", {})):
             p = ProblemParams(kind=kind, steps=2, batch=4, hidden=4, channels=2, context=3, embed=2)
@@ -151,22 +152,27 @@ class OptimizerTask(LibraryTask):
             else:
                 inputs["x"], inputs["y"] = torch.rand(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
             inputs["init"] = init_params(p, 0, extra)
-            train_one(library.adamw, p, inputs, 1e-3, 0)
+            train_one(library.adamw, p, inputs, 1e-3, 0, "cpu")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""
         return build_inputs(ProblemParams.from_mapping(config.params), env_seed(config, seed))
 
     def train(
-        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
+        """Run the rule ``fn`` over the learning-rate grid with parameters, gradients and the rule's
+        state on ``device``; the raw outputs come back on the CPU."""
         # the problems are tiny: intra-op threads only add synchronisation (and, with spinning
         # OpenMP threads on a busy machine, stalls of seconds per step); this child is disposable
         torch.set_num_threads(1)
-        return train_grid(fn, ProblemParams.from_mapping(config.params), inputs)
+        return train_grid(fn, ProblemParams.from_mapping(config.params), inputs, device)
 
     def score(
-        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
     ) -> SeedMetrics:
+        """Score on the CPU whatever ``device`` is, the SGD and AdamW references included: the
+        yardstick of fitness 0 and 1 (and its disk cache) is then the same on every machine."""
         p = ProblemParams.from_mapping(config.params)
         env = env_seed(config, seed)
         finals = outputs["final"]

@@ -216,22 +216,24 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
     }
 
 
-def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Sandboxed: start from the reference and train with the candidate loss."""
-    policy = make_policy(p)
+def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Sandboxed: start from the reference and train with the candidate loss on ``device``; the
+    returned weights and curves are on the CPU."""
+    policy = make_policy(p).to(device)
     policy.load_state_dict(inputs["reference"])
     opt = torch.optim.Adam(policy.parameters(), lr=p.lr)
-    x, chosen, rejected = inputs["prompts"], inputs["chosen"], inputs["rejected"]
-    ref_c, ref_r = inputs["reference_chosen_logps"], inputs["reference_rejected_logps"]
+    x, chosen, rejected = (inputs[k].to(device) for k in ("prompts", "chosen", "rejected"))
+    ref_c, ref_r = (inputs[k].to(device) for k in ("reference_chosen_logps", "reference_rejected_logps"))
+    # the minibatch order is drawn on the CPU (CUDA generators have other streams), then moved
     g = torch.Generator().manual_seed(int(inputs["order_seed"]))
     n = x.shape[0]
-    order = torch.randperm(n, generator=g)
+    order = torch.randperm(n, generator=g).to(device)
     losses, grad_norms, margins = [], [], []
     every = max(1, p.steps // 20)
     cursor = 0
     for step in range(p.steps):
         if cursor + p.batch > n:
-            order, cursor = torch.randperm(n, generator=g), 0
+            order, cursor = torch.randperm(n, generator=g).to(device), 0
         idx = order[cursor : cursor + p.batch]
         cursor += p.batch
         both = policy.sequence_logps(x[idx].repeat(2, 1), torch.cat([chosen[idx], rejected[idx]]))
@@ -251,13 +253,11 @@ def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any]) -> dict[str
             with torch.no_grad():
                 margins.append(float(((pc - ref_c[idx]) - (pr - ref_r[idx])).mean()))
     return {
-        "policy": {k: v.detach().clone() for k, v in policy.state_dict().items()},
+        "policy": {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()},
         "curve_loss": torch.tensor(losses),
         "curve_grad_norm": torch.tensor(grad_norms),
         "curve_margin": torch.tensor(margins),
     }
-
-
 
 
 class ScoringContext:
