@@ -2,26 +2,40 @@
 # Build the local test image `discovery-sandbox:test` without any registry.
 #
 # No base image is pulled: the root filesystem is assembled from this machine. It holds
-#   * the host interpreter prefix (same path inside the image, because libpython is found
-#     through an absolute RUNPATH), with a stdlib minus tests/idle/tkinter/ensurepip;
-#   * site-packages restricted to torch, numpy, scipy and their runtime requirements
-#     (no tests, headers, C++ test binaries); nothing like streamlit, pyarrow, litellm;
+#   * the base interpreter (sys.base_prefix; same path inside the image, because libpython
+#     is found through an absolute RUNPATH), with a stdlib minus tests/idle/tkinter/ensurepip;
+#   * torch, numpy, scipy and their runtime requirements (no tests, headers, C++ test
+#     binaries; nothing like streamlit, pyarrow, litellm), each at its host path, taken from
+#     the site-packages directory the interpreter finds it in: a virtualenv's own, or the
+#     base interpreter's;
 #   * every shared library those ELF files need (found with ldd), the dynamic loader, and
 #     the symlinks along the way (/lib -> usr/lib etc.);
-#   * /etc/passwd + /etc/group with `sandbox` = uid/gid 65534, /usr/local/bin/python;
+#   * /etc/passwd + /etc/group with `sandbox` = uid/gid 65534, /usr/local/bin/python (the
+#     base interpreter: the image has no pyvenv.cfg);
 #   * the project's `sandbox/` and `discovery/` packages under /opt/discovery/src, on
-#     PYTHONPATH and also through a .pth file (so `python -I` finds them too).
+#     PYTHONPATH and also through a .pth file in the base interpreter's site-packages, which
+#     puts the source dir and any virtualenv site-packages on sys.path (`python -I` too).
 # The tarball is streamed straight into `docker import`. The image carries a label with a
 # hash of everything that went into it; when that hash is unchanged nothing is rebuilt.
 #
-# Environment: SANDBOX_PYTHON (interpreter to copy; default: `python` on PATH),
+# Environment: SANDBOX_PYTHON (interpreter whose torch/numpy/scipy go in; a virtualenv's is
+#              fine; default: the active $VIRTUAL_ENV, else the checkout's .venv made by
+#              scripts/install.sh ($DISCOVERY_VENV), else `python3` on PATH),
 #              SANDBOX_IMAGE (tag; default discovery-sandbox:test), FORCE=1 to rebuild.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 IMAGE=${SANDBOX_IMAGE:-discovery-sandbox:test}
-PY=${SANDBOX_PYTHON:-$(command -v python3 || command -v python)}
+if [[ -n "${SANDBOX_PYTHON:-}" ]]; then
+    PY=$SANDBOX_PYTHON
+elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
+    PY=$VIRTUAL_ENV/bin/python
+elif [[ -x "${DISCOVERY_VENV:-$ROOT/.venv}/bin/python" ]]; then
+    PY=${DISCOVERY_VENV:-$ROOT/.venv}/bin/python
+else
+    PY=$(command -v python3 || command -v python)
+fi
 
 if ! docker info >/dev/null 2>&1; then
     echo "docker-test-image: no Docker engine reachable (run .ci/docker-engine.sh first)" >&2
@@ -59,16 +73,36 @@ def die(msg: str) -> None:
     sys.exit(1)
 
 
-if sys.prefix != sys.base_prefix:
-    die(f"{sys.executable} is a virtualenv; point SANDBOX_PYTHON at a base interpreter")
-
+IN_VENV = sys.prefix != sys.base_prefix
 PREFIX = Path(sys.base_prefix)
 VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-PURELIB = Path(sysconfig.get_paths()["purelib"])
-EXE = Path(os.path.realpath(sys.executable))
+# the base interpreter: in a virtualenv, sys.executable is a link to it (or a copy of it)
+EXE = Path(os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)) if IN_VENV \
+    else Path(os.path.realpath(sys.executable))
+if IN_VENV and not (EXE.is_file() and EXE.is_relative_to(PREFIX)):
+    die(f"cannot find the base interpreter of the virtualenv {sys.prefix} under {PREFIX} (got {EXE})")
+if IN_VENV:
+    # the base interpreter's own paths: the stdlib, and the site directories its site.py adds
+    probe = subprocess.run([str(EXE), "-I", "-B", "-c", "import json, site, sysconfig; print(json.dumps("
+                            "[sysconfig.get_paths()['stdlib'], site.getsitepackages()]))"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        die(f"the base interpreter {EXE} of {sys.prefix} does not run: {probe.stderr.strip()[-300:]}")
+    _stdlib, BASE_SITE = json.loads(probe.stdout)
+    STDLIB = Path(_stdlib)
+else:
+    import site
 
-STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip",
+    STDLIB = Path(sysconfig.get_paths()["stdlib"])
+    BASE_SITE = site.getsitepackages()
+BASE_SITE = [Path(p) for p in BASE_SITE]
+if not BASE_SITE:
+    die(f"{EXE} has no site-packages directory for the .pth file")
+# the .pth goes where the base interpreter looks first (its purelib, as before, when it is one of them)
+_purelib = Path(sysconfig.get_paths()["purelib"])
+PTH_DIR = _purelib if not IN_VENV and _purelib in BASE_SITE else BASE_SITE[0]
+
+STDLIB_SKIP = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip",
                "lib2to3", "__phello__", "pydoc_data"}
 SKIP_DIR_NAMES = {"tests"}  # test suites of third-party packages
 SITE_SKIP = {"torch/test", "torch/include", "torch/share", "torch/bin", "torchgen/packaged"}
@@ -79,22 +113,46 @@ def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # a bare base interpreter: no marker evaluation, a missing optional requirement is skipped
+    Requirement = None
+
+
+def requirement_name(req: str):
+    """The distribution ``req`` needs here, or None (an extra, or a marker false for this interpreter)."""
+    if Requirement is not None:
+        try:
+            parsed = Requirement(req)
+        except Exception:
+            parsed = None
+        if parsed is not None:
+            if parsed.marker is not None and not parsed.marker.evaluate({"extra": ""}):
+                return None
+            return parsed.name
+    if "extra ==" in req:
+        return None
+    return re.split(r"[<>=!~;\[ (]", req, maxsplit=1)[0]
+
+
 def closure(roots):
-    seen, todo, dists = set(), list(roots), []
+    seen, todo, dists = set(), [(name, True) for name in roots], []
     while todo:
-        name = todo.pop()
+        name, required = todo.pop()
         if canon(name) in seen:
             continue
         seen.add(canon(name))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            die(f"{name} is not installed in {sys.executable}")
+            if required or Requirement is not None:
+                die(f"{name} is not installed in {sys.executable}")
+            continue
         dists.append(dist)
         for req in dist.requires or []:
-            if "extra ==" in req:
-                continue
-            todo.append(re.split(r"[<>=!~;\[ (]", req, maxsplit=1)[0])
+            dep = requirement_name(req)
+            if dep:
+                todo.append((dep, Requirement is not None))
     return dists
 
 
@@ -146,12 +204,24 @@ for entry in sorted(STDLIB.iterdir()):
         continue
     walk(entry, set(), STDLIB)
 
+def site_dir(dist) -> Path:
+    """The directory ``dist`` is installed in (a virtualenv's site-packages, or the base's)."""
+    return Path(os.path.abspath(str(dist.locate_file(""))))
+
+
 dists = closure(ROOT_DISTS)
+site_dirs: list[Path] = []  # where the copied distributions live, in the order they were found
 for dist in dists:
+    base = site_dir(dist)
+    if base not in site_dirs:
+        site_dirs.append(base)
     for top in sorted(top_levels(dist)):
-        p = PURELIB / top
+        p = base / top
         if p.exists() or p.is_symlink():
-            walk(p, SITE_SKIP, PURELIB)
+            walk(p, SITE_SKIP, base)
+# site directories the base interpreter does not add itself go on sys.path through the .pth,
+# after the project source (a virtualenv's site-packages, at its host path)
+EXTRA_SITE = [str(d) for d in site_dirs if d not in BASE_SITE]
 
 # ---------------------------------------------------------------- shared libraries
 def is_elf(p: Path) -> bool:
@@ -182,7 +252,9 @@ for extra in ("/lib/x86_64-linux-gnu/libgcc_s.so.1", "/usr/lib/x86_64-linux-gnu/
     if os.path.exists(extra):
         libs.add(extra)
         break
-host_libs = sorted(p for p in libs if not p.startswith(str(PREFIX) + "/"))
+# everything ldd found except what is already copied (when the prefix is /usr, libc & co. live under it)
+copied = {os.path.normpath(str(p)) for p in files}
+host_libs = sorted(p for p in libs if os.path.normpath(p) not in copied)
 if missing:
     # ldd's "not found" is usually an optional extension module dependency
     print(f"docker-test-image: note: unresolved libraries: {', '.join(sorted(missing))}", file=sys.stderr)
@@ -202,8 +274,11 @@ for pkg in PROJECT_PACKAGES:
             project_files.append((p.relative_to(PROJECT).as_posix(), p.read_bytes(), p.stat().st_mode))
 
 # ---------------------------------------------------------------- content hash
+PTH_TEXT = "".join(f"{line}\n" for line in [SRC_DIR, *EXTRA_SITE])
+
 h = hashlib.sha256()
 h.update(SCRIPT.read_bytes())
+h.update(PTH_TEXT.encode())
 for p in files + [Path(x) for x in host_libs]:
     try:
         st = os.lstat(p)
@@ -329,7 +404,7 @@ try:
     tar.symlink("/usr/local/bin/python3", str(PREFIX / "bin" / EXE.name))
     for rel, data, mode in project_files:
         tar.data(f"{SRC_DIR}/{rel}", data, stat.S_IMODE(mode) | 0o444)
-    tar.data(str(PURELIB / "discovery-sandbox-src.pth"), (SRC_DIR + "\n").encode())
+    tar.data(str(PTH_DIR / "discovery-sandbox-src.pth"), PTH_TEXT.encode())
     tar.close()
 finally:
     proc.stdin.close()
@@ -343,12 +418,16 @@ if old_id and old_id != new_id:
     # the previous build is now dangling; drop it unless a container still uses it
     subprocess.run(["docker", "image", "rm", old_id], capture_output=True)
 print(f"docker-test-image: built {IMAGE} ({new_id[7:19]}, content hash {digest}, "
-      f"{len(files)} interpreter files, {len(host_libs)} host libraries)", file=sys.stderr)
+      f"{len(files)} interpreter files, {len(host_libs)} host libraries) from {EXE}"
+      + (f" with the site-packages of the virtualenv {sys.prefix}" if IN_VENV else ""), file=sys.stderr)
 PYEOF
 
-# smoke test: the image must import torch and the project
+# smoke test: the image must import torch and the project, also isolated (-I: no PYTHONPATH, so
+# through the .pth file), with the job runner's module
 docker run --rm --network none --read-only "$IMAGE" \
     python -c "import torch, numpy, sandbox, discovery; print('torch', torch.__version__)" >&2
+docker run --rm --network none --read-only "$IMAGE" \
+    python -I -c "import torch, numpy, scipy, sandbox.runner, discovery; torch.ones(2).sum().item()" >&2
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 echo "docker-test-image: $IMAGE size $((size / 1000000)) MB, ${SECONDS} s" >&2
 echo "$IMAGE"

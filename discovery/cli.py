@@ -551,6 +551,8 @@ def dashboard(
         proc = subprocess.Popen(dashboard_command(db, host, port))
     except OSError as exc:
         fail(f"cannot start streamlit: {exc}")
+    # a SIGTERM (a service manager, `kill`) must stop streamlit too, not orphan it on the port
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     try:
         code = proc.wait()
     except (KeyboardInterrupt, Interrupted):  # streamlit got the same SIGINT: let it stop cleanly
@@ -559,7 +561,9 @@ def dashboard(
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-        code = 0 if code in (0, -2, 130) else code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    code = 0 if code in (0, -2, -15, 130) else code
     raise typer.Exit(code)
 
 

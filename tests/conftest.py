@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,10 @@ HOSTILE_ROWS = pytest.StashKey[list[tuple[str, str, str, str]]]()
 def _prepare(script: str, timeout: float) -> str | None:
     """Run a CI helper script; the reason it failed, or None."""
     try:
-        proc = subprocess.run(["bash", str(CI_DIR / script)], capture_output=True, text=True, timeout=timeout)
+        # the image mirrors the interpreter that runs the tests (a venv's: its site-packages go in)
+        env = {**os.environ, "SANDBOX_PYTHON": os.environ.get("SANDBOX_PYTHON", sys.executable)}
+        proc = subprocess.run(["bash", str(CI_DIR / script)], capture_output=True, text=True, timeout=timeout,
+                              env=env)
     except subprocess.TimeoutExpired:
         return f"{script} did not finish in {timeout:g} s"
     if proc.returncode != 0:

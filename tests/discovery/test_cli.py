@@ -120,3 +120,39 @@ def test_an_internal_error_is_one_line_and_exit_1():
     proc = subprocess.run([sys.executable, "-c", code, "boom"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc
     assert proc.stderr.strip() == "internal error: RuntimeError: a bug (DISCOVERY_DEBUG=1 shows the traceback)"
+
+
+def test_dashboard_stops_streamlit_on_sigterm(tmp_path):
+    """A service manager's SIGTERM must not orphan streamlit on its port."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    proc = subprocess.Popen([sys.executable, "-m", "discovery", "dashboard", "--db", str(tmp_path / "none.db"),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(health, timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the dashboard never became healthy")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        time.sleep(1)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(health, timeout=2)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
