@@ -521,7 +521,8 @@ def export_cmd(
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
     err.print(f"wrote {len(chosen)} function(s) to {out} ({fmt}): "
-              + ", ".join(f"{name} ({c.id}, fitness {c.fitness:.4f})" for name, c in chosen),
+              + ", ".join(f"{name} ({c.id}, " + (f"fitness {c.fitness:.4f})" if c.fitness is not None
+                                                 else f"status {c.status}, no fitness)") for name, c in chosen),
               highlight=False, markup=False, soft_wrap=True)
 
 

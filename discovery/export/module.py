@@ -94,19 +94,31 @@ def _seeds(seeds: Sequence[int]) -> str:
     return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}" + (f": {', '.join(map(str, seeds))}" if seeds else "")
 
 
+def _status(c: Chosen) -> list[str]:
+    """The status line(s): ``ok``, or the status a candidate stopped at, its reason, and what that means."""
+    if c.status == "ok":
+        return ["Status: ok (evaluated on the whole discover suite)"]
+    reason = " ".join(clean_text(c.reason, 600).split()) or "no reason recorded"
+    scores = "partial scores (the configurations and seeds it ran)" if c.fitness is not None else "no fitness"
+    return textwrap.wrap(f"Status: {clean_text(c.status, 40)} ({reason}). Not a fully evaluated candidate: "
+                         f"{scores}.", 96)
+
+
 def docstring(c: Chosen, export_name: str, task: Task, own_doc: str | None) -> str:
-    """The exported function's docstring: name, thought, fitness with CI, run, parents, date."""
+    """The exported function's docstring: name, status (and reason when not ok), thought, fitness with
+    CI, run, parents, date, and how to reproduce the score."""
     parents = ", ".join(f"{pid} ({clean_text(name, 80)})" if name else pid for pid, name in c.parents) or "none"
     heldout = (f"{_fmt(c.heldout_fitness)}{_ci(c.heldout_ci)} over {_seeds(c.heldout_seeds)}"
                if c.heldout_fitness is not None else "not evaluated")
     n = len(c.seeds)
-    standard = list(task.suite("discover").with_seeds(n).seeds) == c.seeds if n else False
+    standard = c.status == "ok" and (list(task.suite("discover").with_seeds(n).seeds) == c.seeds if n else False)
     again = (f"discovery evaluate THIS_FILE --function {export_name} --task {c.task_ref} --seeds {n}"
              if standard else "")
     lines = [
         f"{clean_text(c.name, 200) or '(unnamed)'}: discovered {task.slot.name} for task {c.task}"
         + (" (a baseline)" if c.is_baseline else "") + ".",
         "",
+        *_status(c),
         *(textwrap.wrap("Thought: " + " ".join(clean_text(c.thought).split()), 96) if c.thought.strip() else
           ["Thought: (none recorded)"]),
         "",
@@ -201,7 +213,7 @@ def metadata(item: Exported) -> dict[str, Any]:
         "fitness": c.fitness, "fitness_ci": list(c.fitness_ci), "seeds": list(c.seeds),
         "heldout_fitness": c.heldout_fitness, "heldout_ci": list(c.heldout_ci), "heldout_seeds": list(c.heldout_seeds),
         "parents": [pid for pid, _ in c.parents], "date": c.date, "proposer": c.proposer,
-        "generation": c.generation, "thought": c.thought,
+        "generation": c.generation, "thought": c.thought, "status": c.status, "reason": c.reason,
     }
 
 
@@ -211,7 +223,9 @@ def _module_doc(bundle: Bundle) -> str:
     return (
         f"Discovered `{task.slot.name}` functions (task {task.name}) exported by `discovery` from "
         f"{clean_text(bundle.archive, 300)} on {bundle.generated_at}.\n\n"
-        f"Needs only torch. Each function has the slot's signature:\n\n    {task.slot.signature}\n\n"
+        "Importing it needs only torch (an adapter built on another library, such as a TRL trainer,\n"
+        "imports that library when first used). Each function has the slot's signature:\n\n"
+        f"    {task.slot.signature}\n\n"
         f"Functions: {names}.\n{REGISTRY} maps each name to its function, {METADATA} to its scores and lineage;\n"
         "the adapters at the end make them usable where the field expects them.\n"
     )

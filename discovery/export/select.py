@@ -37,6 +37,8 @@ class Chosen:
     date: str = ""
     proposer: str = ""
     generation: int = 0
+    status: str = "ok"  # the archive's status: ok, or why it stopped (culled, contract, error, ...)
+    reason: str = ""  # the archive's one-line reason when not ok (with the stage it stopped at)
 
 
 def _real(value: Any) -> float | None:
@@ -68,8 +70,17 @@ def _record(archive: Archive, row: dict[str, Any], run: dict[str, Any]) -> Chose
         heldout_ci=(_real(row.get("heldout_ci_low")), _real(row.get("heldout_ci_high"))),
         heldout_seeds=seeds["heldout"], parents=parents,
         date=_text(row.get("evaluated_at") or row.get("created_at")), proposer=_text(row.get("proposer")),
-        generation=int(row.get("generation") or 0),
+        generation=int(row.get("generation") or 0), status=_text(row.get("status")) or "ok",
+        reason=_reason(row),
     )
+
+
+def _reason(row: dict[str, Any]) -> str:
+    """``stage: reason`` of a candidate that is not ok (either part may be missing), else ""."""
+    if row.get("status") == "ok":
+        return ""
+    stage, reason = _text(row.get("failed_stage")).strip(), _text(row.get("reason")).strip()
+    return f"{stage}: {reason}" if stage and reason else stage or reason
 
 
 def _open(db: str | Path) -> Archive:
@@ -90,10 +101,10 @@ def choose(
 ) -> list[Chosen]:
     """The candidates to export: best first, or in the order named.
 
-    ``candidate_ids``: exactly those (each must be evaluated, status ``ok``; a baseline may
-    be named explicitly). Otherwise the ``top`` best evaluated non-baseline candidates by
-    discover fitness, of ``run_id`` or of every run (of ``task``), one per distinct program.
-    Raises ``ExportError`` with a one-line reason.
+    ``candidate_ids``: exactly those, whatever their status (culled, failed, a baseline...),
+    as long as they have code; the docstring says the status. Otherwise the ``top`` best
+    evaluated (status ``ok``) non-baseline candidates by discover fitness, of ``run_id`` or of
+    every run (of ``task``), one per distinct program. Raises ``ExportError`` with a one-line reason.
     """
     if candidate_ids and top is not None:
         raise ExportError("give either --top or --candidate, not both")
@@ -135,7 +146,6 @@ def _explicit(archive: Archive, db: str | Path, cid: str, runs: dict[str, Any], 
         raise ExportError(f"no candidate {cid} in {db}")
     if run_id is not None and row["run_id"] != run_id:
         raise ExportError(f"candidate {cid} belongs to run {row['run_id']}, not {run_id}")
-    if row.get("status") != "ok" or row.get("fitness") is None:
-        raise ExportError(f"candidate {cid} has status {row.get('status')}; only evaluated (ok) candidates "
-                          "can be exported")
+    if not _text(row.get("code")).strip():
+        raise ExportError(f"candidate {cid} has no code (status {row.get('status')}); nothing to export")
     return _record(archive, row, runs[row["run_id"]])

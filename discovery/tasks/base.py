@@ -186,7 +186,7 @@ class Task(ABC):
     def export_adapter(self) -> str:
         """Python source appended to an exported module, after its functions and its ``REGISTRY``
         dict (export name -> function): adapters that make each exported function usable where
-        the field expects it (a TRL-style ``dpo_loss``, a ``torch.optim.Optimizer``). Needs only
+        the field expects it (a ``trl.DPOTrainer`` subclass, a ``torch.optim.Optimizer``). Needs only
         torch; empty by default."""
         return ""
 

@@ -115,6 +115,8 @@ spec = importlib.util.spec_from_file_location("discovered_losses", sys.argv[1] i
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 assert not any(m == "discovery" or m.startswith(("discovery.", "sandbox")) for m in sys.modules), "imports discovery"
+assert not any(m.split(".")[0] in ("trl", "transformers") for m in sys.modules), "imports trl at import"
+assert "DiscoveredDPOTrainer" in dir(mod)  # built from the installed trl on first use (tests/.../test_trl.py)
 g = torch.Generator().manual_seed(0)
 out = {{}}
 for name, fn in mod.REGISTRY.items():
@@ -126,20 +128,13 @@ for name, fn in mod.REGISTRY.items():
     assert args[0].grad is not None
     dpo_loss = mod.make_dpo_loss(name, beta=0.1)
     plain = [a.detach() for a in args]
-    l2, cr, rr = dpo_loss(*plain, "sigmoid", None)  # TRL passes loss_type and model_output too
+    l2, cr, rr = dpo_loss(*plain, "extra", None)  # further arguments are ignored
     assert torch.equal(l2, fn(*plain, 0.1))
     assert torch.allclose(cr, 0.1 * (plain[0] - plain[2])) and torch.allclose(rr, 0.1 * (plain[1] - plain[3]))
     assert not cr.requires_grad
-
-    class Trainer:  # the shape of TRL's DPOTrainer: self.beta, self.dpo_loss(...)
-        beta = 0.1
-        def dpo_loss(self, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *rest):
-            return mod.make_dpo_loss(name, self.beta)(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                      ref_rejected_logps, *rest)
-    l3, _, _ = Trainer().dpo_loss(*plain, "sigmoid", None)
     module = mod.DiscoveredDPOLoss(fn, beta=0.1, reduction="mean")
     l4, _, _ = module(*plain)
-    assert torch.equal(l3, l2) and torch.allclose(l4, l2.mean())
+    assert torch.allclose(l4, l2.mean())
     out[name] = {{"doc": fn.__doc__, "meta": mod.METADATA[name]}}
 try:
     mod.make_dpo_loss("no such loss")
@@ -356,9 +351,6 @@ def test_bad_input_gives_one_line_and_nonzero_exit(short_run_db, tmp_path):
     db = short_run_db("preference", 6)
     empty = tmp_path / "empty.db"
     Archive(empty).close()
-    with Archive.open_readonly(db) as archive:
-        run_id = archive.list_runs()[0]["id"]
-        culled = next((r["id"] for r in archive.candidates(run_id) if r["status"] != "ok"), None)
     cases = {
         "missing db": (["--db", str(tmp_path / "absent.db")], "no archive at"),
         "empty archive": (["--db", str(empty)], "has no runs"),
@@ -369,8 +361,6 @@ def test_bad_input_gives_one_line_and_nonzero_exit(short_run_db, tmp_path):
         "format": (["--db", str(db), "--format", "xml"], "unknown format"),
         "not a db": (["--db", __file__], "not a"),
     }
-    if culled:
-        cases["not evaluated"] = (["--db", str(db), "--candidate", culled], "only evaluated (ok)")
     for case, (args, fragment) in cases.items():
         out = tmp_path / f"{case.replace(' ', '_')}.py"
         proc = run_cli("export", *args, "--out", str(out))
@@ -406,3 +396,78 @@ def test_candidates_of_two_tasks_are_not_mixed(short_run_db, tmp_path):
     assert chosen and all(c.task == "preference" for _, c in chosen)
     _, only_other, _ = export(copy, run_id=first, top=1)
     assert only_other[0][1].run_id == first
+
+
+# ------------------------------------------------------------------------------------- any status, when named
+
+STATUSES = {  # name -> (status, fitness, failed stage, reason, extra line of code)
+    "kept": ("ok", 0.5, None, None, ""),
+    "culled_one": ("culled", 0.2, "cascade", "cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run",
+                   "    h = h * 1.5\n"),
+    "crashed_one": ("error", None, "train", "RuntimeError: NaN loss at step 3", "    h = h * 2.5\n"),
+    "bad_contract": ("contract", None, "contract", "loss returns shape (1,), expected (10,)", "    h = h * 3.5\n"),
+}
+
+
+def _status_archive(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A run with a candidate per status (ok, culled with a partial fitness, failed without one),
+    one without code and one the static policy rejects; their ids by name."""
+    db = tmp_path / "statuses.db"
+    ids = {}
+    with Archive(db) as archive:
+        run = archive.create_run("preference", {"task": "preference"})
+        for name, (status, fitness, stage, reason, extra) in STATUSES.items():
+            code = HEAD + SIG + H + extra + "    return -F.logsigmoid(beta * h)\n"
+            ids[name] = archive.add_candidate(run, name=name, code=code, code_hash=name, proposer="test").id
+            archive.update_candidate(ids[name], status=status, fitness=fitness, failed_stage=stage, reason=reason)
+        ids["no_code"] = archive.add_candidate(run, name="no_code", code="", code_hash="none", proposer="test").id
+        archive.update_candidate(ids["no_code"], status="parse", reason="empty response")
+        ids["sneaky"] = archive.add_candidate(run, name="sneaky", code=HEAD + SIG + "    import os\n    return os\n",
+                                              code_hash="sneaky", proposer="test").id
+        archive.update_candidate(ids["sneaky"], status="policy", reason="import of os")
+    return db, ids
+
+
+def test_a_named_candidate_exports_whatever_its_status(tmp_path):
+    db, ids = _status_archive(tmp_path)
+    names = ["culled_one", "crashed_one", "bad_contract", "kept"]
+    text, chosen, skipped = export(db, candidate_ids=[ids[n] for n in names])
+    assert [name for name, _ in chosen] == names and not skipped
+    ns: dict = {}
+    exec(compile(text, "exported.py", "exec"), ns)  # noqa: S102 - the module just exported
+    args = [torch.randn(6) for _ in range(4)]
+    h = (args[0] - args[2]) - (args[1] - args[3])
+    for name, scale in (("culled_one", 1.5), ("crashed_one", 2.5), ("bad_contract", 3.5), ("kept", 1.0)):
+        assert torch.allclose(ns[name](*args, 0.1), -torch.nn.functional.logsigmoid(0.1 * h * scale))
+        status, fitness, stage, reason, _ = STATUSES[name]
+        doc = " ".join(ns[name].__doc__.split())
+        meta = ns["METADATA"][name]
+        assert meta["status"] == status and meta["fitness"] == fitness
+        assert "Reproduce:" not in doc  # no suite-level score to reproduce here
+        if status == "ok":
+            assert "Status: ok" in doc and meta["reason"] == ""
+            continue
+        assert meta["reason"] == f"{stage}: {reason}"
+        assert f"Status: {status} ({stage}: {reason}). Not a fully evaluated candidate: " in doc
+        assert ("partial scores" if fitness is not None else "no fitness") in doc
+    data = json.loads(export(db, candidate_ids=[ids["crashed_one"]], fmt="json")[0])
+    assert data["functions"][0]["status"] == "error" and "NaN loss" in data["functions"][0]["reason"]
+    # --top still takes only evaluated (ok) candidates
+    _, top, _ = export(db, top=10)
+    assert [c.id for _, c in top] == [ids["kept"]]
+
+
+def test_named_candidates_on_the_command_line(tmp_path):
+    db, ids = _status_archive(tmp_path)
+    out = tmp_path / "culled.py"
+    proc = run_cli("export", "--db", str(db), "--candidate", ids["culled_one"], "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Status: culled (cascade: cascade fitness 0.200" in " ".join(out.read_text().split())
+    failed = tmp_path / "failed.py"  # no fitness at all: the summary line says so
+    proc = run_cli("export", "--db", str(db), "--candidate", ids["crashed_one"], "--out", str(failed))
+    assert proc.returncode == 0, proc.stderr
+    assert "status error, no fitness" in proc.stderr and "Status: error (train:" in failed.read_text()
+    for name, fragment in (("no_code", "has no code (status parse)"), ("sneaky", "does not pass the static policy")):
+        proc = run_cli("export", "--db", str(db), "--candidate", ids[name], "--out", str(tmp_path / "x.py"))
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+        assert not (tmp_path / "x.py").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,56 +57,7 @@ The overall fitness is the mean over configurations of the per-configuration mea
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
 
-EXPORT_ADAPTER = '''
-def make_dpo_loss(loss, beta=0.1):
-    """A TRL-style ``dpo_loss`` from a discovered loss (a name of REGISTRY, or the function).
-
-    The result takes ``(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)``
-    (summed log-probabilities of shape [B]; further positional or keyword arguments such as
-    TRL's ``loss_type`` and ``model_output`` are ignored) and returns ``(losses,
-    chosen_rewards, rejected_rewards)``: the per-example losses of shape [B], and the implicit
-    rewards ``beta * (logps - ref_logps).detach()``, as ``DPOTrainer.dpo_loss`` does.
-    """
-    if isinstance(loss, str):
-        if loss not in REGISTRY:
-            raise KeyError(f"unknown loss {loss!r}; exported: {', '.join(REGISTRY)}")
-        loss = REGISTRY[loss]
-    if not callable(loss):
-        raise TypeError("loss must be a name of REGISTRY or a function")
-    beta = float(beta)
-
-    def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *args, **kwargs):
-        ref_chosen_logps = ref_chosen_logps.to(chosen_logps.device)
-        ref_rejected_logps = ref_rejected_logps.to(rejected_logps.device)
-        losses = loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-        chosen_rewards = beta * (chosen_logps - ref_chosen_logps).detach()
-        rejected_rewards = beta * (rejected_logps - ref_rejected_logps).detach()
-        return losses, chosen_rewards, rejected_rewards
-
-    dpo_loss.__name__ = f"dpo_loss_{getattr(loss, '__name__', 'loss')}"
-    dpo_loss.__doc__ = loss.__doc__
-    return dpo_loss
-
-
-class DiscoveredDPOLoss(torch.nn.Module):
-    """A discovered loss as a module: ``forward(policy_chosen_logps, policy_rejected_logps,
-    reference_chosen_logps, reference_rejected_logps)`` returns ``(losses, chosen_rewards,
-    rejected_rewards)`` like ``make_dpo_loss``; ``reduction="mean"`` averages the losses."""
-
-    def __init__(self, loss, beta=0.1, reduction="none"):
-        super().__init__()
-        if reduction not in ("none", "mean"):
-            raise ValueError("reduction must be 'none' or 'mean'")
-        self.beta = float(beta)
-        self.reduction = reduction
-        self.dpo_loss = make_dpo_loss(loss, self.beta)
-
-    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
-        losses, chosen_rewards, rejected_rewards = self.dpo_loss(
-            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
-        )
-        return (losses.mean() if self.reduction == "mean" else losses), chosen_rewards, rejected_rewards
-'''
+_ADAPTER_MARKER = "# --- adapter source starts here ---"
 
 
 DISCOVER = Suite(
@@ -163,10 +115,13 @@ class PreferenceTask(LibraryTask):
             raise ContractError("loss does not depend on the policy log-probs (no gradient)")
 
     def export_adapter(self) -> str:
-        """``make_dpo_loss(name_or_fn, beta)`` (a TRL-style ``dpo_loss``) and ``DiscoveredDPOLoss``."""
-        return EXPORT_ADAPTER
+        """``DiscoveredDPOTrainer`` (a ``trl.DPOTrainer`` optimising a discovered loss, built on first use),
+        ``make_dpo_loss(name_or_fn, beta)`` and ``DiscoveredDPOLoss``: the source of ``export.py``."""
+        text = (Path(__file__).parent / "export.py").read_text()
+        return text.split(_ADAPTER_MARKER, 1)[1].lstrip("\n")
 
     def warmup(self) -> None:
+        # CPU only: the warm template forks, and CUDA does not survive a fork
         params = EnvParams(n_pairs=8, batch=4, steps=2)
         state = make_policy(params).state_dict()
         g = torch.Generator().manual_seed(0)
@@ -178,19 +133,24 @@ class PreferenceTask(LibraryTask):
             "reference_rejected_logps": torch.zeros(params.n_pairs),
             "order_seed": torch.tensor(0),
         }
-        train_policy(library.dpo, params, inputs)
+        train_policy(library.dpo, params, inputs, "cpu")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
+        """The public inputs, built on the CPU whatever ``device`` is: the environment (reference
+        policy, sampled pairs) is then the same on every device; the transport maps the tensors."""
         return build_inputs(EnvParams.from_mapping(config.params), env_seed(config, seed))
 
     def train(
-        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
-        return train_policy(fn, EnvParams.from_mapping(config.params), inputs)
+        """Train the policy with ``fn`` on ``device``; the raw outputs come back on the CPU."""
+        return train_policy(fn, EnvParams.from_mapping(config.params), inputs, device)
 
     def score(
-        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
     ) -> SeedMetrics:
+        """Score on the CPU whatever ``device`` is: the model is tiny, and a score is then a function
+        of the returned weights alone, the same on every machine."""
         metrics = score_policy(EnvParams.from_mapping(config.params), env_seed(config, seed), outputs["policy"])
         fitness = metrics.pop("fitness")
         curve = curves_from(outputs, ("loss", "grad_norm", "margin"))
