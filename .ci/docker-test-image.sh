@@ -222,6 +222,18 @@ for dist in dists:
 # site directories the base interpreter does not add itself go on sys.path through the .pth,
 # after the project source (a virtualenv's site-packages, at its host path)
 EXTRA_SITE = [str(d) for d in site_dirs if d not in BASE_SITE]
+# ...placed at fixed paths in the image, not at their host paths: a checkout under /tmp (as CI's
+# clone may be) would put the venv under the container's /tmp tmpfs, which hides it. torch's and
+# scipy's shared libraries find each other through $ORIGIN, so moving the tree is safe.
+RELOCATED = {host: f"/opt/discovery/site-packages-{i}" for i, host in enumerate(EXTRA_SITE)}
+
+
+def image_path(path: str) -> str | None:
+    """Where a host file of a relocated site directory goes in the image (None: its host path)."""
+    for host, target in RELOCATED.items():
+        if path == host or path.startswith(host + "/"):
+            return target + path[len(host):]
+    return None
 
 # ---------------------------------------------------------------- shared libraries
 def is_elf(p: Path) -> bool:
@@ -274,7 +286,7 @@ for pkg in PROJECT_PACKAGES:
             project_files.append((p.relative_to(PROJECT).as_posix(), p.read_bytes(), p.stat().st_mode))
 
 # ---------------------------------------------------------------- content hash
-PTH_TEXT = "".join(f"{line}\n" for line in [SRC_DIR, *EXTRA_SITE])
+PTH_TEXT = "".join(f"{line}\n" for line in [SRC_DIR, *RELOCATED.values()])
 
 h = hashlib.sha256()
 h.update(SCRIPT.read_bytes())
@@ -360,6 +372,21 @@ class Tar:
             with open(path, "rb") as fh:
                 self.tar.addfile(ti, fh)
 
+    def moved(self, path: str, arc: str) -> None:
+        """Add host ``path`` (a directory, file or link, not followed) at ``arc`` in the image."""
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            self.symlink(arc, os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            self.dir(arc, stat.S_IMODE(st.st_mode))
+        elif stat.S_ISREG(st.st_mode):
+            self.dir(os.path.dirname(arc))
+            self.done.add(arc)
+            ti = self._info(arc, tarfile.REGTYPE, stat.S_IMODE(st.st_mode) | 0o444, st.st_size)
+            ti.mtime = int(st.st_mtime)
+            with open(path, "rb") as fh:
+                self.tar.addfile(ti, fh)
+
     def close(self) -> None:
         self.tar.close()
 
@@ -397,7 +424,11 @@ try:
     tar.data("/etc/passwd", passwd.encode())
     tar.data("/etc/group", group.encode())
     for p in files:
-        tar.host(str(p))
+        target = image_path(os.path.normpath(str(p)))
+        if target is None:
+            tar.host(str(p))
+        else:
+            tar.moved(str(p), target)
     for p in host_libs:
         tar.host(p)
     tar.symlink("/usr/local/bin/python", str(PREFIX / "bin" / EXE.name))
