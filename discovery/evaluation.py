@@ -8,8 +8,10 @@ outputs here, on the trusted side -> aggregation with confidence intervals over 
 from __future__ import annotations
 
 import ast
+import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +24,39 @@ from sandbox.policy import Policy, check_source
 
 #: wall-clock seconds a job gets beyond its trainings: start, imports, the contract check
 JOB_OVERHEAD_SECONDS = 60
+#: points one training curve (``curve_<name>``) may have: curves are digests, not data
+MAX_CURVE_ELEMENTS = 100_000
+
+
+def _tensors(value: Any) -> Iterator[tuple[str, Any]]:
+    """(key path, tensor) of every tensor in nested dicts, lists and tuples."""
+    import torch
+
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield path, item
+        elif isinstance(item, dict):
+            stack.extend((f"{path}/{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+
+
+def output_problem(raw: dict[str, Any], max_elements: int) -> str:
+    """Why a training's raw outputs are not what an honest trainer returns (bounded size, bounded
+    curves, a sane train time), or "". Checked before any scoring work is spent on them."""
+    seconds = raw.get("train_seconds")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0):
+        return f"train_seconds {seconds!r} is not a non-negative number"
+    total = 0
+    for path, tensor in _tensors(raw):
+        total += tensor.numel()
+        if path.startswith("curve_") and tensor.numel() > MAX_CURVE_ELEMENTS:
+            return f"{path} has {tensor.numel()} points (at most {MAX_CURVE_ELEMENTS})"
+        if total > max_elements:
+            return f"outputs hold more than {max_elements} tensor elements"
+    return ""
 
 
 def _positional_params(fn: ast.FunctionDef) -> list[str]:
@@ -243,6 +278,11 @@ class Evaluator:
                 if not isinstance(raw, dict):
                     report.status, report.stage = Status.INVALID, "train"
                     report.reason = f"no outputs for {config} seed {seed}"
+                    return report
+                problem = output_problem(raw, self.task.max_output_elements)
+                if problem:
+                    report.status, report.stage = Status.INVALID, "train"
+                    report.reason = f"{config} seed {seed}: unusable outputs: {problem}"[:300]
                     return report
                 t0 = time.monotonic()
                 try:

@@ -142,6 +142,9 @@ class Task(ABC):
     #: default wall-clock limit of one (configuration, seed) training in the sandbox, in seconds;
     #: generous for the CPU of a busy machine (``--training-seconds`` changes it per run)
     training_seconds: float = 60.0
+    #: tensor elements one training's raw outputs may hold (the built-in tasks return a few
+    #: thousand to tens of thousands); more is refused before scoring
+    max_output_elements: int = 20_000_000
 
     @property
     @abstractmethod
