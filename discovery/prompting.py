@@ -13,6 +13,9 @@ only prepares plain values for them and keeps the result bounded:
   diverse members and failures, then code listings are shortened.
 
 Only named fields of a row are read, so nothing held out (``heldout_*``) can reach a prompt.
+What a candidate or an LLM chose (names, thoughts, reasons, the parser's complaint about the last
+reply) reaches the templates only through :mod:`discovery.untrusted`: bounded, cleaned, and
+quoted as data (code listings get a fence longer than any backtick run inside them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jinja2
 
 from discovery import feedback
 from discovery.proposers.base import ProposalContext
+from discovery.untrusted import fence_for, name_untrusted, one_line_untrusted
 
 __all__ = [
     "PROMPTS_DIR",
@@ -74,6 +78,8 @@ class PromptLimits:
 
 
 DEFAULT_LIMITS = PromptLimits()
+#: the reason the previous reply could not be used, at most (it may quote the reply)
+ERROR_FEEDBACK_CHARS = 600
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,7 +113,7 @@ def _fitness_key(row: Mapping[str, Any]) -> float:
 
 
 def _name(row: Mapping[str, Any]) -> str:
-    return " ".join(str(row.get("name") or row.get("id") or "unnamed").split())[:60]
+    return name_untrusted(row.get("name") or row.get("id") or "unnamed", 60)
 
 
 def _item(row: Mapping[str, Any], limits: PromptLimits, shown_below: dict[str, str]) -> dict[str, str]:
@@ -119,6 +125,7 @@ def _item(row: Mapping[str, Any], limits: PromptLimits, shown_below: dict[str, s
         "fitness": feedback.fitness_text(row),
         "configs": feedback.config_summary(row),
         "code": code,
+        "fence": fence_for(code),
         "see": see or "",
     }
 
@@ -193,6 +200,8 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
             max_code_lines=limits.parent_code_lines,
             max_code_chars=limits.parent_code_chars,
         )
+    seed_code = "" if parent else feedback.clip_code(
+        task.seed_program, limits.parent_code_lines, limits.parent_code_chars)
     system = {
         "task_name": task.name,
         "description": task.description,
@@ -210,10 +219,9 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
         "parent_trace": parent_trace,
         "parent_failed": bool(parent) and parent.get("status") in feedback.FAILED_STATUSES,
         "second_trace": second_trace,
-        "seed_code": ""
-        if parent
-        else feedback.clip_code(task.seed_program, limits.parent_code_lines, limits.parent_code_chars),
-        "error_feedback": " ".join(str(error_feedback).split())[:600] if error_feedback else "",
+        "seed_code": seed_code,
+        "seed_fence": fence_for(seed_code),
+        "error_feedback": one_line_untrusted(error_feedback, ERROR_FEEDBACK_CHARS) if error_feedback else "",
     }
     return system, user
 

@@ -58,6 +58,9 @@ class Job:
     seeds: list[int] = field(default_factory=list)
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
+    #: run the candidate under the run-time guard (sandbox/guard.py); only a trusted-side test of the
+    #: OS walls behind it (the hostile corpus) turns it off
+    guarded: bool = True
 
     def write(self, job_dir: Path) -> None:
         """Write ``job.json`` into ``job_dir`` (inputs.pt is written by the caller)."""

@@ -29,14 +29,15 @@ def _lower_limit(which: int, soft: int, hard: int) -> None:
     resource.setrlimit(which, (soft, hard))
 
 
-def apply_rlimits(cpu_seconds: int, memory_mb: int, file_mb: int, max_processes: int) -> None:
+def apply_rlimits(cpu_seconds: int, memory_mb: int, file_mb: int, max_processes: int, max_files: int = 0) -> None:
     """Lower this process's resource limits.
 
     RLIMIT_CPU gets soft=cpu_seconds (SIGXCPU) and hard=cpu_seconds+5 (SIGKILL); RLIMIT_AS,
-    RLIMIT_FSIZE and RLIMIT_NPROC get memory_mb, file_mb (both in MiB) and max_processes as
-    soft and hard limit; RLIMIT_CORE is always 0. A value <= 0 leaves that limit as it is
-    (callers pass memory_mb=0 for CUDA jobs, which map huge virtual ranges). No limit is
-    ever raised above its current hard limit.
+    RLIMIT_FSIZE, RLIMIT_NPROC and RLIMIT_NOFILE get memory_mb, file_mb (both in MiB),
+    max_processes and max_files (open descriptors) as soft and hard limit; RLIMIT_CORE is
+    always 0. A value <= 0 leaves that limit as it is (callers pass memory_mb=0 for CUDA jobs,
+    which map huge virtual ranges). No limit is ever raised above its current hard limit.
+    Descriptors already open above ``max_files`` stay valid; only new ones are refused (EMFILE).
     """
     mib = 1024 * 1024
     if cpu_seconds > 0:
@@ -47,6 +48,8 @@ def apply_rlimits(cpu_seconds: int, memory_mb: int, file_mb: int, max_processes:
         _lower_limit(resource.RLIMIT_FSIZE, file_mb * mib, file_mb * mib)
     if max_processes > 0:
         _lower_limit(resource.RLIMIT_NPROC, max_processes, max_processes)
+    if max_files > 0:
+        _lower_limit(resource.RLIMIT_NOFILE, max_files, max_files)
     _lower_limit(resource.RLIMIT_CORE, 0, 0)
 
 
@@ -56,7 +59,7 @@ def apply_rlimits(cpu_seconds: int, memory_mb: int, file_mb: int, max_processes:
 # aarch64 has no fork/vfork syscalls (glibc implements both with clone).
 _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
-        "socket": 41, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "ptrace": 101,
+        "socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "ptrace": 101,
         "chroot": 161, "mount": 165, "umount2": 166, "init_module": 175, "kexec_load": 246,
         "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
         "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
@@ -65,10 +68,10 @@ _SYSCALLS: dict[str, dict[str, int]] = {
     },
     "aarch64": {
         "umount2": 39, "mount": 40, "chroot": 51, "unshare": 97, "kexec_load": 104,
-        "init_module": 105, "ptrace": 117, "socket": 198, "add_key": 217, "request_key": 218,
-        "keyctl": 219, "clone": 220, "execve": 221, "perf_event_open": 241, "setns": 268,
-        "process_vm_readv": 270, "process_vm_writev": 271, "finit_module": 273, "seccomp": 277,
-        "bpf": 280, "execveat": 281, "io_uring_setup": 425, "io_uring_enter": 426,
+        "init_module": 105, "ptrace": 117, "socket": 198, "socketpair": 199, "add_key": 217,
+        "request_key": 218, "keyctl": 219, "clone": 220, "execve": 221, "perf_event_open": 241,
+        "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "finit_module": 273,
+        "seccomp": 277, "bpf": 280, "execveat": 281, "io_uring_setup": 425, "io_uring_enter": 426,
         "io_uring_register": 427, "clone3": 435, "pidfd_getfd": 438,
     },
 }
@@ -90,7 +93,10 @@ _DENIED = (
 _CLONE_THREAD = 0x00010000
 # Namespace flags are refused even on a thread: a thread never needs a namespace of its own.
 _CLONE_NEW_MASK = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
-_AF_UNIX = 1
+# With deny_network, refused for every address family, AF_UNIX included: a job that could open a
+# Unix socket could connect to any listener on a path it can see (a 0777 socket under a bound
+# directory) and talk to the host. Nothing the runner, torch or the tasks do needs a socket.
+_NETWORK = ("socket", "socketpair")
 
 # Classic BPF opcodes and seccomp return values (linux/filter.h, linux/seccomp.h).
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -162,18 +168,14 @@ def _build_program(arch: str, deny_network: bool) -> list[tuple[int, int, int, i
     jump(_BPF_JEQ_K, table["clone3"], "enosys")
     jump(_BPF_JEQ_K, table["clone"], "clone")
     if deny_network:
-        jump(_BPF_JEQ_K, table["socket"], "socket")
+        for name in _NETWORK:
+            jump(_BPF_JEQ_K, table[name], "eperm")
     ret(_RET_ALLOW)
 
     ops.append("clone")  # clone(flags, ...) on both arches: a thread is fine, a process is not
     load(_OFF_ARG0)
     jump(_BPF_JSET_K, _CLONE_NEW_MASK, "eperm")
     jump(_BPF_JSET_K, _CLONE_THREAD, "allow", "eperm")
-
-    if deny_network:
-        ops.append("socket")  # socket(domain, ...): only AF_UNIX
-        load(_OFF_ARG0)
-        jump(_BPF_JEQ_K, _AF_UNIX, "allow", "eperm")
 
     ops.append("allow")
     ret(_RET_ALLOW)
@@ -224,8 +226,9 @@ def install_seccomp(deny_network: bool = True) -> bool:
     Refused with EPERM: fork, vfork, execve, execveat, clone without CLONE_THREAD (or with
     any namespace flag), ptrace, process_vm_readv/writev, mount, umount2, unshare, setns,
     chroot, kexec_load, init_module, finit_module, bpf, keyctl, add_key, request_key,
-    perf_event_open, io_uring_*, pidfd_getfd; with ``deny_network`` also socket() for every
-    family but AF_UNIX. clone3 fails with ENOSYS so that pthread_create falls back to clone.
+    perf_event_open, io_uring_*, pidfd_getfd; with ``deny_network`` also socket() and
+    socketpair() for every address family, AF_UNIX included. clone3 fails with ENOSYS so
+    that pthread_create falls back to clone.
     A syscall through another ABI (arch field not this machine's, e.g. i386 ``int 0x80``)
     kills the process; on x86_64 every x32 syscall (nr with bit 0x40000000) gets EPERM.
 

@@ -2,8 +2,9 @@
 
 Walls, outermost first:
 1. bubblewrap (when it works here): new network, IPC, UTS and PID namespaces; a read-only
-   view of only the system libraries, the Python installation and the project; a private
-   writable scratch area; no home directory, no /root, no /work beyond the project.
+   view of only the system libraries, the Python installation and the project's two packages
+   (never the checkout with its archive, .git or .env files); a private writable scratch area;
+   no home directory, no /root, no /work beyond those packages.
    Without bubblewrap the template enters a new network namespace itself (as root), and
    the missing filesystem wall is said loudly and recorded with the run.
 2. A scrubbed environment: the agent's variables (API keys, proxies) never reach the template.
@@ -11,7 +12,8 @@ Walls, outermost first:
    namespace and an unprivileged uid of this sandbox's own, with no capabilities (bubblewrap run as root
    keeps every capability, so this is what stops a candidate from writing /proc/sys, raising
    its own rlimits or signalling the template); rlimits (CPU, address space, file size,
-   processes, no core); a seccomp filter refusing fork/exec/sockets.
+   processes, open descriptors, no core); a seccomp filter refusing fork/exec and sockets of
+   every family.
 4. Enforced by the trusted side: a wall-clock timeout, and a cap on what the job keeps in its
    scratch directory (checked every few hundred milliseconds); either kills the process group.
    The scratch directory is wiped after every job.
@@ -32,6 +34,7 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,8 @@ from sandbox.jobfiles import (
 from sandbox.runner import UID_VARIABLE
 
 KILL_GRACE_SECONDS = 10.0
+#: the project's packages, the only part of the checkout a job sees (its directories, read-only)
+PACKAGES = ("discovery", "sandbox")
 #: jobs of a sandbox started as root run as a uid of their own, from this range upwards
 JOB_UID_BASE = 1_900_000_000
 _ids = itertools.count()
@@ -99,14 +104,16 @@ def _bwrap_has_perms() -> bool:
     return "--perms" in out.stdout + out.stderr
 
 
-def _parent_dir_args(destinations: list[str]) -> list[str]:
+def _parent_dir_args(destinations: list[str], below: str = "") -> list[str]:
     """Create the directories that lead to bind destinations as 0755 (bubblewrap run as root
-    would make them 0700, leaving the unprivileged job user unable to reach what is bound)."""
+    would make them 0700, leaving the unprivileged job user unable to reach what is bound);
+    with ``below``, only those under that directory (a tmpfs mounted there)."""
     parents: set[str] = set()
     for dest in destinations:
         parent = os.path.dirname(dest.rstrip("/"))
         while parent not in ("", "/"):
-            parents.add(parent)
+            if not below or (parent != below and _inside(parent, below)):
+                parents.add(parent)
             parent = os.path.dirname(parent)
     parents -= set(destinations) | {"/tmp", "/proc", "/dev"}
     args: list[str] = []
@@ -128,9 +135,51 @@ def gpu_device_args() -> list[str]:
     return args + ["--ro-bind-try", "/sys", "/sys"]
 
 
+def _inside(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or lies under it (both resolved)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class JailView:
+    """What the jail binds read-only, outermost first.
+
+    ``outside``: the system, the Python installation and site-packages, none of them inside the
+    checkout; ``checkout``: the directory holding the two packages when it is a source tree (an
+    editable install, or a checkout on PYTHONPATH), "" when they were installed into site-packages;
+    ``inside``: what is bound under the checkout: the two packages and a Python installation that
+    lives there (a ``.venv``), never the checkout itself; ``hide``: whether one of ``outside``
+    contains the checkout, which then gets an empty tmpfs of its own before ``inside`` is bound.
+    """
+
+    outside: list[str]
+    checkout: str
+    inside: list[str]
+    hide: bool
+
+
+def jail_view() -> JailView:
+    """The read-only binds of a job's jail: /usr and the few files of /etc the loader and Python
+    read, the Python installation and site-packages, and of this project only its two packages
+    (``discovery/`` and ``sandbox/``) -- never the checkout root with the archive, ``.git``,
+    ``.env`` files or anything else kept next to them."""
+    system = ["/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
+              "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives"]
+    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+    site = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    root = os.path.realpath(project_root())
+    packages = [os.path.join(root, name) for name in PACKAGES]
+    if root in {os.path.realpath(p) for p in site}:  # installed: the packages are site-packages' own
+        return JailView(_bind_paths(system + python + site + packages), "", [], False)
+    binds = _bind_paths(system + python + site)
+    outside = [b for b in binds if not _inside(b, root)]
+    inside = _bind_paths([b for b in binds if _inside(b, root) and b != root] + packages)
+    return JailView(outside, root, inside, any(_inside(root, b) for b in outside))
+
+
 def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
-    """The bwrap prefix that gives a process only what running a candidate needs (and, for a
-    sandbox that owns a GPU, the NVIDIA devices)."""
+    """The bwrap prefix that gives a process only what running a candidate needs (see
+    :func:`jail_view`; and, for a sandbox that owns a GPU, the NVIDIA devices)."""
     args = [
         "bwrap", "--die-with-parent", "--new-session",
         "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
@@ -143,15 +192,17 @@ def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    system = ["/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
-              "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives"]
-    python = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
-    site = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
-    binds = _bind_paths(system + python + site + [str(project_root())])
+    view = jail_view()
     scratch_path = os.path.realpath(scratch)
-    args += _parent_dir_args(binds + [scratch_path])
-    for path in binds:
-        args += ["--ro-bind", path, path]
+    if view.hide:  # the checkout lies inside a bound directory: cover it before binding its packages
+        args += _parent_dir_args(view.outside + [scratch_path])
+        args += [arg for path in view.outside for arg in ("--ro-bind", path, path)]
+        args += (["--perms", "0755"] if _bwrap_has_perms() else []) + ["--tmpfs", view.checkout]
+        args += _parent_dir_args(view.inside + [scratch_path], below=view.checkout)
+    else:
+        args += _parent_dir_args(view.outside + view.inside + [scratch_path])
+        args += [arg for path in view.outside for arg in ("--ro-bind", path, path)]
+    args += [arg for path in view.inside for arg in ("--ro-bind", path, path)]
     args += ["--bind", scratch_path, scratch_path, "--chdir", scratch_path]
     return args
 

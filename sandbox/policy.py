@@ -1,13 +1,18 @@
 """Static policy: the first wall a candidate program meets before anything runs.
 
-The trusted side parses the candidate with :mod:`ast` (nothing is executed) and rejects
-code that could reach the interpreter's internals, the file system, other processes,
-compilers, global torch state, or the modules it imports (monkeypatching). Every
-violation names the candidate's line and says why, so the proposer can fix it.
+The trusted side parses the candidate with :mod:`ast` (nothing is executed) and checks it against
+an allow-list: imports only of the task's allowed, vetted modules; attributes only where the
+allow-list of :mod:`sandbox.guard` has them (on ``torch``, ``F`` and ``math`` chains, whose objects
+are known here, the exact entry; on any other expression, a name that some vetted tensor, number,
+string, container, dtype, device or size allows); names only when the candidate binds them or they
+are vetted builtins; no generators, classes, async code, attribute assignment, monkeypatching, or
+handlers that swallow the sandbox's signals; a side-effect-free top level and exactly one slot
+function. Every violation names the candidate's line and says why, so the proposer can fix it.
 
-This is not a sandbox on its own: OS isolation comes after it. Known limits of a static
-check: a module that is handed to a helper function as an argument is not followed into
-that helper, so monkeypatching through a parameter is left to the OS wall.
+This is not a sandbox on its own. The same allow-list is enforced again at run time on the
+actual objects (:func:`sandbox.guard.compile_guarded`: an expression whose type is not known
+here, such as a call's result, is checked there as what it really is), and OS isolation comes
+after that.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from sandbox import guard
 
 MAX_STRING_CHARS = 2000
 
@@ -186,6 +194,29 @@ def _target_root(node: ast.expr) -> tuple[ast.expr, bool]:
     return node, through_call
 
 
+#: what :meth:`_Checker.static_value` returns for an expression whose object is not known statically
+_UNKNOWN = object()
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Every name the source binds other than by importing (assignments, arguments, functions, ...)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return names
+
+
 def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
@@ -212,10 +243,17 @@ class _Checker:
         self.modules: set[str] = set()  # names bound by `import x` / `import x.y as z`
         self.imported: set[str] = set()  # every name bound by an import
         self.tainted: set[str] = set()  # names that may hold an imported object
+        self.static: dict[str, Any] = {}  # names bound by a vetted import -> the object they hold
+        self.bound = _bound_names(tree)  # names the candidate binds other than by importing
 
     def add(self, node: ast.AST, reason: str) -> None:
         line = getattr(node, "lineno", 1) or 1
         self.found.append(Violation(line, getattr(node, "col_offset", 0) or 0, reason))
+
+    def reported(self, node: ast.AST, before: int) -> bool:
+        """Whether a violation at ``node``'s position was added since ``len(self.found)`` was ``before``."""
+        line, col = getattr(node, "lineno", 1) or 1, getattr(node, "col_offset", 0) or 0
+        return any(v.line == line and v.col == col for v in self.found[before:])
 
     def run(self) -> list[Violation]:
         self.check_top_level()
@@ -339,15 +377,33 @@ class _Checker:
     def stdlib_leak(name: str) -> bool:
         return name in sys.stdlib_module_names and name not in _TORCH_OPS_NAMED_LIKE_STDLIB
 
+    @staticmethod
+    def vetted_problem(path: str, name: str | None = None) -> str | None:
+        """Why importing ``path`` (or ``name`` from it) is outside the guard's allow-list, or None."""
+        modules = guard.vetted().modules
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix not in modules:
+                return (f"import of '{path}' is not allowed ('{prefix}' is not a vetted module; "
+                        f"vetted: {', '.join(guard.VETTED_MODULES)})")
+        if name is not None:
+            why = guard.module_refusal(modules[path], name)
+            if why is not None:
+                return f"import of '{path}.{name}' is not allowed ({why})"
+        return None
+
     def check_import(self, node: ast.Import | ast.ImportFrom) -> None:
         if isinstance(node, ast.Import):
             for alias in node.names:
-                problem = self.path_problem(alias.name)
+                problem = self.path_problem(alias.name) or self.vetted_problem(alias.name)
                 if problem:
                     self.add(node, problem)
                 bound = alias.asname or alias.name.split(".")[0]
                 self.modules.add(bound)
                 self.imported.add(bound)
+                if not problem:
+                    self.static[bound] = guard.vetted().modules[alias.name if alias.asname else bound]
             return
         if node.level:
             self.add(node, f"relative import 'from {'.' * node.level}{node.module or ''}' is not allowed")
@@ -357,12 +413,16 @@ class _Checker:
             if alias.name == "*":
                 self.add(node, f"'from {module} import *' is not allowed (import names explicitly)")
                 continue
-            self.imported.add(alias.asname or alias.name)
+            bound = alias.asname or alias.name
+            self.imported.add(bound)
             problem = self.path_problem(f"{module}.{alias.name}")
             if problem and self.path_problem(module) is not None:
                 problem = f"import from '{module}' is not allowed (allowed: {self.allowed_text()})"
+            problem = problem or self.vetted_problem(module, alias.name)
             if problem:
                 self.add(node, problem)
+            else:
+                self.static[bound] = getattr(guard.vetted().modules[module], alias.name)
 
     # -- names that may hold an imported object -------------------------------------------
 
@@ -466,6 +526,12 @@ class _Checker:
             self.add(node, "'match' statements are not allowed (class patterns read attributes by name)")
         elif isinstance(node, (ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith, ast.Await)):
             self.add(node, "async code is not allowed")
+        elif isinstance(node, ast.GeneratorExp):
+            self.add(node, "generator expressions are not allowed (generators expose their frames); "
+                           "use a list comprehension, e.g. sum([... for ...])")
+        elif isinstance(node, (ast.Yield, ast.YieldFrom)):
+            keyword = "yield" if isinstance(node, ast.Yield) else "yield from"
+            self.add(node, f"'{keyword}' is not allowed (generators expose their frames)")
         elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
             if len(node.value) > MAX_STRING_CHARS:
                 self.add(
@@ -474,9 +540,19 @@ class _Checker:
                 )
 
     def check_name(self, node: ast.Name, handler_types: set[int]) -> None:
+        before = len(self.found)
         self.check_identifier(node, node.id, "name")
         if node.id in SIGNAL_EXCEPTIONS and id(node) not in handler_types:
             self.add(node, f"name '{node.id}' is not allowed (catch Exception, not the sandbox's signals)")
+        if (
+            isinstance(node.ctx, ast.Load)
+            and node.id not in self.bound
+            and node.id not in self.imported
+            and node.id not in guard.ALLOWED_BUILTINS
+            and not self.reported(node, before)
+        ):
+            self.add(node, f"name '{node.id}' is not allowed (it is not defined in the candidate and not a "
+                           "vetted builtin)")
         parent = self.parents.get(node)
         if (
             node.id in self.modules
@@ -486,6 +562,35 @@ class _Checker:
             self.add(node, f"module '{node.id}' may only be used through its attributes (e.g. {node.id}.exp)")
 
     def check_attribute(self, node: ast.Attribute) -> None:
+        before = len(self.found)
+        self.check_attribute_by_name(node)
+        if self.reported(node, before):
+            return
+        if not isinstance(node.ctx, ast.Load):
+            self.add(node, f"assigning to or deleting the attribute '{_shown(node)}' is not allowed "
+                           "(a candidate's attributes are read-only)")
+            return
+        receiver = self.static_value(node.value)
+        why = guard.name_refusal(node.attr) if receiver is _UNKNOWN else guard.refusal(receiver, node.attr)
+        if why is not None:
+            self.add(node, f"'{_shown(node)}' is not allowed ({why})")
+
+    def static_value(self, node: ast.expr) -> Any:
+        """The object ``node`` evaluates to when it is a chain of vetted attributes on a vetted import
+        (``torch.nn.functional``, ``F.relu``), else _UNKNOWN."""
+        if isinstance(node, ast.Name):
+            if node.id in self.static and node.id not in self.bound:
+                return self.static[node.id]
+            return _UNKNOWN
+        if isinstance(node, ast.Attribute):
+            base = self.static_value(node.value)
+            if base is _UNKNOWN or guard.refusal(base, node.attr) is not None:
+                return _UNKNOWN
+            return getattr(base, node.attr, _UNKNOWN)
+        return _UNKNOWN
+
+    def check_attribute_by_name(self, node: ast.Attribute) -> None:
+        """The deny-lists: dunder, private, forbidden and blocked names, and monkeypatching."""
         name = node.attr
         shown = _shown(node)
         root, _ = _target_root(node.value)

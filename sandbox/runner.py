@@ -8,7 +8,8 @@ anything. The runner never computes a score: it writes raw tensors to ``result.p
 The walls a job gets here, in order: stdout and stderr go to ``log.txt`` in the job
 directory (so the file-size limit caps what a candidate prints); when started as root, a
 private SysV IPC namespace, the job directory handed to an unprivileged uid and every
-privilege dropped; rlimits; the seccomp filter. Before the candidate's first line runs,
+privilege dropped; rlimits (open descriptors among them: a few are held back for what the
+runner writes after the candidate); the seccomp filter. Before the candidate's first line runs,
 faulthandler is armed so that a job killed for time (or by a fatal signal) leaves a
 traceback in the log that names the candidate's line; a write beyond the file-size limit
 raises ``OSError(EFBIG)`` at the candidate's line instead of killing the process silently.
@@ -45,6 +46,16 @@ REASON_CHARS = 300
 #: exits with TRAINING_TIMEOUT_EXIT (a candidate that writes it itself only fails itself)
 TRAINING_TIMEOUT_FILE = "training_timeout.json"
 TRAINING_TIMEOUT_EXIT = 124
+#: open descriptors a job may hold (RLIMIT_NOFILE, soft = hard). A job starts with stdin and the
+#: log on stdout/stderr, the runner holds RESERVED_DESCRIPTORS more, and the rest is the candidate's;
+#: a CUDA job also opens the driver's device nodes and a few of its own, after the limit is set
+MAX_OPEN_FILES = 64
+MAX_OPEN_FILES_CUDA = 256
+#: descriptors held back for what the runner writes after the candidate ran (result.pt, /dev/null,
+#: the training-timeout note), so that a candidate that used up its own gets EMFILE at its own line
+#: and still gets its result written, instead of ending as a crash without one
+RESERVED_DESCRIPTORS = 3
+_reserved: list[int] = []
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
@@ -128,6 +139,7 @@ class training_deadline:  # noqa: N801 - used as a context manager, like context
     def _expired(self, signum: int, frame: Any) -> None:
         faulthandler.dump_traceback(file=sys.stderr, all_threads=False)
         data = json.dumps({"config": self.config, "seed": self.seed, "seconds": self.seconds}).encode()
+        release_descriptors()  # room for the note even when the candidate used up its descriptors
         try:
             fd = os.open(TRAINING_TIMEOUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, data)
@@ -169,12 +181,17 @@ def run_candidate(job: Any, inputs: dict[str, Any] | None) -> dict[str, Any]:
     source = job.source
     stage = "parse"
     try:
-        code = compile(source, CANDIDATE_FILE, "exec")
+        from sandbox.guard import compile_guarded
+
+        if getattr(job, "guarded", True):  # every attribute read checked on its object (sandbox/guard.py)
+            code, base = compile_guarded(source, CANDIDATE_FILE, task.slot.allowed_imports)
+        else:  # only a trusted-side job may opt out (the hostile corpus tests the OS walls behind it)
+            code, base = compile(source, CANDIDATE_FILE, "exec"), {"__builtins__": builtins}
 
         def load_slot() -> Any:
             """A fresh copy of the candidate (new module namespace, new default arguments), so that
             no state a candidate keeps can pass from one (configuration, seed) training to the next."""
-            namespace: dict[str, Any] = {"__name__": "candidate", "__builtins__": builtins}
+            namespace: dict[str, Any] = {"__name__": "candidate", **base}
             exec(code, namespace)  # the sandbox is the wall: this process is disposable
             slot = namespace.get(task.slot.name)
             try:
@@ -239,11 +256,34 @@ def job_uid(environ: dict[str, str] | os._Environ[str] | None = None) -> int:
     return int(value) if value.isdigit() and 0 < int(value) < 2**31 else SANDBOX_UID
 
 
+def max_open_files(device: str) -> int:
+    """The RLIMIT_NOFILE of a job on ``device``."""
+    return MAX_OPEN_FILES_CUDA if str(device).startswith("cuda") else MAX_OPEN_FILES
+
+
+def reserve_descriptors(count: int = RESERVED_DESCRIPTORS) -> None:
+    """Hold ``count`` descriptors (on /dev/null) for the runner until :func:`release_descriptors`."""
+    for _ in range(count - len(_reserved)):
+        _reserved.append(os.open(os.devnull, os.O_RDONLY))
+
+
+def release_descriptors() -> None:
+    """Close the held descriptors, freeing their slots below RLIMIT_NOFILE (idempotent). A number the
+    candidate closed and reused is closed all the same: either way the slot is free again."""
+    while _reserved:
+        try:
+            os.close(_reserved.pop())
+        except OSError:
+            pass
+
+
 def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
     """Put up the in-process walls for ``job``; irreversible. Returns notes on what is in force.
 
     As root: a private IPC namespace, the job directory handed to ``uid`` (gid the same
-    number), then every privilege dropped. Call with the job directory as the working
+    number), then every privilege dropped. Then rlimits (CPU, address space, file size,
+    processes, open descriptors: :func:`max_open_files`, no core) and the seccomp filter (no
+    fork/exec, no socket of any family). Call with the job directory as the working
     directory: the job keeps reaching it through the cwd even when its parents are not
     searchable by the unprivileged user.
     """
@@ -262,7 +302,8 @@ def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
     # or two importing torch, which must not come out of the candidate's allowance
     usage = resource.getrusage(resource.RUSAGE_SELF)
     spent = math.ceil(usage.ru_utime + usage.ru_stime)
-    apply_rlimits(lim.cpu_seconds + spent if lim.cpu_seconds > 0 else 0, memory, lim.file_mb, lim.max_processes)
+    apply_rlimits(lim.cpu_seconds + spent if lim.cpu_seconds > 0 else 0, memory, lim.file_mb, lim.max_processes,
+                  max_files=max_open_files(job.device))
     install_seccomp(deny_network=True)
     return notes
 
@@ -295,14 +336,8 @@ def load(job_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     return job, inputs
 
 
-def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path(".")) -> int:
-    """Run ``job`` and write ``result.pt`` into ``job_dir``; returns the process exit code."""
-    import torch
-
-    torch.set_num_threads(max(1, job.limits.threads))
-    _arm_diagnostics(job_dir)
-    result = run_candidate(job, inputs)
-    faulthandler.cancel_dump_traceback_later()
+def _silence_output() -> None:
+    """Flush what the candidate printed, then point stdout and stderr at /dev/null."""
     for stream in (sys.stdout, sys.stderr):  # a full log must not fail the result
         try:
             stream.flush()
@@ -311,6 +346,13 @@ def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def write_result(result: dict[str, Any], job_dir: Path) -> None:
+    """Write ``result`` to ``result.pt`` in ``job_dir`` (through a temporary file, then renamed)."""
+    import torch
+
     tmp = job_dir / "result.pt.tmp"
     try:
         torch.save(result, tmp)
@@ -318,6 +360,24 @@ def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path
         torch.save({"status": "invalid", "stage": "train",
                     "reason": one_line(f"outputs not serializable: {exc}")}, tmp)
     os.replace(tmp, job_dir / "result.pt")
+
+
+def execute_loaded(job: Any, inputs: dict[str, Any] | None, job_dir: Path = Path(".")) -> int:
+    """Run ``job`` and write ``result.pt`` into ``job_dir``; returns the process exit code.
+
+    RESERVED_DESCRIPTORS descriptors are held while the candidate runs and released only after
+    it returned, so that the result is written even when the candidate used up every other one.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, job.limits.threads))
+    _arm_diagnostics(job_dir)
+    reserve_descriptors()
+    result = run_candidate(job, inputs)
+    faulthandler.cancel_dump_traceback_later()
+    release_descriptors()
+    _silence_output()
+    write_result(result, job_dir)
     return 0
 
 

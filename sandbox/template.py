@@ -128,8 +128,11 @@ def main() -> None:
     for name in tasks.task_names():
         tasks.get_task(name).warmup()
     import sandbox.confine  # noqa: F401
+    import sandbox.guard
     import sandbox.jobfiles  # noqa: F401
     import sandbox.runner  # noqa: F401
+
+    sandbox.guard.vetted()  # build the allow-list tables once, before the fork (~30 ms per job saved)
 
     network_note = ""
     if os.environ.get("DISCOVERY_SANDBOX_NETNS") == "self":

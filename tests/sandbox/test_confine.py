@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,8 @@ VFORK_FLAGS = 0x00004111  # posix_spawn: CLONE_VM|CLONE_VFORK|SIGCHLD
 
 # Written out independently of confine's table: (x86_64 nr, aarch64 nr or None).
 NUMBERS = {
-    "read": (0, 63), "getpid": (39, 172), "socket": (41, 198), "clone": (56, 220), "fork": (57, None),
+    "read": (0, 63), "getpid": (39, 172), "socket": (41, 198), "socketpair": (53, 199), "clone": (56, 220),
+    "fork": (57, None),
     "vfork": (58, None), "execve": (59, 221), "ptrace": (101, 117), "mount": (165, 40), "unshare": (272, 97),
     "setns": (308, 268), "bpf": (321, 280), "execveat": (322, 281), "clone3": (435, 435),
     "io_uring_setup": (425, 425), "mmap": (9, 222), "futex": (202, 98),
@@ -150,9 +151,9 @@ def test_filter_program_decisions(arch: str) -> None:
     assert verdict("clone", FORK_FLAGS) == EPERM
     assert verdict("clone", VFORK_FLAGS) == EPERM
     assert verdict("clone", PTHREAD_FLAGS | 0x40000000) == EPERM  # a thread asking for CLONE_NEWNET
-    assert verdict("socket", socket.AF_UNIX, socket.SOCK_STREAM) == ALLOW
-    for family in (socket.AF_INET, socket.AF_INET6, 16, 17):  # ..., AF_NETLINK, AF_PACKET
+    for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, 16, 17):  # ..., AF_NETLINK, AF_PACKET
         assert verdict("socket", family, socket.SOCK_STREAM) == EPERM, family
+        assert verdict("socketpair", family, socket.SOCK_STREAM) == EPERM, family
     # Another ABI's numbers mean something else entirely: such a call kills the process.
     assert verdict("getpid", arch_field=I386) == KILL
     assert verdict("getpid", arch_field=AARCH64 if arch == "x86_64" else X86_64) == KILL
@@ -162,6 +163,7 @@ def test_filter_program_decisions(arch: str) -> None:
 
     open_net = confine._build_program(arch, deny_network=False)
     assert run_filter(open_net, NUMBERS["socket"][column], audit, (socket.AF_INET,)) == ALLOW
+    assert run_filter(open_net, NUMBERS["socketpair"][column], audit, (socket.AF_UNIX,)) == ALLOW
     assert run_filter(open_net, NUMBERS["execve"][column], audit) == EPERM
 
 
@@ -220,24 +222,72 @@ def test_seccomp_refuses_process_creation_and_exec() -> None:
     assert_ok(*in_child(body))
 
 
+@pytest.fixture
+def unix_listener() -> Iterator[tuple[str, list[bytes]]]:
+    """A 0777 Unix stream socket in the test process (its path, and what it received)."""
+    directory = tempfile.mkdtemp(prefix="confine-unix-", dir="/tmp")
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "listener.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen(4)
+    server.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                received.append(conn.recv(100) or b"(connected)")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield path, received
+    stop.set()
+    thread.join(5)
+    server.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @needs_seccomp_arch
-def test_seccomp_denies_network_sockets_but_not_unix() -> None:
-    """With deny_network, AF_INET/AF_INET6 sockets are refused while socketpair (AF_UNIX) works."""
+def test_seccomp_denies_every_socket_unix_included(unix_listener: tuple[str, list[bytes]]) -> None:
+    """With deny_network, socket() fails with EPERM for every family, AF_UNIX included, and so does
+    socketpair(): a 0777 Unix listener on a path the job can see hears nothing from it."""
+    path, received = unix_listener
 
     def body() -> str:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # the path is reachable before the filter
+        probe.connect(path)
+        probe.sendall(b"before")
+        probe.close()
         confine.install_seccomp(deny_network=True)
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
             try:
-                socket.socket(family, socket.SOCK_STREAM).close()
-                return f"socket({family}) worked"
+                client = socket.socket(family, socket.SOCK_STREAM)
             except PermissionError:
-                pass
-        a, b = socket.socketpair()
-        a.sendall(b"ping")
-        assert b.recv(4) == b"ping"
+                continue
+            if family == socket.AF_UNIX:
+                client.connect(path)
+                client.sendall(b"after")
+            return f"socket({family}) worked"
+        try:
+            socket.socketpair()
+            return "socketpair worked"
+        except PermissionError:
+            pass
         return "ok"
 
     assert_ok(*in_child(body))
+    deadline = time.monotonic() + 5
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert received == [b"before"]
 
 
 @needs_seccomp_arch
@@ -357,11 +407,12 @@ def test_rlimits_values_and_memory_limit() -> None:
     memory_mb = max(512, _vm_size_mb() + 256)
 
     def body() -> str:
-        confine.apply_rlimits(cpu_seconds=30, memory_mb=memory_mb, file_mb=8, max_processes=64)
+        confine.apply_rlimits(cpu_seconds=30, memory_mb=memory_mb, file_mb=8, max_processes=64, max_files=64)
         assert resource.getrlimit(resource.RLIMIT_CPU) == (30, 35)
         assert resource.getrlimit(resource.RLIMIT_AS) == (memory_mb * MIB, memory_mb * MIB)
         assert resource.getrlimit(resource.RLIMIT_FSIZE) == (8 * MIB, 8 * MIB)
         assert resource.getrlimit(resource.RLIMIT_NPROC) == (64, 64)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)
         assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)
         small = bytearray(32 * MIB)  # the limit is not "nothing works"
         del small
@@ -416,6 +467,32 @@ def test_rlimit_file_size(tmp_path: Path, sigxfsz: str) -> None:
     else:
         assert_ok(status, output, "EFBIG")
     assert target.stat().st_size <= MIB
+
+
+def test_rlimit_open_files(tmp_path: Path) -> None:
+    """Under max_files opening files ends in EMFILE, every descriptor below the limit; one held
+    back before the candidate's opens (as the runner does) frees a slot when closed."""
+
+    def body() -> str:
+        held = os.open(os.devnull, os.O_RDONLY)
+        limit = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 8  # room for a few more
+        confine.apply_rlimits(cpu_seconds=0, memory_mb=0, file_mb=0, max_processes=0, max_files=limit)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (limit, limit)
+        files = []
+        try:
+            while True:
+                files.append(open(tmp_path / f"f{len(files)}", "w"))
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                return f"unexpected {exc!r}"
+        assert files and max(f.fileno() for f in files) < limit
+        os.close(held)
+        with open(tmp_path / "result", "w") as fh:
+            fh.write("written")
+        return "ok"
+
+    assert_ok(*in_child(body))
+    assert (tmp_path / "result").read_text() == "written"
 
 
 def test_rlimit_cpu_kills_a_busy_loop() -> None:

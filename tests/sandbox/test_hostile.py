@@ -16,6 +16,7 @@ working. A table of case -> status/reason is printed in the terminal summary.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import shutil
@@ -150,7 +151,17 @@ def job_for(case: Case, source: str) -> Job:
     limits = Limits(wall_seconds=case.wall_seconds, cpu_seconds=case.cpu_seconds, memory_mb=case.memory_mb,
                     file_mb=case.file_mb, max_processes=case.max_processes, threads=1)
     return Job(task="preference", source=source, stage=case.stage, suite="discover", configs=["clean"],
-               seeds=[0], limits=limits)
+               seeds=[0], limits=limits, guarded=case.guarded)
+
+
+class Unguarded(Sandbox):
+    """Runs every job past the run-time guard: the OS walls behind it are what is tested."""
+
+    def __init__(self, box: Sandbox):
+        self.box, self.name, self.isolation_notes = box, box.name, box.isolation_notes
+
+    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
+        return self.box.run(dataclasses.replace(job, guarded=False), inputs)
 
 
 def leftovers(box: Sandbox) -> set[str]:
@@ -297,7 +308,7 @@ def test_patched_scorer_and_fake_results_do_not_change_fitness(sandbox: Sandbox,
     """Scoring happens on the trusted side: what the candidate patches or prints in its own
     process, or plants as result.pt before training, cannot move its fitness."""
     reports = {
-        name: evaluator.evaluate(source, sandbox, configs=["clean"], seeds=[0])
+        name: evaluator.evaluate(source, Unguarded(sandbox), configs=["clean"], seeds=[0])
         for name, source in (("dpo", DPO), ("patch", hostile.PATCH_SCORER), ("fake", hostile.FAKE_RESULT))
     }
     for name, report in reports.items():
@@ -312,10 +323,11 @@ def test_patched_scorer_and_fake_results_do_not_change_fitness(sandbox: Sandbox,
 # ------------------------------------------------------------------------------------ isolation
 
 def test_nothing_leaks_into_the_next_candidate(sandbox: Sandbox):
-    first = sandbox.run(Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK))
+    first = sandbox.run(Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK,
+                            guarded=False))
     assert first.ok, (first.reason, first.stderr_tail)
     look = hostile.LOOK_FOR_TRACES
-    second = sandbox.run(Job(task="preference", source=look, stage="contract", limits=QUICK))
+    second = sandbox.run(Job(task="preference", source=look, stage="contract", limits=QUICK, guarded=False))
     assert second.ok, second.reason
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
+import re
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +21,7 @@ import torch
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
+from sandbox import local, runner
 from sandbox.base import Job, Limits, Status
 from sandbox.jobfiles import input_key
 from sandbox.local import LocalSandbox, bubblewrap_problem
@@ -36,6 +44,12 @@ def inputs() -> dict[str, Any]:
 def warm() -> Iterator[LocalSandbox]:
     with LocalSandbox() as box:
         yield box
+
+
+def past_the_guard(job: Job) -> Job:
+    """``job`` with the run-time guard of candidate code (sandbox/guard.py) switched off: these tests are
+    about the backend and the OS walls, which must hold for code that got past every check before them."""
+    return dataclasses.replace(job, guarded=False)
 
 
 def train_job(source: str = DPO) -> Job:
@@ -102,7 +116,7 @@ def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbo
     killer = threading.Timer(2.0, lambda: os.killpg(victim, signal.SIGKILL))
     killer.start()
     try:
-        outcome = warm.run(Job(task="preference", source=sleeper, stage="contract", limits=LIMITS))
+        outcome = warm.run(past_the_guard(Job(task="preference", source=sleeper, stage="contract", limits=LIMITS)))
     finally:
         killer.cancel()
     assert outcome.status is Status.CRASHED and "template died" in outcome.reason
@@ -114,7 +128,7 @@ def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbo
 def test_scratch_is_wiped_after_every_job(warm: LocalSandbox):
     writer = ("import os\n\ndef loss(a, b, c, d, beta):\n"
               "    open('left-behind', 'w').write('x')\n    return (a - b) * beta\n")
-    outcome = warm.run(Job(task="preference", source=writer, stage="contract", limits=LIMITS))
+    outcome = warm.run(past_the_guard(Job(task="preference", source=writer, stage="contract", limits=LIMITS)))
     assert outcome.ok, outcome.reason
     assert list(warm.root.iterdir()) == []
 
@@ -144,7 +158,7 @@ def test_bubblewrap_view_is_reachable_by_the_job_user(warm: LocalSandbox, tmp_pa
              "    importlib.import_module('discovery.tasks.preference.baselines')\n"
              "    importlib.import_module('json.tool')\n"
              "    return (a - b) * beta\n")
-    outcome = warm.run(Job(task="preference", source=probe, stage="contract", limits=LIMITS))
+    outcome = warm.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
     assert outcome.ok, (outcome.reason, outcome.stderr_tail)
 
 
@@ -172,3 +186,168 @@ def test_each_training_gets_a_fresh_copy_of_the_candidate(warm: LocalSandbox, in
     outcome = warm.run(job, both)
     assert outcome.ok, outcome.reason
     assert set(outcome.outputs) == {input_key("clean", 0), input_key("clean", 1)}
+
+
+# ------------------------------------------------------------------------------ the jail's view and walls
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: reports what the job sees of the checkout (the policy is bypassed: LocalSandbox.run gets it directly)
+LOOK_AT_THE_CHECKOUT = '''import os
+import resource
+
+
+def loss(a, b, c, d, beta):
+    root = os.environ["PROBE_ROOT"]
+    read, errors = [], set()
+    for name in os.environ["PROBE_FILES"].split(","):
+        try:
+            with open(os.path.join(root, name), "rb") as fh:
+                read.append(name + "=" + repr(fh.read(20)))
+        except OSError as exc:
+            errors.add(type(exc).__name__)
+    import discovery.tasks.preference.baselines  # noqa: F401 - the packages still import
+    import sandbox.jobfiles  # noqa: F401
+    listing = ",".join(sorted(os.listdir(root)))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    raise ValueError(f"listing={listing} nofile={nofile} errors={','.join(sorted(errors))} read={read}")
+'''
+
+
+@needs_bwrap
+def test_jail_shows_only_the_two_packages_of_the_checkout(tmp_path: Path):
+    """README.md, .git, the archive and planted secrets next to the packages are out of the job's
+    sight; the checkout directory holds only what the jail binds (the packages, a venv in it)."""
+    token = os.urandom(4).hex()
+    planted = [ROOT / f"runs-secret-{token}.db", ROOT / f".env.secret-{token}"]
+    for path in planted:  # unique names, removed in the finally below: nothing stays in the checkout
+        path.write_text("SECRET-IN-THE-CHECKOUT")
+    files = ["README.md", ".git/HEAD", "pyproject.toml", *(p.name for p in planted)]
+    try:
+        with LocalSandbox(env_extra={"PROBE_ROOT": str(ROOT), "PROBE_FILES": ",".join(files)}) as box:
+            outcome = box.run(past_the_guard(
+                Job(task="preference", source=LOOK_AT_THE_CHECKOUT, stage="contract", limits=LIMITS)))
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+    assert outcome.status is Status.ERROR, outcome.reason
+    assert "SECRET" not in outcome.reason + outcome.stderr_tail
+    seen = re.match(r"ValueError: listing=(\S*) nofile=(\d+) errors=(\S*) read=\[\]", outcome.reason)
+    assert seen, outcome.reason  # nothing was read
+    assert seen.group(3) == "FileNotFoundError" and int(seen.group(2)) == runner.MAX_OPEN_FILES
+    venv = Path(sys.prefix).resolve()
+    allowed = {"discovery", "sandbox"} | ({venv.relative_to(ROOT).parts[0]} if venv.is_relative_to(ROOT) else set())
+    listing = set(seen.group(1).split(","))
+    assert listing <= allowed and {"discovery", "sandbox"} <= listing, listing
+
+
+def test_bubblewrap_command_never_binds_the_checkout_root():
+    if not local.jail_view().checkout:
+        pytest.skip("the project is installed into site-packages: there is no checkout to keep out")
+    args = local.bubblewrap_command(Path("/tmp/scratch-for-args"))
+    binds = [args[i + 1] for i, arg in enumerate(args) if arg in ("--ro-bind", "--bind")]
+    root = str(local.project_root().resolve())
+    assert f"{root}/discovery" in binds and f"{root}/sandbox" in binds
+    assert not [b for b in binds if root == b or root.startswith(b.rstrip("/") + "/")]
+    assert str(Path.home()) not in binds and "/work" not in binds
+
+
+@needs_bwrap
+def test_a_checkout_inside_a_bound_directory_is_covered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """When the checkout lies inside a directory the jail binds (here: pretend it is the standard
+    library under /usr), an empty tmpfs covers it and only the packages are bound on top."""
+    stdlib = Path(os.__file__).resolve().parent
+    monkeypatch.setattr(local, "project_root", lambda: stdlib)
+    monkeypatch.setattr(local, "PACKAGES", ("json", "email"))
+    view = local.jail_view()
+    assert view.hide and view.checkout == str(stdlib)
+    assert set(view.inside) == {str(stdlib / "json"), str(stdlib / "email")}
+    args = local.bubblewrap_command(tmp_path)
+    listing = subprocess.run([*args, "/bin/ls", "-A", str(stdlib)], capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    assert sorted(listing.stdout.split()) == ["email", "json"]
+
+
+@needs_bwrap
+def test_unix_socket_under_a_bound_path_hears_nothing(tmp_path: Path):
+    """A 0777 Unix listener in the directory the jail binds (the sandbox's own root) is visible to
+    the job, but the job cannot even create a socket, of any family, nor a socketpair."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    received: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = jobs / "listener.sock"
+    server.bind(str(path))
+    os.chmod(path, 0o777)
+    server.listen(4)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                received.append(conn.recv(100) or b"(connected)")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    probe = f'''import os
+import socket
+import stat
+
+
+def loss(a, b, c, d, beta):
+    report = ["visible" if stat.S_ISSOCK(os.stat({str(path)!r}).st_mode) else "missing"]
+    for name, make in (("unix", lambda: socket.socket(socket.AF_UNIX)), ("pair", socket.socketpair)):
+        try:
+            client = make()
+            if name == "unix":
+                client.connect({str(path)!r})
+                client.sendall(b"escaped")
+            report.append(name + "=OPENED")
+        except OSError as exc:
+            report.append(name + "=" + type(exc).__name__ + str(exc.errno))
+    raise ValueError(" ".join(report))
+'''
+    try:
+        with LocalSandbox(jobs_root=jobs) as box:
+            outcome = box.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert outcome.status is Status.ERROR, outcome.reason
+    assert f"visible unix=PermissionError{errno.EPERM} pair=PermissionError{errno.EPERM}" in outcome.reason
+    assert received == []
+
+
+EXHAUST_DESCRIPTORS = '''import torch.nn.functional as F
+
+HELD = []
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    while True:
+        HELD.append(open(f"held-{len(HELD)}", "w"))
+'''
+
+
+@needs_bwrap
+@pytest.mark.parametrize("mode", ["warm", "fresh"])
+def test_a_candidate_that_uses_up_its_descriptors_fails_at_its_line(mode: str, warm: LocalSandbox):
+    """EMFILE at the candidate's own line, an error with its reason, never a crash: the runner's
+    held-back descriptors still write the result."""
+    job = past_the_guard(Job(task="preference", source=EXHAUST_DESCRIPTORS, stage="contract", limits=LIMITS))
+    if mode == "warm":
+        outcome = warm.run(job)
+    else:
+        with LocalSandbox(warm=False) as box:
+            outcome = box.run(job)
+    assert outcome.status is Status.ERROR, (outcome.reason, outcome.stderr_tail)
+    assert "Too many open files" in outcome.reason and outcome.line == 8, outcome.reason
+    assert "line 8: `HELD.append(open(" in outcome.reason
+    assert warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok

@@ -99,7 +99,6 @@ def loss(x, y=BETA):
     with torch.no_grad():
         w = torch.zeros_like(x).chunk(1)[0]
     w[0] = 1.0
-    x.grad = None
     g = torch.autograd.grad
     h = torch.func.grad
     n = nn.functional.relu(x) + G.softplus(x) + logsigmoid(x) + F.relu(x)
@@ -397,6 +396,192 @@ def test_return_in_finally_is_rejected() -> None:
 )
 def test_obfuscation_attempts_are_caught(body: str, word: str) -> None:
     assert_rejected(program(body), BODY_LINE, word)
+
+
+# -- the allow-list (sandbox.guard) ------------------------------------------------------------
+
+
+def test_the_reviews_generator_frame_attack_is_refused_at_parse_time() -> None:
+    source = program("""
+        g = (i for i in [0])
+        b = g.gi_frame.f_builtins
+        os = b["__import__"]("os")
+    """)
+    assert_rejected(source, BODY_LINE, "generator expressions are not allowed (generators expose their frames)")
+    assert_rejected(source, BODY_LINE + 1, "'g.gi_frame' is not allowed (frames, code objects and tracebacks")
+    assert_rejected(source, BODY_LINE + 1, "'g.gi_frame.f_builtins' is not allowed (frames")
+    assert_rejected(source, BODY_LINE + 2, "'os'")
+
+
+def test_the_reviews_call_result_attack_is_refused_at_parse_time() -> None:
+    source = program("""
+        T = next(iter([F.torch]))
+        T.set_num_threads(64)
+        T.storage.io.FileIO("x", "w")
+    """)
+    assert_rejected(source, BODY_LINE, "'F.torch' is not allowed ('torch.nn.functional.torch' is a module that is not "
+                                       "vetted)")
+    assert_rejected(source, BODY_LINE + 1, "'T.set_num_threads' is not allowed (it changes global torch state")
+    assert_rejected(source, BODY_LINE + 2, "'T.storage' is not allowed (it reaches the tensor's raw storage")
+    assert_rejected(source, BODY_LINE + 2, "'T.storage.io.FileIO' is not allowed")
+
+
+def test_the_reviews_format_string_attack_is_refused_at_parse_time() -> None:
+    source = program("""
+        g = [0]
+        s = "{0.gi_frame.f_globals[__builtins__].__loader__}".format(g)
+        t = "{x.__class__}".format_map({"x": g})
+    """)
+    assert_rejected(source, BODY_LINE + 1, "is not allowed (format fields read attributes and items of the arguments; "
+                                           "use an f-string)")
+    assert_rejected(source, BODY_LINE + 2, "format_map' is not allowed (format fields")
+    assert reasons(program("s = f'{x.shape[0]} rows, {x.mean():.3f}'")) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        ("y = torch.distributions.Normal", "'torch.distributions' is not allowed ('torch.distributions' is a module"),
+        ("y = torch.nn.Module", "'torch.nn.Module' is not allowed (not a vetted tensor op of 'torch.nn')"),
+        ("y = torch.Generator()", "'torch.Generator' is not allowed"),
+        ("y = torch.default_generator", "global random state"),
+        ("y = torch.random.seed", "'torch.random' is not allowed"),
+        ("y = F.grad", "'F.grad' is not allowed ('torch.nn.functional.grad' is a module that is not vetted)"),
+        ("y = F.handle_torch_function", "torch-function dispatch machinery"),
+        ("y = torch.sparse_coo_tensor", "indices are not checked"),
+        ("y = torch.frombuffer(b'1234', dtype=torch.uint8)", "raw memory buffers"),
+        ("y = torch.fork", "other threads"),
+        ("y = torch.as_strided(x, (1,), (1,))", "raw strides"),
+        ("y = torch.get_device_module()", "device module"),
+        ("y = torch.FloatStorage", "'torch.FloatStorage' is not allowed"),
+        ("y = torch.set_printoptions", "global torch state"),
+        ("y = torch.float32.__reduce__", "double-underscore"),
+        ("y = math.pi.hex()", "'math.pi.hex' is not allowed (not a vetted attribute of a float)"),
+    ],
+)
+def test_module_attributes_come_from_the_allow_list(body: str, word: str) -> None:
+    assert_rejected(program(body), BODY_LINE, word)
+
+
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        ("y = x.storage()", "raw storage"),
+        ("y = x.untyped_storage()", "raw storage"),
+        ("y = x.data_ptr()", "raw memory addresses"),
+        ("y = x.grad_fn", "autograd graph"),
+        ("y = x.register_hook(abs)", "installs a hook"),
+        ("y = x.share_memory_()", "shares memory"),
+        ("y = x.pin_memory()", "pins host memory"),
+        ("y = x.cuda()", "x.cuda"),
+        ("y = x.cpu()", "the harness picks the device"),
+        ("y = x.new(3)", "legacy constructor"),
+        ("y = x.to_sparse()", "sparse tensors"),
+        ("y = x.backward()", "the harness does"),
+        ("y = x.as_subclass(torch.Tensor)", "Python class"),
+        ("y = x.gi_code", "frames, code objects"),
+        ("y = x.f_locals", "frames, code objects"),
+        ("y = x.co_consts", "frames, code objects"),
+        ("y = x.tb_next", "frames, code objects"),
+        ("y = x.cr_frame", "frames, code objects"),
+        ("y = x.ag_frame", "frames, code objects"),
+        ("y = x.no_such_method()", "not an attribute of a tensor, number, string, container, dtype, device or size"),
+        ("y = (lambda: 0).func_name", "not an attribute of a tensor"),
+    ],
+)
+def test_attributes_of_unknown_objects_need_a_vetted_name(body: str, word: str) -> None:
+    assert_rejected(program(body), BODY_LINE, word)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "y = x.mean(dim=0, keepdim=True).clamp(min=1e-6).log()",
+        "y = x.to(x.dtype) + x.to(x.device) + x.to(torch.float32)",
+        "y = x.shape.numel() + x.size(0) + x.dim() + x.numel()",
+        "y = x.max(0).values + x.sort(0).indices + torch.topk(x, 1).values",
+        "y = x.device.index, torch.finfo(x.dtype).eps, x.dtype.is_floating_point",
+        "y = {'m': x}.get('m', 0.0), [x].pop(), 'a,b'.split(','), (1.5).is_integer()",
+        "y = torch.special.expit(x) + torch.linalg.vector_norm(x) + torch.fft.rfft(x).abs()",
+        "y = torch.autograd.grad(x.sum(), [x], create_graph=True)",
+        "y = torch.func.vmap(torch.exp)(x)",
+        "y = torch.nn.functional.logsigmoid(x) + math.log1p(1.0) + torch.pi",
+        "y = next(iter([x])) + sorted([1, 2])[0] + max(map(abs, [1, -2]))",
+    ],
+)
+def test_vetted_attributes_and_builtins_pass(body: str) -> None:
+    assert reasons(program(body)) == []
+
+
+@pytest.mark.parametrize("name", ["hasattr", "id", "issubclass", "format", "ascii", "classmethod", "property",
+                                  "staticmethod", "NotImplemented", "Ellipsis", "aiter", "anext", "undefined"])
+def test_names_must_be_bound_or_vetted_builtins(name: str) -> None:
+    assert_rejected(program(f"y = {name}"), BODY_LINE, f"name '{name}' is not allowed (it is not defined")
+
+
+def test_names_the_candidate_binds_are_fine() -> None:
+    source = program("""
+        def helper(a, *rest, scale=1.0, **extra):
+            return a * scale
+        for i, v in enumerate([1]):
+            pass
+        with torch.no_grad() as nothing:
+            pass
+        try:
+            pass
+        except ValueError as err:
+            pass
+        (n := 3)
+        y = [k for k in range(n)], helper(x), i, v, nothing, rest, extra, err
+    """)
+    assert reasons(source) == []
+
+
+@pytest.mark.parametrize("body", ["x.grad = None", "x.requires_grad = True", "del x.grad", "x.data += 1"])
+def test_attributes_are_read_only(body: str) -> None:
+    assert_rejected(program(body), BODY_LINE, "is not allowed (a candidate's attributes are read-only)")
+
+
+@pytest.mark.parametrize(
+    "body", ["def gen():\n    yield 1", "def gen():\n    yield from [1]", "y = sum(v for v in [1, 2])"]
+)
+def test_generators_are_refused(body: str) -> None:
+    found = check_source(program(body), POLICY)
+    assert any("generator" in v.reason and v.line in (BODY_LINE, BODY_LINE + 1) for v in found), found
+
+
+@pytest.mark.parametrize(
+    ("statement", "word"),
+    [
+        ("import torch.distributions", "'torch.distributions' is not a vetted module"),
+        ("import torch.nn.init", "'torch.nn.init' is not a vetted module"),
+        ("from torch import set_num_threads", "import of 'torch.set_num_threads' is not allowed"),
+        ("from torch import Generator", "import of 'torch.Generator' is not allowed"),
+        ("from torch import random", "import of 'torch.random' is not allowed"),
+        ("from torch.nn.functional import grad", "import of 'torch.nn.functional.grad' is not allowed"),
+        ("from torch.nn import Module", "import of 'torch.nn.Module' is not allowed"),
+    ],
+)
+def test_imports_come_from_the_allow_list(statement: str, word: str) -> None:
+    assert_rejected(f"import torch\n{statement}\n\n\ndef loss(x):\n    return x\n", 2, word)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["import torch.linalg", "from torch import special", "from torch.special import expit", "from torch import pi",
+     "from torch import Tensor", "from math import tau"],
+)
+def test_vetted_imports_pass(statement: str) -> None:
+    assert reasons(f"{statement}\n\n\ndef loss(x):\n    return x\n") == []
+
+
+def test_imports_resolve_statically() -> None:
+    """An imported name's attributes are checked against the object it is bound to."""
+    assert reasons(program("from torch import nn\ny = nn.functional.relu(x)")) == []
+    assert_rejected(program("from torch import nn\ny = nn.Module"), BODY_LINE + 1, "'nn.Module' is not allowed")
+    assert_rejected(program("from torch.nn import functional as G\ny = G.torch"), BODY_LINE + 1,
+                    "'G.torch' is not allowed")
+    assert_rejected(program("from math import exp\ny = exp.__self__"), BODY_LINE + 1, "double-underscore")
 
 
 # -- the report --------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Every program here would be rejected by the static policy (``sandbox.policy``); the tests
 hand them to the sandbox directly, to check that the OS-level walls hold for a candidate
-that got past the first wall. Each case says which statuses are acceptable and, with a
+that got past the first wall. Most cases also run without the run-time guard
+(``sandbox.guard``; ``Case.guarded`` False), so that they reach the OS walls behind it; the
+guard's own cases (``guarded=True``, at the end of :data:`CASES`) show it refusing attacks
+that once got past the static policy. Each case says which statuses are acceptable and, with a
 ``# <-- line`` marker, which of its own lines the one-line reason must name.
 
 Sources may contain placeholders filled in by the test: ``@PORT@`` (a listener on the host's
@@ -48,6 +51,8 @@ class Case:
     reason_lacks: tuple[str, ...] = ()
     #: statuses other than ``expect`` accepted for one backend only (with the reason why)
     backend_expect: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: run with the run-time guard on (False: the job opts out, to reach the OS walls behind it)
+    guarded: bool = False
 
     def render(self, **values: str) -> str:
         text = self.source.replace("  " + MARKER, "")
@@ -332,6 +337,67 @@ def loss(a, b, c, d, beta):
         out = -F.logsigmoid(beta * (logits - reference_chosen_logps + reference_rejected_logps))
         return out * float("nan") if calls[0] > 4 else out
     """, header="calls = [0]"), ("invalid",), stage="train", reason_has=("clean seed 0", "NaN")),
+    # ------------------------------------------------------------------ the walls below the policy (evaluation
+    # integrity): no socket of any family, a bounded number of descriptors, only the project's packages visible
+    Case("unix_socket_and_socketpair", program("""
+        import socket
+        report = []
+        for name, make in (("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+                           ("pair", socket.socketpair)):
+            try:
+                make()
+                report.append(f"{name}=OPENED")
+            except OSError as exc:
+                report.append(f"{name}={type(exc).__name__}")
+        raise ValueError(" ".join(report))  # <-- line
+    """), ("error",), reason_has=("unix=PermissionError", "pair=PermissionError"), reason_lacks=("OPENED",)),
+    Case("descriptor_exhaustion", program("""
+        held = []
+        while True:
+            held.append(open(f"held-{len(held)}", "w"))  # <-- line
+    """), ("error",), reason_has=("Too many open files",)),
+    Case("read_the_checkout", program("""
+        import os
+        report = []
+        for name in ("README.md", ".git/HEAD", "runs.db", "pyproject.toml", ".gitignore"):
+            try:
+                with open(os.path.join("@PROJECT@", name), "rb") as fh:
+                    report.append(f"OPENED {name}: {fh.read(40)!r}")
+            except OSError as exc:
+                report.append(f"{name}: {type(exc).__name__}")
+        raise ValueError("; ".join(report))  # <-- line
+    """), ("error",), reason_lacks=("OPENED",)),
+    # ------------------------------------------------------------------ the run-time guard (sandbox.guard)
+    # attacks that once passed the static policy; the guarded compiler or the guard refuses them
+    Case("generator_frame_builtins", program("""
+        g = (i for i in [0])  # <-- line
+        b = g.gi_frame.f_builtins
+        os = b["__import__"]("os")
+        os.system("touch @OUTSIDE_TMP@/generator-frame-ran")
+    """), ("parse",), reason_has=("GuardRefusal", "generator expressions are not allowed"), guarded=True),
+    Case("call_result_module", program("""
+        T = next(iter([F.torch]))  # <-- line
+        T.set_num_threads(64)
+        T.storage.io.FileIO("@OUTSIDE_TMP@/call-result-ran", "w")
+    """), ("error",), reason_has=("GuardError", "'torch' of module 'torch.nn.functional' is not allowed"),
+        guarded=True),
+    Case("call_result_global_state", program("""
+        T = (lambda: torch)()
+        T.set_num_threads(64)  # <-- line
+    """), ("error",), reason_has=("GuardError", "'set_num_threads' of module 'torch'", "global torch state"),
+        guarded=True),
+    Case("call_result_tensor_storage", program("""
+        t = max([policy_chosen_logps], key=len)
+        s = t.untyped_storage()  # <-- line
+    """), ("error",), reason_has=("GuardError", "'untyped_storage' of a torch.Tensor", "raw storage"),
+        guarded=True),
+    Case("format_string_dunders", program("""
+        def helper():
+            return 0
+        text = "{0.__globals__[__builtins__].__loader__}".format(helper)  # <-- line
+        raise ValueError(text)
+    """), ("error",), reason_has=("GuardError", "'format' of a str is not allowed"),
+        reason_lacks=("_frozen_importlib",), guarded=True),
 ]
 
 BY_NAME = {case.name: case for case in CASES}
