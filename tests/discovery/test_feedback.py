@@ -356,6 +356,7 @@ def test_clip_code_bounds_and_focus():
 
 HOSTILE_REASON = "ValueError: \x1b[31mred\x1b[0m " + INJECTION + " nul\x00 cr\r" + "z" * 100_000
 
+
 def test_failure_digest_of_a_hostile_reason_is_one_clean_bounded_line():
     digest = failure_digest(failed_row(status="error", failed_stage="error", reason=HOSTILE_REASON, name="n`a\nme"))
     assert "\n" not in digest and "\r" not in digest and "\x00" not in digest and "\x1b" not in digest
