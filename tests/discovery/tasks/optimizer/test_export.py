@@ -23,7 +23,7 @@ import torch
 
 def update(param, grad, state, lr, step):
     state["step"] = state.get("step", 0) + 10
-    state["seen"] = sorted(k for k in state if k != "seen")
+    state["seen"] = sorted([k for k in state if k != "seen"])
     return param - lr * grad
 '''
 
