@@ -28,6 +28,7 @@ from sandbox.runner import (
     TRAINING_TIMEOUT_EXIT,
     TRAINING_TIMEOUT_FILE,
     one_line,
+    to_device,
     where,
 )
 
@@ -54,17 +55,7 @@ def write_job(job_dir: Path, job: Job, inputs: dict[str, Any] | None) -> None:
     job.write(job_dir)
     if inputs is not None:
         # inputs travel on the CPU: the job sees only its own GPU, under another index
-        torch.save(_to_cpu(inputs), job_dir / "inputs.pt")
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu() if value.device.type != "cpu" else value
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
+        torch.save(to_device(inputs, "cpu"), job_dir / "inputs.pt")
 
 
 def write_deadline(job_dir: Path, wall_seconds: float) -> None:

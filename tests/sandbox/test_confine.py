@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import confine
+from tests.sandbox.listeners import unix_listener as listening
 
 MIB = 1024 * 1024
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -228,29 +229,8 @@ def unix_listener() -> Iterator[tuple[str, list[bytes]]]:
     directory = tempfile.mkdtemp(prefix="confine-unix-", dir="/tmp")
     os.chmod(directory, 0o755)
     path = os.path.join(directory, "listener.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    os.chmod(path, 0o777)
-    server.listen(4)
-    server.settimeout(0.2)
-    received: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                received.append(conn.recv(100) or b"(connected)")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield path, received
-    stop.set()
-    thread.join(5)
-    server.close()
+    with listening(path) as received:
+        yield path, received
     shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ import errno
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from sandbox import local, runner
 from sandbox.base import Job, Limits, Status
 from sandbox.jobfiles import input_key
 from sandbox.local import LocalSandbox, bubblewrap_problem
+from tests.sandbox.listeners import unix_listener
 
 TASK = get_task("preference")
 DPO = TASK.baselines["dpo"]
@@ -107,7 +107,6 @@ def test_template_restarts_after_being_killed(warm: LocalSandbox):
 
 @needs_bwrap
 def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbox):
-    import threading
 
     sleeper = ("import time\n\ndef loss(a, b, c, d, beta):\n    time.sleep(30)\n    return a\n")
     assert warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok
@@ -274,26 +273,7 @@ def test_unix_socket_under_a_bound_path_hears_nothing(tmp_path: Path):
     the job, but the job cannot even create a socket, of any family, nor a socketpair."""
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    received: list[bytes] = []
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = jobs / "listener.sock"
-    server.bind(str(path))
-    os.chmod(path, 0o777)
-    server.listen(4)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                received.append(conn.recv(100) or b"(connected)")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     probe = f'''import os
 import socket
 import stat
@@ -312,14 +292,9 @@ def loss(a, b, c, d, beta):
             report.append(name + "=" + type(exc).__name__ + str(exc.errno))
     raise ValueError(" ".join(report))
 '''
-    try:
-        with LocalSandbox(jobs_root=jobs) as box:
-            outcome = box.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
+    with unix_listener(str(path)) as received, LocalSandbox(jobs_root=jobs) as box:
+        outcome = box.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
         time.sleep(0.5)
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
     assert outcome.status is Status.ERROR, outcome.reason
     assert f"visible unix=PermissionError{errno.EPERM} pair=PermissionError{errno.EPERM}" in outcome.reason
     assert received == []
