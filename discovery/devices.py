@@ -51,9 +51,14 @@ def trusted_device(device: str) -> str:
     return "cuda:0" if device == "cuda" else device
 
 
-def job_device(device: str) -> str:
-    """The device a sandboxed job trains on: it sees only its worker's GPU, always as ``cuda:0``."""
-    return "cuda:0" if device.startswith("cuda") else "cpu"
+def trainer_device(device: str, gpu: str | None, visible: list[str]) -> str:
+    """The device the trusted trainer of one worker computes on: ``cpu``, or the worker's own GPU
+    (``gpu``, one of the ``visible`` ids) under this process's index of it."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    if gpu is None:
+        return trusted_device(device)
+    return f"cuda:{visible.index(gpu) if gpu in visible else 0}"
 
 
 def worker_gpus(device: str, visible: list[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """Trusted orchestration of one candidate's evaluation: policy, sandboxed training, scoring.
 
-The flow is: static policy (no code runs) -> one sandboxed job that loads the candidate,
-runs the contract check and trains on every (configuration, seed) -> scoring of the raw
-outputs here, on the trusted side -> aggregation with confidence intervals over seeds.
+The flow is: static policy (no code runs) -> the contract check and one training per
+(configuration, seed), each run here by the task's trainer against the candidate's function
+jailed in a fresh sandboxed process (``discovery.training``) -> scoring of the raw outputs,
+here too -> aggregation with confidence intervals over seeds.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from discovery.devices import job_device, trusted_device
+from discovery.devices import trainer_device, trusted_device
 from discovery.stats import Estimate, mean_ci
 from discovery.tasks import SeedMetrics, Suite, Task
+from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Sandbox, Status
 from sandbox.jobfiles import input_key
 from sandbox.policy import Policy, check_source
@@ -183,7 +185,6 @@ class Evaluator:
         self.task = task
         self.device = device
         self.trusted_device = trusted_device(device)
-        self.job_device = job_device(device)
         limits = limits or Limits()
         if not limits.training_seconds:
             limits = replace(limits, training_seconds=task.training_seconds)
@@ -243,11 +244,19 @@ class Evaluator:
         }
         # the suite may have grown seeds beyond its definition: the sandbox needs the same suite
         job = Job(task=self.task_ref, source=source, stage="train", suite=suite_name, configs=config_names,
-                  seeds=seed_list, device=self.job_device, limits=self.limits_for(len(inputs)))
-        outcome = sandbox.run(job, inputs)
+                  seeds=seed_list, device=self.device, limits=self.limits_for(len(inputs)))
+        outcome = self.run(job, sandbox, inputs)
         report = self._score(outcome, suite, config_names, seed_list, inputs)
         report.seconds = time.monotonic() - start
         return report
+
+    def run(self, job: Job, sandbox: Sandbox, inputs: dict[str, Any] | None = None) -> Outcome:
+        """``job`` trained here, on this worker's device, with the candidate's function jailed in ``sandbox``."""
+        from sandbox.pool import visible_gpus
+
+        gpu = getattr(sandbox, "gpu", None)
+        device = trainer_device(self.device, gpu, visible_gpus() if gpu is not None else [])
+        return run_job(sandbox, job, inputs, self.task, device)
 
     @property
     def task_ref(self) -> str:

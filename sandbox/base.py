@@ -1,18 +1,20 @@
-"""The sandbox interface: a job goes in, an outcome with a status and one-line reason comes out.
+"""The sandbox interface: jailed function servers, and how a job of them ended.
 
-A *job* asks an isolated process to load a candidate program, run the task's contract
-check, and (for the ``train`` stage) train on some configurations and seeds. The process
-writes raw tensors to ``result.pt`` in its scratch directory; the trusted side reads them
-with ``torch.load(weights_only=True)`` and scores them. Nothing the candidate prints is read.
+A *job* (trusted-side: task, source, configurations, seeds, limits) asks for the task's
+contract check and, for the ``train`` stage, one training per configuration and seed. The
+trainings run on the trusted side (``discovery.training``); a sandbox provides the jail for
+the candidate's function: a fresh, confined process per training (:meth:`Sandbox.session`)
+that answers calls over a pipe and never sees the model, the data or the job. An
+:class:`Outcome` says how the job ended, with a status and a one-line reason.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,8 @@ class Limits:
 
 @dataclass
 class Job:
-    """What an isolated process is asked to do."""
+    """What the trusted side is asked to do with one candidate (the jail sees only its source and
+    slot: :class:`sandbox.function_server.JailSpec`)."""
 
     task: str  # built-in task name or path to a task file
     source: str
@@ -56,23 +59,11 @@ class Job:
     suite: str = "discover"
     configs: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    device: str = "cpu"
+    device: str = "cpu"  # where the trusted trainer computes
     limits: Limits = field(default_factory=Limits)
     #: run the candidate under the run-time guard (sandbox/guard.py); only a trusted-side test of the
     #: OS walls behind it (the hostile corpus) turns it off
     guarded: bool = True
-
-    def write(self, job_dir: Path) -> None:
-        """Write ``job.json`` into ``job_dir`` (inputs.pt is written by the caller)."""
-        data = asdict(self)
-        (job_dir / "job.json").write_text(json.dumps(data))
-
-    @classmethod
-    def read(cls, job_dir: Path) -> Job:
-        """Read a job written by :meth:`write`."""
-        data = json.loads((job_dir / "job.json").read_text())
-        data["limits"] = Limits(**data["limits"])
-        return cls(**data)
 
 
 @dataclass
@@ -100,8 +91,11 @@ class Sandbox(ABC):
     isolation_notes: list[str]
 
     @abstractmethod
-    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
-        """Run ``job`` with the trusted ``inputs`` (tensors) and return its outcome."""
+    def session(self, spec: Any, seconds: float, max_payload: int = 1 << 28) -> AbstractContextManager[Any]:
+        """A fresh jailed function server for ``spec`` (a :class:`sandbox.function_server.JailSpec`),
+        ready to answer calls, as a context manager yielding its :class:`sandbox.session.Session`;
+        it ends with the block. ``seconds`` bounds its life; raises ``JailEnded`` when the candidate
+        cannot even be loaded."""
 
     def close(self) -> None:
         """Release processes and containers."""

@@ -1,36 +1,22 @@
-"""The files a job directory holds, and how a finished job becomes an :class:`Outcome`.
+"""A session's directory seen from the trusted side, and how a jail that died becomes an :class:`Outcome`.
 
-``job.json`` and ``inputs.pt`` go in (written by the trusted side); ``result.pt`` and
-``log.txt`` come out. ``result.pt`` is read with ``weights_only=True``: plain containers,
-numbers, strings and tensors only, so nothing in it can run code on the trusted side.
+``job.json`` (the :class:`~sandbox.function_server.JailSpec`), ``deadline`` and the FIFOs go in;
+``log.txt`` is the only file read back, its tail only, for feedback. A jail returns nothing
+through files: whatever it writes into its directory is never read as a result.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
-import shutil
 import signal as signals
 import stat
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from sandbox.base import Job, Outcome, Status
-from sandbox.runner import (
-    CANDIDATE_FILE,
-    DEADLINE_FILE,
-    TRAINING_TIMEOUT_EXIT,
-    TRAINING_TIMEOUT_FILE,
-    one_line,
-    to_device,
-    where,
-)
+from sandbox.base import Outcome, Status
+from sandbox.runner import CANDIDATE_FILE, DEADLINE_FILE, one_line, where
 
 LOG_TAIL_CHARS = 2000
 DUMP_SEARCH_CHARS = 32768
@@ -40,22 +26,6 @@ SCRATCH_FACTOR = 4
 SCRATCH_MAX_ENTRIES = 2000
 #: how often the trusted side looks at a running job's scratch directory
 SCRATCH_POLL_SECONDS = 0.25
-
-
-#: a user's task file travels with the job under this name (the sandbox sees only its job directory)
-TASK_FILE = "task_file.py"
-
-
-def write_job(job_dir: Path, job: Job, inputs: dict[str, Any] | None) -> None:
-    """Write ``job.json`` and (when given) ``inputs.pt`` into ``job_dir``. A job whose task is a
-    user's task file gets a copy of that file, and its task reference points at the copy."""
-    if job.task.endswith(".py"):
-        shutil.copyfile(job.task, job_dir / TASK_FILE)
-        job = replace(job, task=TASK_FILE)
-    job.write(job_dir)
-    if inputs is not None:
-        # inputs travel on the CPU: the job sees only its own GPU, under another index
-        torch.save(to_device(inputs, "cpu"), job_dir / "inputs.pt")
 
 
 def write_deadline(job_dir: Path, wall_seconds: float) -> None:
@@ -108,7 +78,7 @@ def scratch_exceeded(job_dir: Path, budget: int, max_entries: int = SCRATCH_MAX_
 
 
 def input_key(config: str, seed: int) -> str:
-    """The key of one (configuration, seed) in ``inputs.pt`` and ``result.pt``."""
+    """The key of one (configuration, seed) in a job's inputs and outputs."""
     return f"{config}/{seed}"
 
 
@@ -174,27 +144,6 @@ def dumped_line(log: str) -> int:
     return -1
 
 
-def _training_timeout(job_dir: Path) -> str:
-    """The reason the runner gave for ending a training at its per-training limit, or ""."""
-    raw = read_regular_file(job_dir / TRAINING_TIMEOUT_FILE)
-    try:
-        data = json.loads(raw or b"")
-        config, seed, seconds = str(data["config"]), int(data["seed"]), float(data["seconds"])
-    except (ValueError, KeyError, TypeError):
-        return ""
-    return f"{config} seed {seed}: training exceeded the per-training limit of {seconds:g} s; process killed"
-
-
-def _valid_result(data: Any) -> bool:
-    return (
-        isinstance(data, dict)
-        and isinstance(data.get("status"), str)
-        and data["status"] in {s.value for s in Status}
-        and isinstance(data.get("reason", ""), str)
-        and isinstance(data.get("outputs", {}), dict)
-    )
-
-
 def read_outcome(
     job_dir: Path,
     returncode: int | None,
@@ -212,7 +161,9 @@ def read_outcome(
     maxrss_kb: int | None = None,
     memory_limit_mb: int = 0,
 ) -> Outcome:
-    """Classify how the job ended; the limits the trusted side enforced take precedence.
+    """Classify how a jailed process ended that did not answer: the limits the trusted side
+    enforced take precedence, then the signal or exit code (a jail that exits by itself, whatever
+    it wrote, ended without an answer: crashed).
 
     ``source`` (the trusted copy of the candidate) lets a reason quote the candidate's line;
     ``scratch`` is why the trusted side killed the job for filling its directory;
@@ -232,10 +183,6 @@ def read_outcome(
                        dumped_line(log))
     if scratch:
         return outcome(Status.OUTPUT, scratch + "; process group killed")
-    if returncode == TRAINING_TIMEOUT_EXIT:
-        expired = _training_timeout(job_dir)
-        if expired:
-            return outcome(Status.TIMEOUT, expired, dumped_line(log))
     if signal == signals.SIGXCPU:
         return outcome(Status.TIMEOUT, "CPU-time limit exceeded (SIGXCPU)", dumped_line(log))
     if signal == signals.SIGXFSZ:
@@ -243,24 +190,6 @@ def read_outcome(
     if oom:
         return outcome(Status.MEMORY, f"killed for exceeding the {memory_limit_mb} MB memory limit"
                        if memory_limit_mb else "killed for exceeding the memory limit")
-    raw = read_regular_file(job_dir / "result.pt")
-    data: Any = None
-    if raw is not None:
-        try:
-            data = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-        except Exception as exc:  # a forged or torn file is a crash, never trusted
-            return outcome(Status.CRASHED, f"unreadable result file ({type(exc).__name__})")
-    if data is not None and _valid_result(data) and returncode == 0:
-        line = data.get("line", -1)
-        return Outcome(
-            Status(data["status"]),
-            one_line(data.get("reason", "")),
-            stage=one_line(str(data.get("stage", "")), 20),
-            outputs=data.get("outputs", {}),
-            stderr_tail=tail,
-            seconds=seconds,
-            line=line if isinstance(line, int) and line > 0 else None,
-        )
     if signal == signals.SIGKILL:
         if cpu_seconds is not None and cpu_limit and cpu_seconds >= cpu_limit:
             return outcome(Status.TIMEOUT,

@@ -34,26 +34,24 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import Job, Outcome, Sandbox, Status, project_root, scrubbed_env
-from sandbox.jobfiles import (
-    SCRATCH_FACTOR,
-    SCRATCH_POLL_SECONDS,
-    read_outcome,
-    scratch_budget,
-    scratch_exceeded,
-    write_deadline,
-    write_job,
-)
+from sandbox.base import Sandbox, project_root, scrubbed_env
+from sandbox.channel import MAX_PAYLOAD_BYTES
+from sandbox.function_server import JailSpec
+from sandbox.jobfiles import SCRATCH_FACTOR, write_deadline
 from sandbox.runner import UID_VARIABLE
+from sandbox.session import Session, Watch, make_fifos
 
 KILL_GRACE_SECONDS = 10.0
-#: the project's packages, the only part of the checkout a job sees (its directories, read-only)
-PACKAGES = ("discovery", "sandbox")
+#: the project's package a jail needs (the function server and its walls), the only part of the
+#: checkout it sees, read-only: never ``discovery/`` with the tasks, their environments and the trainer
+PACKAGES = ("sandbox",)
 #: jobs of a sandbox started as root run as a uid of their own, from this range upwards
 JOB_UID_BASE = 1_900_000_000
 _ids = itertools.count()
@@ -207,6 +205,52 @@ def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
     return args
 
 
+class _TemplateWatch(Watch):
+    """One session's child of the warm template, seen through the template's events."""
+
+    def __init__(self, box: LocalSandbox, session_id: str):
+        self.box, self.session_id = box, session_id
+        self.fd = box._proc.stdout.fileno() if box._proc is not None and box._proc.stdout is not None else -1
+        self._exit: dict[str, Any] | None = None
+
+    def exited(self) -> dict[str, Any] | None:
+        if self._exit is None:
+            for event in self.box._events():
+                if event is None:  # the template itself is gone, and the child with it
+                    self.box._stop_template()
+                    self.fd = -1
+                    self._exit = {"returncode": None, "signal": 9}
+                elif event.get("event") == "exited" and event.get("id") == self.session_id:
+                    self._exit = event
+        return self._exit
+
+    def kill(self) -> None:
+        if self._exit is None and self.box._proc is not None:
+            try:
+                self.box._send({"op": "kill", "id": self.session_id})
+            except (OSError, ValueError):
+                self.box._stop_template()
+
+
+class _ProcessWatch(Watch):
+    """A session in a fresh interpreter of its own."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self.proc = proc
+
+    def exited(self) -> dict[str, Any] | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        return {"returncode": rc if rc >= 0 else None, "signal": -rc if rc < 0 else None}
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 class LocalSandbox(Sandbox):
     """Runs each job in a fresh child of a warm template (or a fresh interpreter if ``warm=False``)."""
 
@@ -224,8 +268,8 @@ class LocalSandbox(Sandbox):
         self.warm = warm
         self.gpu = gpu
         self.env_extra = dict(env_extra or {})
-        # the job sees its one GPU (as cuda:0), or none at all
-        self.env_extra.setdefault("CUDA_VISIBLE_DEVICES", gpu if gpu is not None else "")
+        # the jail computes on the CPU and sees no GPU; ``gpu`` is this worker's, for its trusted trainer
+        self.env_extra["CUDA_VISIBLE_DEVICES"] = ""
         self.threads = threads
         self._own_root = jobs_root is None
         root = tempfile.mkdtemp(prefix="discovery-sandbox-") if jobs_root is None else jobs_root
@@ -254,7 +298,7 @@ class LocalSandbox(Sandbox):
             f"scrubbed environment, scratch directory capped at {SCRATCH_FACTOR}x the file-size limit, "
             "wiped after the job")
         if gpu is not None:
-            self.isolation_notes.append(f"GPU {gpu} (CUDA_VISIBLE_DEVICES; the job sees it as cuda:0)")
+            self.isolation_notes.append(f"GPU {gpu} for this worker's trusted trainer; the jail sees no GPU")
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
@@ -271,7 +315,7 @@ class LocalSandbox(Sandbox):
         popen_env = dict(env)
         popen_env[UID_VARIABLE] = str(self.job_uid)  # the template's own environment, not the jobs'
         if self.use_bwrap:
-            cmd = bubblewrap_command(self.root, gpu=self.gpu is not None) + cmd
+            cmd = bubblewrap_command(self.root) + cmd
         else:
             popen_env["DISCOVERY_SANDBOX_NETNS"] = "self"
         self._proc = subprocess.Popen(
@@ -324,124 +368,82 @@ class LocalSandbox(Sandbox):
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
-    # -- running jobs -----------------------------------------------------------------------------
-    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
-        """Run one job in isolation and classify how it ended."""
+    # -- sessions --------------------------------------------------------------------------------
+    @contextmanager
+    def session(self, spec: JailSpec, seconds: float, max_payload: int = MAX_PAYLOAD_BYTES) -> Iterator[Session]:
+        """A fresh jailed function server for ``spec`` (forked from the warm template, or a fresh
+        interpreter), ready to answer calls; it ends, and its directory is wiped, with the block."""
         if self.threads:
-            job.limits = type(job.limits)(**{**job.limits.__dict__, "threads": self.threads})
+            spec = replace(spec, limits=replace(spec.limits, threads=self.threads))
         with self._lock:
-            job_dir = self.root / f"job-{os.getpid()}-{next(_ids)}"
-            job_dir.mkdir(mode=0o700)
+            directory = self.root / f"session-{os.getpid()}-{next(_ids)}"
+            directory.mkdir(mode=0o700)
+            session: Session | None = None
             try:
-                write_job(job_dir, job, inputs)
-                if self.warm:
-                    return self._run_warm(job, job_dir)
-                return self._run_fresh(job, job_dir)
+                spec.write(directory)
+                fds = make_fifos(directory)
+                write_deadline(directory, seconds)
+                watch = self._start_warm(directory, spec) if self.warm else self._start_fresh(directory, spec)
+                session = Session(directory, spec, watch, fds, seconds, max_payload)
+                session.ready()
+                yield session
             finally:
+                if session is not None:
+                    session.close()
                 self._wipe()
 
+    def _start_warm(self, directory: Path, spec: JailSpec) -> Watch:
+        if self._proc is None or self._proc.poll() is not None:
+            self._start_template(spec.limits.threads)
+        self._drain()
+        self._send({"op": "run", "id": directory.name, "job_dir": str(directory)})
+        return _TemplateWatch(self, directory.name)
+
+    def _start_fresh(self, directory: Path, spec: JailSpec) -> Watch:
+        env = self._base_env(spec.limits.threads)
+        env["HOME"] = env["TMPDIR"] = str(directory)
+        env[UID_VARIABLE] = str(self.job_uid)
+        cmd = [sys.executable, "-m", "sandbox.function_server", str(directory)]
+        if self.use_bwrap:
+            cmd = bubblewrap_command(self.root) + cmd
+        with open(directory / "log.txt", "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                    cwd=str(directory), start_new_session=True)
+        return _ProcessWatch(proc)
+
     def _wipe(self) -> None:
-        """Nothing a candidate wrote survives into the next job."""
+        """Nothing a candidate wrote survives into the next session."""
         for entry in self.root.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
 
-    def _run_warm(self, job: Job, job_dir: Path) -> Outcome:
-        if self._proc is None or self._proc.poll() is not None:
-            self._start_template(job.limits.threads)
-        self._drain()
-        job_id = job_dir.name
-        budget = scratch_budget(job_dir, job.limits.file_mb)
-        write_deadline(job_dir, job.limits.wall_seconds)
-        start = time.monotonic()
-        deadline = start + job.limits.wall_seconds
-        self._send({"op": "run", "id": job_id, "job_dir": str(job_dir)})
-        timed_out = False
-        scratch = ""
-        kill_deadline = 0.0
-        exited: dict[str, Any] | None = None
-        while exited is None:
-            now = time.monotonic()
-            limit = kill_deadline if kill_deadline else min(deadline, now + SCRATCH_POLL_SECONDS)
-            event = self._read_event(limit)
-            if event is None:
-                assert self._proc is not None
-                if self._proc.poll() is not None:
-                    self._stop_template()
-                    return Outcome(Status.CRASHED, "sandbox template died during the job",
-                                   seconds=time.monotonic() - start)
-                if kill_deadline:  # the template did not answer a kill: replace it wholesale
-                    self._stop_template()
-                    break
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                else:
-                    scratch = scratch_exceeded(job_dir, budget)
-                    if not scratch:
-                        continue
-                self._send({"op": "kill", "id": job_id})
-                kill_deadline = time.monotonic() + KILL_GRACE_SECONDS
-                continue
-            if event.get("event") == "exited" and event.get("id") == job_id:
-                exited = event
-        seconds = time.monotonic() - start
-        exited = exited or {}
-        return read_outcome(
-            job_dir, exited.get("returncode"), exited.get("signal"), timed_out, False, seconds,
-            wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb, source=job.source,
-            scratch=scratch, cpu_seconds=exited.get("cpu_seconds"), cpu_limit=job.limits.cpu_seconds,
-            maxrss_kb=exited.get("maxrss_kb"), memory_limit_mb=job.limits.memory_mb,
-        )
+    def _events(self) -> list[dict[str, Any]]:
+        """The template's events that have arrived (never blocks); a dead template reads as [None]."""
+        if self._proc is None or self._proc.stdout is None:
+            return [None]  # type: ignore[list-item]
+        fd = self._proc.stdout.fileno()
+        events: list[dict[str, Any]] = []
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                events.append(None)  # type: ignore[arg-type]
+                break
+            self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            events.append(json.loads(line))
+        return events
 
     def _drain(self) -> None:
-        """Drop anything the template said that belongs to no job (nothing should)."""
+        """Drop anything the template said that belongs to no session (nothing should)."""
         self._buffer = b""
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         while select.select([fd], [], [], 0)[0]:
             if not os.read(fd, 65536):
                 break
-
-    def _run_fresh(self, job: Job, job_dir: Path) -> Outcome:
-        env = self._base_env(job.limits.threads)
-        env["HOME"] = str(job_dir)
-        env["TMPDIR"] = str(job_dir)
-        env[UID_VARIABLE] = str(self.job_uid)
-        cmd = [sys.executable, "-m", "sandbox.runner", str(job_dir)]
-        if self.use_bwrap:
-            cmd = bubblewrap_command(self.root, gpu=self.gpu is not None) + cmd
-        budget = scratch_budget(job_dir, job.limits.file_mb)
-        write_deadline(job_dir, job.limits.wall_seconds)
-        start = time.monotonic()
-        deadline = start + job.limits.wall_seconds
-        with open(job_dir / "log.txt", "wb") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                    cwd=str(job_dir), start_new_session=True)
-        timed_out = False
-        scratch = ""
-        while True:
-            try:
-                proc.wait(timeout=max(0.0, min(SCRATCH_POLL_SECONDS, deadline - time.monotonic())))
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            timed_out = time.monotonic() >= deadline
-            scratch = "" if timed_out else scratch_exceeded(job_dir, budget)
-            if timed_out or scratch:
-                try:
-                    os.killpg(proc.pid, 9)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-                break
-        seconds = time.monotonic() - start
-        rc = proc.returncode
-        return read_outcome(job_dir, rc if rc >= 0 else None, -rc if rc < 0 else None, timed_out, False,
-                            seconds, wall_limit=job.limits.wall_seconds, file_limit_mb=job.limits.file_mb,
-                            source=job.source, scratch=scratch, cpu_limit=job.limits.cpu_seconds,
-                            memory_limit_mb=job.limits.memory_mb)
 
     def kill(self) -> None:
         """Kill the template and the job it runs, without waiting for the job (an abort)."""

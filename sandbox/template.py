@@ -1,11 +1,13 @@
-"""The warm template: a process that has imported torch and the tasks, and forks one child per job.
+"""The warm template: a process that has imported torch and the function server, and forks one child per session.
 
 Protocol (JSON lines): the trusted side writes ``{"op": "run", "id": ..., "job_dir": ...}``
 or ``{"op": "kill", "id": ...}`` on stdin; the template answers ``{"event": "started", ...}``
 and ``{"event": "exited", "id", "returncode", "signal", "cpu_seconds", "maxrss_kb"}``.
 
-The template only imports (no torch computation happens in it: forking after torch has
-run parallel work can hang the child). Each child, before any candidate code runs, starts
+The template imports torch and the function server and runs one tiny single-threaded call
+(no parallel work: forking after torch has run a thread pool can hang the child); it never
+sees a task, a model or data: it serves only jailed slot functions
+(:mod:`sandbox.function_server`). Each child, before any candidate code runs, starts
 its own session, points stdout/stderr at a log file in its scratch directory, closes every
 other inherited descriptor, replaces the environment and puts up the walls of
 :func:`sandbox.runner.confine_job` (as root: private IPC namespace and an unprivileged uid;
@@ -47,12 +49,9 @@ def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from pathlib import Path
 
-        from sandbox.runner import confine_job, execute_loaded, load
+        from sandbox.function_server import run_session
 
-        here = Path(".")  # reached through the cwd: the job user may not search the parents
-        job, inputs = load(here)
-        confine_job(here, job, uid)
-        code = execute_loaded(job, inputs, here)
+        code = run_session(Path("."), uid)  # reached through the cwd: the job user may not search the parents
     except BaseException:  # noqa: BLE001 - report on the log, never fall back into the template loop
         try:
             import traceback
@@ -120,19 +119,17 @@ def main() -> None:
     """Preload, report readiness, serve."""
     env = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the agent's; it stops us by closing stdin
-    import torch  # noqa: F401
-
-    import discovery.tasks as tasks
+    import torch
 
     torch.set_num_threads(1)  # no intra-op thread pool exists before fork; each child sets its own
-    for name in tasks.task_names():
-        tasks.get_task(name).warmup()
+    import torch.nn.functional  # noqa: F401
+
+    import sandbox.channel  # noqa: F401
     import sandbox.confine  # noqa: F401
-    import sandbox.guard
-    import sandbox.jobfiles  # noqa: F401
+    import sandbox.function_server
     import sandbox.runner  # noqa: F401
 
-    sandbox.guard.vetted()  # build the allow-list tables once, before the fork (~30 ms per job saved)
+    sandbox.function_server.warmup()  # lazy imports, first calls, the guard's allow-list tables
 
     network_note = ""
     if os.environ.get("DISCOVERY_SANDBOX_NETNS") == "self":

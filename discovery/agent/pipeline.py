@@ -201,10 +201,10 @@ def contract_check(rt: Runtime, state: CandidateState) -> CandidateState:
     row = rt.archive.get_candidate(cid) or {}
     if rt.archive.done_keys(cid, "discover"):
         return {}  # it trained before (resume): the contract held
-    job = Job(task=rt.evaluator.task_ref, source=row["code"], stage="contract", device=rt.evaluator.job_device,
+    job = Job(task=rt.evaluator.task_ref, source=row["code"], stage="contract", device=rt.evaluator.device,
               limits=rt.evaluator.limits_for(0))
     with rt.pool.borrow() as box:
-        outcome = box.run(job)
+        outcome = rt.evaluator.run(job, box)
     if not outcome.ok:
         report = EvaluationReport(task=rt.task.name, suite="discover", status=outcome.status,
                                   stage=outcome.stage or "contract", reason=outcome.reason, line=outcome.line,

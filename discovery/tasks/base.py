@@ -4,11 +4,13 @@ A task names the *slot* an LLM fills (one function with a pinned signature), the
 program and baseline library, a cheap contract check, and two fixed suites. Evaluation is
 split in two so that candidate code never touches the score:
 
-* ``train`` runs inside the sandbox, with the candidate function. It receives only what
-  training needs (``prepare``'s public inputs) and returns raw tensors (weights, curves).
-* ``score`` runs on the trusted side, in a process where no candidate code ever ran. It
-  rebuilds the hidden parts of the environment (gold reward, evaluation prompts) from the
-  seed and turns the raw tensors into metrics and a fitness.
+* ``train`` runs on the trusted side. The candidate's function runs in a jail
+  (``sandbox.function_server``) and ``train`` gets a proxy of it (``discovery.slots``): a
+  callable for a differentiable slot, an object with ``reset``/``step`` for an update rule. The
+  jail receives only the slot's arguments; the model, data, configuration and seed stay here.
+* ``score`` runs on the trusted side too. It rebuilds the hidden parts of the environment
+  (gold reward, evaluation prompts) from the seed and turns the raw tensors into metrics and
+  a fitness.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class Slot:
     signature: str
     contract: str
     allowed_imports: tuple[str, ...] = ("torch", "torch.nn.functional", "math")
+    #: how the trainer calls it: ``differentiable`` (a function whose gradient flows back to the
+    #: trainer's graph, e.g. a loss) or ``update_rule`` (``update(param, grad, state, lr, step)``)
+    kind: str = "differentiable"
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,8 @@ class Task(ABC):
     def train(
         self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str
     ) -> dict[str, Any]:
-        """Sandboxed: train with the candidate ``fn``; return raw tensors (no scores)."""
+        """Trusted: train with ``fn``, the proxy of the jailed candidate (or a trusted function in
+        process); return raw tensors (no scores)."""
 
     @abstractmethod
     def score(
@@ -238,21 +244,33 @@ class LibraryTask(Task):
         return {"discover": self.discover, "heldout": self.heldout}
 
 
-#: attribute the sandbox's runner sets on a candidate function: a loader of a fresh copy of it
-FRESH_COPY = "discovery_fresh_copy"
+class LocalUpdateRule:
+    """An update rule ``update(param, grad, state, lr, step)`` run in this process (the trusted
+    reference rules, tests); the same interface as the jailed proxy (``discovery.slots``)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.states: dict[int, dict[str, Any]] = {}
+
+    def reset(self, seed: int) -> None:
+        """Forget every state; seed torch's random numbers."""
+        import torch
+
+        torch.manual_seed(seed)
+        self.states = {}
+
+    def step(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:
+        """The rule's new value of every parameter of one step."""
+        import torch
+
+        with torch.no_grad():
+            return [self.fn(p, g, self.states.setdefault(i, {}), lr, step)
+                    for i, (p, g) in enumerate(zip(params, grads, strict=True))]
 
 
-def fresh_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A fresh copy of the candidate function (its module executed again: new globals, new default
-    arguments) when the sandbox provides one, else ``fn`` itself. For tasks that train several
-    times within one (configuration, seed), e.g. over a learning-rate grid, so that no state a
-    candidate keeps passes from one training to the next."""
-    factory = getattr(fn, FRESH_COPY, None)
-    if callable(factory):
-        copy = factory()
-        if callable(copy):
-            return copy
-    return fn
+def as_update_rule(rule: Any) -> Any:
+    """``rule`` if it already has ``step`` and ``reset`` (a jailed proxy), else a LocalUpdateRule of it."""
+    return rule if hasattr(rule, "step") and hasattr(rule, "reset") else LocalUpdateRule(rule)
 
 
 def source_of(fn: Callable[..., Any], slot_name: str, imports: str) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed, cache_dir, fresh_copy
+from discovery.tasks.base import TrainingFailed, as_update_rule, cache_dir
 
 ENV_VERSION = "opt-env-v1"
 #: training loss recorded at about this many points per run (the curve shown as feedback)
@@ -304,13 +304,16 @@ def _check_update(new: Any, old: torch.Tensor, name: str, step: int) -> None:
 
 def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int,
               device: str = "cpu") -> dict[str, Any]:
-    """One run of ``rule`` at learning rate ``lr`` on ``device``: final weights (on the CPU), loss
-    curve, step it diverged at (0: never)."""
-    torch.manual_seed(torch_seed)  # a rule that draws random numbers gets the same ones every time
+    """One run of ``rule`` (an update rule with ``reset`` and ``step``, or a plain function) at
+    learning rate ``lr`` on ``device``: final weights (on the CPU), loss curve, step it diverged
+    at (0: never). The rule starts fresh (no state, no module globals kept) with its random
+    numbers seeded by ``torch_seed``, so that a rule that draws them gets the same ones every time."""
+    rule = as_update_rule(rule)
+    rule.reset(torch_seed)
+    torch.manual_seed(torch_seed)
     w = {k: v.detach().to(device, copy=True).requires_grad_(True) for k, v in inputs["init"].items()}
     names = list(w)
     tensors = [w[k] for k in names]
-    states: list[dict[str, Any]] = [{} for _ in names]
     batches = _Batches(p, inputs, device)
     every = max(1, p.steps // CURVE_POINTS)
     curve: list[float] = []
@@ -327,9 +330,9 @@ def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, to
         if (step - 1) % every == 0:
             curve.append(value)
         grads = torch.autograd.grad(loss, tensors)
+        news = rule.step([t.detach() for t in tensors], list(grads), lr, step)  # one call for every parameter
         with torch.no_grad():
-            for name, tensor, grad, state in zip(names, tensors, grads, states, strict=True):
-                new = rule(tensor.detach(), grad, state, lr, step)
+            for name, tensor, new in zip(names, tensors, news, strict=True):
                 _check_update(new, tensor, name, step)
                 tensor.copy_(new)
     n_points = (p.steps - 1) // every + 1
@@ -339,9 +342,10 @@ def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, to
 
 
 def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Sandboxed: run ``rule`` on ``device`` once per learning rate of the grid; raw outputs only, on the CPU."""
-    # each learning rate gets a fresh copy of the rule: nothing it remembers crosses runs of the grid
-    runs = [train_one(fresh_copy(rule), p, inputs, lr, int(inputs["order_seed"]) + i, device)
+    """Run ``rule`` on ``device`` once per learning rate of the grid; raw outputs only, on the CPU.
+    Each learning rate gets a fresh copy of the rule (``reset``): nothing it remembers crosses runs."""
+    rule = as_update_rule(rule)
+    runs = [train_one(rule, p, inputs, lr, int(inputs["order_seed"]) + i, device)
             for i, lr in enumerate(p.lrs)]
     return {
         "final": [r["final"] for r in runs],

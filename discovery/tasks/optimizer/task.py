@@ -14,6 +14,7 @@ from discovery.tasks.base import (
     LibraryTask,
     SeedMetrics,
     Slot,
+    as_update_rule,
     Suite,
     SuiteConfig,
     env_seed,
@@ -111,7 +112,8 @@ class OptimizerTask(LibraryTask):
     name = "optimizer"
     description = ("Optimizer update rules (Lion slot) on digits classifiers, a character-level LM "
                    "and ill-conditioned problems, over a learning-rate grid")
-    slot = Slot(name="update", signature=SIGNATURE, contract=CONTRACT, allowed_imports=("torch", "math"))
+    slot = Slot(name="update", signature=SIGNATURE, contract=CONTRACT, allowed_imports=("torch", "math"),
+                kind="update_rule")
     fitness_doc = FITNESS_DOC
     reference_baseline = "adamw"
     cascade_configs = ("charlm", "quadratic")
@@ -122,14 +124,15 @@ class OptimizerTask(LibraryTask):
     heldout = HELDOUT
 
     def contract_check(self, fn: Callable[..., Any]) -> None:
+        rule = as_update_rule(fn)
+        rule.reset(0)
         g = torch.Generator().manual_seed(1234)
-        for shape in ((4, 3), (3,), (2, 1, 3, 3)):
-            param = torch.randn(shape, generator=g)
-            state: dict[str, Any] = {}
-            for step in (1, 2, 3):
-                grad = torch.randn(shape, generator=g)
-                with torch.no_grad():
-                    new = fn(param.clone(), grad, state, 0.01, step)
+        shapes = ((4, 3), (3,), (2, 1, 3, 3))
+        params = [torch.randn(shape, generator=g) for shape in shapes]
+        for step in (1, 2, 3):
+            grads = [torch.randn(shape, generator=g) for shape in shapes]
+            news = rule.step([p.clone() for p in params], grads, 0.01, step)
+            for i, (shape, new) in enumerate(zip(shapes, news, strict=True)):
                 where = f"step {step}, parameter of shape {shape}"
                 if not isinstance(new, torch.Tensor):
                     raise ContractError(f"{where}: update returned {type(new).__name__}, expected a tensor")
@@ -139,7 +142,7 @@ class OptimizerTask(LibraryTask):
                     raise ContractError(f"{where}: update returned dtype {new.dtype}, expected torch.float32")
                 if not torch.isfinite(new).all():
                     raise ContractError(f"{where}: update returned NaN or infinite values")
-                param = new.detach().clone()
+                params[i] = new.detach().clone()
 
     def warmup(self) -> None:
         # CPU only: the warm template forks, and CUDA does not survive a fork
@@ -163,9 +166,6 @@ class OptimizerTask(LibraryTask):
     ) -> dict[str, Any]:
         """Run the rule ``fn`` over the learning-rate grid with parameters, gradients and the rule's
         state on ``device``; the raw outputs come back on the CPU."""
-        # the problems are tiny: intra-op threads only add synchronisation (and, with spinning
-        # OpenMP threads on a busy machine, stalls of seconds per step); this child is disposable
-        torch.set_num_threads(1)
         return train_grid(fn, ProblemParams.from_mapping(config.params), inputs, device)
 
     def score(

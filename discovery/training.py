@@ -1,0 +1,102 @@
+"""One candidate's trainings, run on the trusted side against its jailed slot function.
+
+:func:`run_job` does what a job asks: the task's contract check, then one training per
+(configuration, seed). Each of them gets a fresh jailed function server (a child of the
+sandbox's warm template, :meth:`Sandbox.session`) and a proxy of the slot
+(:mod:`discovery.slots`); the task's own ``contract_check`` and ``train`` run here, in this
+process, with the model, data and optimizer that never leave it. What comes back from the jail
+is validated data; raw outputs (weights, curves) are the trainer's own and go to scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from discovery.slots import jailed_slot
+from discovery.tasks import ContractError, Task, TrainingFailed, get_task
+from sandbox.base import Job, Outcome, Sandbox, Status
+from sandbox.function_server import JailSpec
+from sandbox.jobfiles import input_key
+from sandbox.runner import one_line
+from sandbox.session import JailEnded
+
+#: seconds the contract check's session may take at most (it calls the function a few times)
+CONTRACT_SECONDS = 60.0
+
+
+def jail_spec(job: Job, task: Task) -> JailSpec:
+    """What the jail is told of ``job``: the source and the slot, nothing about the task's data."""
+    return JailSpec(source=job.source, slot=task.slot.name, kind=task.slot.kind,
+                    allowed_imports=tuple(task.slot.allowed_imports), limits=job.limits, guarded=job.guarded)
+
+
+def _session_limits(job: Job, seconds: float) -> Any:
+    """A session's limits: CPU time for its own wall-clock time, at the job's threads."""
+    cpu = max(1, int(seconds * max(1, job.limits.threads)) + 10)
+    return replace(job.limits, wall_seconds=seconds, cpu_seconds=min(job.limits.cpu_seconds or cpu, cpu))
+
+
+def _ended(outcome: Outcome, stage: str, prefix: str = "") -> Outcome:
+    if not outcome.stage or outcome.stage == "call":
+        outcome.stage = stage
+    if prefix:
+        outcome.reason = one_line(f"{prefix}: {outcome.reason}")
+    return outcome
+
+
+def _training_reason(outcome: Outcome, config: str, seed: int, seconds: float) -> Outcome:
+    if outcome.status is Status.TIMEOUT and "wall-clock limit" in outcome.reason:
+        reason = f"{config} seed {seed}: training exceeded the per-training limit of {seconds:g} s; process killed"
+        return replace(outcome, reason=one_line(reason + outcome.reason.split("killed", 1)[1]), stage="train")
+    return _ended(outcome, "train", f"{config} seed {seed}")
+
+
+def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: Task | None = None,
+            device: str = "cpu", call_seconds: float = 0.0) -> Outcome:
+    """Check the candidate's contract and (for ``stage="train"``) train it on every (configuration,
+    seed) of ``job``: the trainer here, the candidate's function in ``box``. Never raises for a
+    bad candidate: its outcome says what went wrong, on one line. ``inputs`` maps
+    ``input_key(config, seed)`` to the task's trusted training inputs; ``device`` is where the
+    trainer (not the jail) computes; ``call_seconds`` bounds a single call of the slot."""
+    task = task or get_task(job.task)
+    spec = jail_spec(job, task)
+    started = time.monotonic()
+    contract_seconds = min(job.limits.wall_seconds or CONTRACT_SECONDS, CONTRACT_SECONDS)
+    stage = "contract"
+    try:
+        with box.session(replace(spec, limits=_session_limits(job, contract_seconds)), contract_seconds) as session:
+            task.contract_check(jailed_slot(task.slot.kind, session, call_seconds))
+    except JailEnded as ended:
+        return _ended(ended.outcome, "parse" if ended.outcome.status is Status.PARSE else stage)
+    except (ContractError, TrainingFailed) as exc:
+        return Outcome(Status.CONTRACT, one_line(str(exc)), stage=stage, seconds=time.monotonic() - started)
+    outputs: dict[str, Any] = {}
+    tail = ""
+    if job.stage == "train":
+        suite = task.suite(job.suite)
+        seconds = job.limits.training_seconds or job.limits.wall_seconds
+        limits = _session_limits(job, seconds)
+        for config_name in job.configs:
+            config = suite.config(config_name)
+            for seed in job.seeds:
+                key = input_key(config_name, seed)
+                t0 = time.monotonic()
+                try:
+                    with box.session(replace(spec, limits=limits), seconds) as session:
+                        fn = jailed_slot(task.slot.kind, session, call_seconds)
+                        outputs[key] = task.train(fn, config, seed, (inputs or {})[key], device)
+                    tail = session.outcome.stderr_tail if session.outcome else tail
+                except JailEnded as ended:
+                    return _training_reason(ended.outcome, config_name, seed, seconds)
+                except TrainingFailed as exc:
+                    return Outcome(Status.INVALID, one_line(f"{config_name} seed {seed}: {exc}"), stage="train",
+                                   seconds=time.monotonic() - started)
+                except Exception as exc:  # noqa: BLE001 - the trainer choked on what the jail returned
+                    return Outcome(Status.INVALID, one_line(f"{config_name} seed {seed}: training failed on the "
+                                                            f"candidate's values ({type(exc).__name__}: {exc})"),
+                                   stage="train", seconds=time.monotonic() - started)
+                outputs[key]["train_seconds"] = time.monotonic() - t0
+    return Outcome(Status.OK, stage=job.stage, outputs=outputs, seconds=time.monotonic() - started,
+                   stderr_tail=tail)
