@@ -10,6 +10,7 @@ is validated data; raw outputs (weights, curves) are the trainer's own and go to
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -46,9 +47,11 @@ def _ended(outcome: Outcome, stage: str, prefix: str = "") -> Outcome:
     return outcome
 
 
-def _training_reason(outcome: Outcome, config: str, seed: int, seconds: float) -> Outcome:
+def _training_reason(outcome: Outcome, config: str, seed: int, limit: str) -> Outcome:
+    """The outcome of a training that ended the job, its reason naming the training (and, for a
+    timeout, which limit it hit: ``limit`` says it in words)."""
     if outcome.status is Status.TIMEOUT and "wall-clock limit" in outcome.reason:
-        reason = f"{config} seed {seed}: training exceeded the per-training limit of {seconds:g} s; process killed"
+        reason = f"{config} seed {seed}: {limit}; process killed"
         return replace(outcome, reason=one_line(reason + outcome.reason.split("killed", 1)[1]), stage="train")
     return _ended(outcome, "train", f"{config} seed {seed}")
 
@@ -76,20 +79,26 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
     tail = ""
     if job.stage == "train":
         suite = task.suite(job.suite)
-        seconds = job.limits.training_seconds or job.limits.wall_seconds
-        limits = _session_limits(job, seconds)
+        job_deadline = started + job.limits.wall_seconds if job.limits.wall_seconds > 0 else math.inf
+        training = job.limits.training_seconds or math.inf
         for config_name in job.configs:
             config = suite.config(config_name)
             for seed in job.seeds:
                 key = input_key(config_name, seed)
                 t0 = time.monotonic()
+                seconds = min(training, job_deadline - t0)
+                limit = (f"training exceeded the per-training limit of {training:g} s" if seconds == training
+                         else f"wall-clock limit of {job.limits.wall_seconds:g} s exceeded")
+                if seconds <= 0:
+                    return Outcome(Status.TIMEOUT, one_line(f"{config_name} seed {seed}: {limit}"), stage="train",
+                                   seconds=t0 - started)
                 try:
-                    with box.session(replace(spec, limits=limits), seconds) as session:
+                    with box.session(replace(spec, limits=_session_limits(job, seconds)), seconds) as session:
                         fn = jailed_slot(task.slot.kind, session, call_seconds)
                         outputs[key] = task.train(fn, config, seed, (inputs or {})[key], device)
                     tail = session.outcome.stderr_tail if session.outcome else tail
                 except JailEnded as ended:
-                    return _training_reason(ended.outcome, config_name, seed, seconds)
+                    return _training_reason(ended.outcome, config_name, seed, limit)
                 except TrainingFailed as exc:
                     return Outcome(Status.INVALID, one_line(f"{config_name} seed {seed}: {exc}"), stage="train",
                                    seconds=time.monotonic() - started)

@@ -219,7 +219,7 @@ class _TemplateWatch(Watch):
                 if event is None:  # the template itself is gone, and the child with it
                     self.box._stop_template()
                     self.fd = -1
-                    self._exit = {"returncode": None, "signal": 9}
+                    self._exit = {"returncode": None, "signal": 9, "reason": "sandbox template died during the job"}
                 elif event.get("event") == "exited" and event.get("id") == self.session_id:
                     self._exit = event
         return self._exit

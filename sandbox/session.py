@@ -45,8 +45,8 @@ class Watch(ABC):
 
     @abstractmethod
     def exited(self) -> dict[str, Any] | None:
-        """The process's exit (``returncode``, ``signal``, ``cpu_seconds``, ``maxrss_kb``) once it is
-        known, else None; never blocks."""
+        """The process's exit (``returncode``, ``signal``, ``cpu_seconds``, ``maxrss_kb``; or a
+        ``reason`` when the backend itself lost it) once it is known, else None; never blocks."""
 
     @abstractmethod
     def kill(self) -> None:
@@ -106,6 +106,10 @@ class Session:
         if timed_out or scratch:
             self.watch.kill()
         exited = self._wait_exit()
+        if exited.get("reason"):  # the backend knows better (its template or container is gone)
+            self.outcome = Outcome(Status.CRASHED, one_line(str(exited["reason"])),
+                                   seconds=time.monotonic() - self.started)
+            raise JailEnded(self.outcome)
         self.outcome = read_outcome(
             self.directory, exited.get("returncode"), exited.get("signal"), timed_out, False,
             time.monotonic() - self.started, wall_limit=self.seconds, file_limit_mb=self.spec.limits.file_mb,

@@ -1,4 +1,7 @@
-"""The trusted side refuses raw outputs no honest training returns, before it spends work on them."""
+"""The trusted side refuses raw outputs no honest training returns, before it spends work on them.
+
+The jail cannot produce raw outputs any more (the trainer is trusted); the check still guards
+scoring against a task's trainer that returns what it should not (a user's task file)."""
 
 from __future__ import annotations
 
@@ -9,22 +12,20 @@ import torch
 
 from discovery.evaluation import MAX_CURVE_ELEMENTS, Evaluator
 from discovery.tasks import get_task
-from sandbox.base import Outcome, Sandbox, Status
+from sandbox.base import Outcome, Status
 from sandbox.jobfiles import input_key
 
 TASK = get_task("preference")
 
 
-class ForgingSandbox(Sandbox):
-    """Returns, as if the job had succeeded, outputs an escaped candidate could have forged."""
-
-    name = "forging"
-    isolation_notes: list[str] = []
+class ForgingEvaluator(Evaluator):
+    """Returns, as if the job had succeeded, outputs a broken trainer could have returned."""
 
     def __init__(self, forge):  # noqa: ANN001
+        super().__init__(TASK)
         self.forge = forge
 
-    def run(self, job, inputs=None):  # noqa: ANN001, ANN201
+    def run(self, job, sandbox, inputs=None):  # noqa: ANN001, ANN201
         honest = TASK.train(_dpo(), TASK.suite("discover").config("clean"), 0,
                             inputs[input_key("clean", 0)], "cpu")
         honest["train_seconds"] = 1.0
@@ -39,8 +40,7 @@ def _dpo():  # noqa: ANN202
 
 def _evaluate(forge):  # noqa: ANN001, ANN202
     torch.set_num_threads(1)
-    return Evaluator(TASK).evaluate(TASK.seed_program, ForgingSandbox(forge), "discover", configs=["clean"],
-                                    seeds=[0])
+    return ForgingEvaluator(forge).evaluate(TASK.seed_program, None, "discover", configs=["clean"], seeds=[0])
 
 
 def test_an_honest_output_scores():

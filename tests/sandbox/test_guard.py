@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from discovery.training import run_job
 import torch
 import torch.nn.functional as F
 
@@ -420,7 +422,7 @@ def assert_refused(outcome: Outcome, line: int, status: Status, fragment: str) -
 def test_run_time_refusals_in_the_sandbox(box: LocalSandbox, name: str):
     source, line, fragment = RUN_TIME_ONLY[name]
     assert check_source(source, Policy()) == []  # the static policy cannot see these
-    outcome = box.run(Job(task="preference", source=source, stage="contract", limits=LIMITS))
+    outcome = run_job(box, Job(task="preference", source=source, stage="contract", limits=LIMITS))
     assert_refused(outcome, line, Status.ERROR, "GuardError: " + fragment)
     assert outcome.stage == "contract"
 
@@ -430,7 +432,7 @@ def test_run_time_refusals_in_the_sandbox(box: LocalSandbox, name: str):
 def test_the_reviews_attacks_are_refused_in_the_sandbox_past_the_policy(box: LocalSandbox, name: str):
     source, line, status, fragment = PAST_THE_POLICY[name]
     assert check_source(source, Policy())  # the static policy refuses each of them too
-    outcome = box.run(Job(task="preference", source=source, stage="contract", limits=LIMITS))
+    outcome = run_job(box, Job(task="preference", source=source, stage="contract", limits=LIMITS))
     assert_refused(outcome, line, status, fragment)
 
 
@@ -445,7 +447,7 @@ def test_every_training_runs_the_guarded_code(box: LocalSandbox):
     assert check_source(source, Policy()) == []
     inputs = {input_key("clean", 0): Evaluator(PREFERENCE).inputs_for(PREFERENCE.suite("discover"), "clean", 0)}
     job = Job(task="preference", source=source, stage="train", configs=["clean"], seeds=[0], limits=LIMITS)
-    outcome = box.run(job, inputs)
+    outcome = run_job(box, job, inputs)
     assert_refused(outcome, BODY_LINE + 2, Status.ERROR, "GuardError: 'grad' of module 'torch.nn.functional'")
     assert outcome.stage == "train"
 

@@ -33,6 +33,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
+from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Sandbox
 from sandbox.jobfiles import input_key
 from sandbox.local import LocalSandbox, bubblewrap_problem
@@ -160,8 +161,8 @@ class Unguarded(Sandbox):
     def __init__(self, box: Sandbox):
         self.box, self.name, self.isolation_notes = box, box.name, box.isolation_notes
 
-    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
-        return self.box.run(dataclasses.replace(job, guarded=False), inputs)
+    def session(self, spec: Any, seconds: float, max_payload: int = 1 << 28) -> Any:
+        return self.box.session(dataclasses.replace(spec, guarded=False), seconds, max_payload)
 
 
 def leftovers(box: Sandbox) -> set[str]:
@@ -241,7 +242,7 @@ def corpus(
         try:
             start = time.monotonic()
             inputs = train_inputs if case.stage == "train" else None
-            outcome = box.run(job_for(case, case.render(**values)), inputs)
+            outcome = run_job(box, job_for(case, case.render(**values)), inputs)
             return outcome, time.monotonic() - start
         finally:
             idle.put(box)
@@ -323,11 +324,11 @@ def test_patched_scorer_and_fake_results_do_not_change_fitness(sandbox: Sandbox,
 # ------------------------------------------------------------------------------------ isolation
 
 def test_nothing_leaks_into_the_next_candidate(sandbox: Sandbox):
-    first = sandbox.run(Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK,
+    first = run_job(sandbox, Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK,
                             guarded=False))
     assert first.ok, (first.reason, first.stderr_tail)
     look = hostile.LOOK_FOR_TRACES
-    second = sandbox.run(Job(task="preference", source=look, stage="contract", limits=QUICK, guarded=False))
+    second = run_job(sandbox, Job(task="preference", source=look, stage="contract", limits=QUICK, guarded=False))
     assert second.ok, second.reason
 
 
@@ -339,9 +340,9 @@ def test_the_same_sandbox_keeps_working_after_timeouts_and_crashes(sandbox: Sand
     for case in (hostile.BY_NAME[name] for name in names):
         quick = Case(case.name, case.source, case.expect, wall_seconds=min(case.wall_seconds, 6.0),
                      memory_mb=case.memory_mb, max_processes=case.max_processes)
-        broken = sandbox.run(job_for(quick, case.render()))
+        broken = run_job(sandbox, job_for(quick, case.render()))
         assert broken.status.value in case.expected(sandbox.name), (case.name, broken.reason)
-        after = sandbox.run(Job(task="preference", source=DPO, stage="contract", limits=QUICK))
+        after = run_job(sandbox, Job(task="preference", source=DPO, stage="contract", limits=QUICK))
         assert after.ok, (case.name, after.reason, after.stderr_tail)
     if template is not None:  # the warm template survived every one of them
         assert isinstance(sandbox, LocalSandbox) and sandbox._proc is not None
@@ -360,7 +361,7 @@ def test_other_workers_are_unharmed(secret_env: None, train_inputs: dict[str, An
             for case in bombs:
                 quick = Case(case.name, case.source, case.expect, wall_seconds=8.0, file_mb=case.file_mb,
                              memory_mb=case.memory_mb, max_processes=case.max_processes)
-                results[case.name] = noisy.run(job_for(quick, case.render()))
+                results[case.name] = run_job(noisy, job_for(quick, case.render()))
 
         thread = threading.Thread(target=bomb)
         thread.start()
@@ -368,7 +369,7 @@ def test_other_workers_are_unharmed(secret_env: None, train_inputs: dict[str, An
         while thread.is_alive() or not calm:
             job = Job(task="preference", source=DPO, stage="train", configs=["clean"], seeds=[0],
                       limits=QUICK)
-            calm.append(quiet.run(job, train_inputs))
+            calm.append(run_job(quiet, job, train_inputs))
         thread.join()
     for case in bombs:
         outcome = results[case.name]

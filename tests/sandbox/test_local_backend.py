@@ -20,6 +20,7 @@ import torch
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
+from discovery.training import run_job
 from sandbox import local, runner
 from sandbox.base import Job, Limits, Status
 from sandbox.jobfiles import input_key
@@ -58,10 +59,10 @@ def train_job(source: str = DPO) -> Job:
 
 @needs_bwrap
 def test_warm_and_fresh_give_bitwise_identical_dpo_outputs(warm: LocalSandbox, inputs: dict[str, Any]):
-    hot = warm.run(train_job(), inputs)
+    hot = run_job(warm, train_job(), inputs)
     with LocalSandbox(warm=False) as fresh_box:
-        cold = fresh_box.run(train_job(), inputs)
-    again = warm.run(train_job(), inputs)
+        cold = run_job(fresh_box, train_job(), inputs)
+    again = run_job(warm, train_job(), inputs)
     for outcome in (hot, cold, again):
         assert outcome.status is Status.OK, (outcome.reason, outcome.stderr_tail)
     reference = hot.outputs[KEY]["policy"]
@@ -94,13 +95,13 @@ def test_each_sandbox_runs_its_jobs_as_its_own_uid():
 
 @needs_bwrap
 def test_template_restarts_after_being_killed(warm: LocalSandbox):
-    first = warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
+    first = run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
     assert first.ok, first.reason
     assert warm._proc is not None
     old_pid = warm._proc.pid
     os.killpg(old_pid, signal.SIGKILL)  # the whole template process group (bwrap and the template)
     warm._proc.wait(timeout=10)
-    second = warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
+    second = run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
     assert second.ok, (second.reason, second.stderr_tail)
     assert warm._proc is not None and warm._proc.pid != old_pid
 
@@ -109,17 +110,17 @@ def test_template_restarts_after_being_killed(warm: LocalSandbox):
 def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbox):
 
     sleeper = ("import time\n\ndef loss(a, b, c, d, beta):\n    time.sleep(30)\n    return a\n")
-    assert warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok
+    assert run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok
     assert warm._proc is not None
     victim = warm._proc.pid
     killer = threading.Timer(2.0, lambda: os.killpg(victim, signal.SIGKILL))
     killer.start()
     try:
-        outcome = warm.run(past_the_guard(Job(task="preference", source=sleeper, stage="contract", limits=LIMITS)))
+        outcome = run_job(warm, past_the_guard(Job(task="preference", source=sleeper, stage="contract", limits=LIMITS)))
     finally:
         killer.cancel()
     assert outcome.status is Status.CRASHED and "template died" in outcome.reason
-    after = warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
+    after = run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS))
     assert after.ok, after.reason
 
 
@@ -127,7 +128,7 @@ def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbo
 def test_scratch_is_wiped_after_every_job(warm: LocalSandbox):
     writer = ("import os\n\ndef loss(a, b, c, d, beta):\n"
               "    open('left-behind', 'w').write('x')\n    return (a - b) * beta\n")
-    outcome = warm.run(past_the_guard(Job(task="preference", source=writer, stage="contract", limits=LIMITS)))
+    outcome = run_job(warm, past_the_guard(Job(task="preference", source=writer, stage="contract", limits=LIMITS)))
     assert outcome.ok, outcome.reason
     assert list(warm.root.iterdir()) == []
 
@@ -140,10 +141,10 @@ def test_timeout_names_the_line_in_both_modes(mode: str, warm: LocalSandbox):
     job = Job(task="preference", source=looper, stage="contract", limits=limits)
     start = time.monotonic()
     if mode == "warm":
-        outcome = warm.run(job)
+        outcome = run_job(warm, job)
     else:
         with LocalSandbox(warm=False) as box:
-            outcome = box.run(job)
+            outcome = run_job(box, job)
     assert time.monotonic() - start < limits.wall_seconds + 15
     assert outcome.status is Status.TIMEOUT
     assert "line 2:" in outcome.reason or "line 3:" in outcome.reason, outcome.reason
@@ -154,10 +155,10 @@ def test_bubblewrap_view_is_reachable_by_the_job_user(warm: LocalSandbox, tmp_pa
     """bwrap run as root creates the directories leading to its binds 0700; ours are 0755, so
     the unprivileged job user can import lazily from the project and the Python prefix."""
     probe = ("import importlib\n\ndef loss(a, b, c, d, beta):\n"
-             "    importlib.import_module('discovery.tasks.preference.baselines')\n"
+             "    importlib.import_module('sandbox.jobfiles')\n"
              "    importlib.import_module('json.tool')\n"
              "    return (a - b) * beta\n")
-    outcome = warm.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
+    outcome = run_job(warm, past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
     assert outcome.ok, (outcome.reason, outcome.stderr_tail)
 
 
@@ -182,7 +183,7 @@ def test_each_training_gets_a_fresh_copy_of_the_candidate(warm: LocalSandbox, in
     both = dict(inputs)
     both[input_key("clean", 1)] = Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 1)
     job = Job(task="preference", source=LEAKY, stage="train", configs=["clean"], seeds=[0, 1], limits=LIMITS)
-    outcome = warm.run(job, both)
+    outcome = run_job(warm, job, both)
     assert outcome.ok, outcome.reason
     assert set(outcome.outputs) == {input_key("clean", 0), input_key("clean", 1)}
 
@@ -205,8 +206,12 @@ def loss(a, b, c, d, beta):
                 read.append(name + "=" + repr(fh.read(20)))
         except OSError as exc:
             errors.add(type(exc).__name__)
-    import discovery.tasks.preference.baselines  # noqa: F401 - the packages still import
-    import sandbox.jobfiles  # noqa: F401
+    import sandbox.jobfiles  # noqa: F401 - the jail's own package still imports
+    try:
+        import discovery.tasks.preference.env  # noqa: F401 - the environments must not be there
+        errors.add("discovery-importable")
+    except ImportError:
+        pass
     listing = ",".join(sorted(os.listdir(root)))
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     raise ValueError(f"listing={listing} nofile={nofile} errors={','.join(sorted(errors))} read={read}")
@@ -214,9 +219,10 @@ def loss(a, b, c, d, beta):
 
 
 @needs_bwrap
-def test_jail_shows_only_the_two_packages_of_the_checkout(tmp_path: Path):
+def test_jail_shows_only_the_sandbox_package_of_the_checkout(tmp_path: Path):
     """README.md, .git, the archive and planted secrets next to the packages are out of the job's
-    sight; the checkout directory holds only what the jail binds (the packages, a venv in it)."""
+    sight, and so is ``discovery/`` (the tasks, their environments, the trainer): the checkout
+    directory holds only what the function server needs (``sandbox/``, a venv in it)."""
     token = os.urandom(4).hex()
     planted = [ROOT / f"runs-secret-{token}.db", ROOT / f".env.secret-{token}"]
     for path in planted:  # unique names, removed in the finally below: nothing stays in the checkout
@@ -224,7 +230,7 @@ def test_jail_shows_only_the_two_packages_of_the_checkout(tmp_path: Path):
     files = ["README.md", ".git/HEAD", "pyproject.toml", *(p.name for p in planted)]
     try:
         with LocalSandbox(env_extra={"PROBE_ROOT": str(ROOT), "PROBE_FILES": ",".join(files)}) as box:
-            outcome = box.run(past_the_guard(
+            outcome = run_job(box, past_the_guard(
                 Job(task="preference", source=LOOK_AT_THE_CHECKOUT, stage="contract", limits=LIMITS)))
     finally:
         for path in planted:
@@ -235,9 +241,9 @@ def test_jail_shows_only_the_two_packages_of_the_checkout(tmp_path: Path):
     assert seen, outcome.reason  # nothing was read
     assert seen.group(3) == "FileNotFoundError" and int(seen.group(2)) == runner.MAX_OPEN_FILES
     venv = Path(sys.prefix).resolve()
-    allowed = {"discovery", "sandbox"} | ({venv.relative_to(ROOT).parts[0]} if venv.is_relative_to(ROOT) else set())
+    allowed = {"sandbox"} | ({venv.relative_to(ROOT).parts[0]} if venv.is_relative_to(ROOT) else set())
     listing = set(seen.group(1).split(","))
-    assert listing <= allowed and {"discovery", "sandbox"} <= listing, listing
+    assert listing <= allowed and "sandbox" in listing, listing
 
 
 def test_bubblewrap_command_never_binds_the_checkout_root():
@@ -246,7 +252,7 @@ def test_bubblewrap_command_never_binds_the_checkout_root():
     args = local.bubblewrap_command(Path("/tmp/scratch-for-args"))
     binds = [args[i + 1] for i, arg in enumerate(args) if arg in ("--ro-bind", "--bind")]
     root = str(local.project_root().resolve())
-    assert f"{root}/discovery" in binds and f"{root}/sandbox" in binds
+    assert f"{root}/sandbox" in binds and f"{root}/discovery" not in binds
     assert not [b for b in binds if root == b or root.startswith(b.rstrip("/") + "/")]
     assert str(Path.home()) not in binds and "/work" not in binds
 
@@ -293,7 +299,7 @@ def loss(a, b, c, d, beta):
     raise ValueError(" ".join(report))
 '''
     with unix_listener(str(path)) as received, LocalSandbox(jobs_root=jobs) as box:
-        outcome = box.run(past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
+        outcome = run_job(box, past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
         time.sleep(0.5)
     assert outcome.status is Status.ERROR, outcome.reason
     assert f"visible unix=PermissionError{errno.EPERM} pair=PermissionError{errno.EPERM}" in outcome.reason
@@ -318,11 +324,11 @@ def test_a_candidate_that_uses_up_its_descriptors_fails_at_its_line(mode: str, w
     held-back descriptors still write the result."""
     job = past_the_guard(Job(task="preference", source=EXHAUST_DESCRIPTORS, stage="contract", limits=LIMITS))
     if mode == "warm":
-        outcome = warm.run(job)
+        outcome = run_job(warm, job)
     else:
         with LocalSandbox(warm=False) as box:
-            outcome = box.run(job)
+            outcome = run_job(box, job)
     assert outcome.status is Status.ERROR, (outcome.reason, outcome.stderr_tail)
     assert "Too many open files" in outcome.reason and outcome.line == 8, outcome.reason
     assert "line 8: `HELD.append(open(" in outcome.reason
-    assert warm.run(Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok
+    assert run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok

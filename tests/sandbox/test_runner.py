@@ -8,6 +8,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
+from discovery.training import run_job
 from sandbox.base import Job, Limits, Status
 from sandbox.jobfiles import input_key
 from sandbox.local import LocalSandbox, bubblewrap_problem
@@ -42,7 +43,7 @@ def test_a_training_past_its_limit_ends_the_job_at_that_limit(box):
     job = Job(task="preference", source=HANGS_IN_TRAINING, stage="train", configs=["clean"], seeds=[0],
               limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=3))
     started = time.monotonic()
-    outcome = box.run(job, inputs)
+    outcome = run_job(box, job, inputs)
     elapsed = time.monotonic() - started
     assert outcome.status is Status.TIMEOUT, outcome
     assert "clean seed 0: training exceeded the per-training limit of 3 s" in outcome.reason
@@ -54,7 +55,7 @@ def test_without_a_training_limit_the_job_wall_applies(box):
     inputs = {input_key("clean", 0): Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 0)}
     job = Job(task="preference", source=HANGS_IN_TRAINING, stage="train", configs=["clean"], seeds=[0],
               limits=Limits(wall_seconds=6, cpu_seconds=240))
-    outcome = box.run(job, inputs)
+    outcome = run_job(box, job, inputs)
     assert outcome.status is Status.TIMEOUT and "wall-clock limit of 6 s" in outcome.reason
 
 
@@ -62,5 +63,5 @@ def test_an_honest_training_is_untouched_by_its_limit(box):
     inputs = {input_key("clean", 0): Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 0)}
     job = Job(task="preference", source=TASK.seed_program, stage="train", configs=["clean"], seeds=[0],
               limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=60))
-    outcome = box.run(job, inputs)
+    outcome = run_job(box, job, inputs)
     assert outcome.ok, outcome

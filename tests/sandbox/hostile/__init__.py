@@ -415,8 +415,9 @@ for _name in ("discovery.tasks.preference.env", "discovery.tasks.preference.task
     _module = sys.modules.get(_name)
     if _module is not None:
         _module.score_policy = _fake_score
-_task = sys.modules["discovery.tasks.preference.task"].TASK
-type(_task).score = lambda self, *args, **kwargs: 1e9
+_task = getattr(sys.modules.get("discovery.tasks.preference.task"), "TASK", None)  # not in the jail at all
+if _task is not None:
+    type(_task).score = lambda self, *args, **kwargs: 1e9
 print('{"fitness": 1e9}')
 """)
 
@@ -454,7 +455,7 @@ if _shm >= 0:
     _addr = _libc.shmat(_shm, None, 0)
 builtins.HOSTILE_TRACE = True
 torch.HOSTILE_TRACE = True
-sys.modules["discovery.tasks.preference.env"].HOSTILE_TRACE = True
+sys.modules["sandbox.function_server"].HOSTILE_TRACE = True
 F.log_softmax = lambda *args, **kwargs: None
 torch.manual_seed = lambda *args, **kwargs: None
 """)
@@ -480,8 +481,8 @@ LOOK_FOR_TRACES = program("""
         seen.append("builtins")
     if getattr(torch, "HOSTILE_TRACE", False):
         seen.append("torch global")
-    if getattr(sys.modules["discovery.tasks.preference.env"], "HOSTILE_TRACE", False):
-        seen.append("env module global")
+    if getattr(sys.modules["sandbox.function_server"], "HOSTILE_TRACE", False):
+        seen.append("server module global")
     if F.log_softmax(torch.zeros(2), dim=0) is None:
         seen.append("patched log_softmax")
     if seen:

@@ -1,0 +1,178 @@
+"""Per-call overhead of the jailed function server, against the same function called in-process.
+
+    python bench/jail_calls.py [--repeats 7] [--calls 300] [--sessions 30]
+
+All figures come from the same run, with one torch thread on both sides (the sandbox's default):
+
+(a) a differentiable call shaped like one step of the preference task: four float32 [64]
+    log-probability tensors (the policy's two requiring a gradient) and ``beta``, the DPO loss,
+    ``loss.mean().backward()``. Jailed: ``discovery.slots.JailedFunction`` over a session of
+    ``LocalSandbox`` (one round trip: the mean's VJP comes back with the forward). Reference: the
+    same source executed here, autograd backward. Also the jailed call whose upstream gradient is
+    not a mean (``(loss * w).sum().backward()``), which costs a second round trip.
+(b) an update-rule call shaped like one step of the optimizer task: AdamW (the task's baseline)
+    over parameters of shapes [64, 64], [64], [10, 64], [10]. Jailed: ``JailedUpdateRule.step``
+    (one batched request per step); reference: ``discovery.tasks.base.LocalUpdateRule.step``.
+(c) session start: open a ready session (fork from the warm template, walls, load the
+    candidate), and its close (kill, reap, wipe): the sandbox's fixed cost per training.
+
+Each figure is the median over ``--repeats`` blocks of ``--calls`` calls (µs per call), after a
+warm-up; session figures are medians over ``--sessions`` sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from discovery.slots import JailedFunction, JailedUpdateRule
+from discovery.tasks import get_task
+from discovery.tasks.base import LocalUpdateRule
+from sandbox.function_server import DIFFERENTIABLE, UPDATE_RULE, JailSpec
+from sandbox.local import LocalSandbox
+
+#: the preference-task shapes of one call (batch of 64 pairs)
+BATCH = 64
+#: parameter shapes of a small MLP on digits (64 -> 64 -> 10), as the optimizer task's problems have
+PARAM_SHAPES = ((64, 64), (64,), (10, 64), (10,))
+
+
+def per_call_us(fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 50) -> float:
+    """Median over ``repeats`` blocks of the mean time of one call of ``fn`` in a block, in µs."""
+    for _ in range(warmup):
+        fn()
+    blocks = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        blocks.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(blocks)
+
+
+def local_function(source: str, name: str) -> Callable[..., Any]:
+    namespace: dict[str, Any] = {"__name__": "candidate"}
+    exec(source, namespace)  # trusted baseline source, the in-process reference
+    return namespace[name]
+
+
+def loss_args() -> tuple[list[torch.Tensor], float]:
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (-torch.rand(BATCH, generator=g) * 10 for _ in range(4))
+    return [pc.requires_grad_(True), pr.requires_grad_(True), rc, rr], 0.1
+
+
+def row(name: str, local: float, jailed: float) -> None:
+    print(f"{name:44} {local:10.1f} {jailed:10.1f} {jailed - local:10.1f} {jailed / local:7.1f}x")
+
+
+def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
+    task = get_task("preference")
+    source = task.baselines["dpo"]
+    tensors, beta = loss_args()
+    weights = torch.linspace(0.5, 1.5, BATCH)
+    local = local_function(source, task.slot.name)
+    spec = JailSpec(source=source, slot=task.slot.name, kind=DIFFERENTIABLE,
+                    allowed_imports=tuple(task.slot.allowed_imports))
+
+    def step(fn: Callable[..., Any], mean: bool = True) -> None:
+        for t in tensors[:2]:
+            t.grad = None
+        out = fn(*tensors, beta)
+        (out.mean() if mean else (out * weights).sum()).backward()
+
+    in_process = per_call_us(lambda: step(local), calls, repeats)
+    in_process_sum = per_call_us(lambda: step(local, mean=False), calls, repeats)
+    with box.session(spec, seconds=600) as session:
+        jailed = JailedFunction(session)
+        step(jailed)
+        expected = [t.grad.clone() for t in tensors[:2]]
+        step(local)
+        assert all(torch.allclose(a, t.grad) for a, t in zip(expected, tensors[:2], strict=True)), "VJP differs"
+        through_jail = per_call_us(lambda: step(jailed), calls, repeats)
+        through_jail_sum = per_call_us(lambda: step(jailed, mean=False), calls, repeats)
+    row("(a) DPO loss, forward + mean backward", in_process, through_jail)
+    row("    same, weighted-sum backward (2 trips)", in_process_sum, through_jail_sum)
+
+
+def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
+    task = get_task("optimizer")
+    source = task.baselines["adamw"]
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(*s, generator=g) * 0.1 for s in PARAM_SHAPES]
+    grads = [torch.randn(*s, generator=g) * 0.01 for s in PARAM_SHAPES]
+    local = LocalUpdateRule(local_function(source, task.slot.name))
+    spec = JailSpec(source=source, slot=task.slot.name, kind=UPDATE_RULE,
+                    allowed_imports=tuple(task.slot.allowed_imports))
+    counter = {"local": 0, "jail": 0}
+
+    def step(rule: Any, key: str) -> list[Any]:
+        counter[key] += 1
+        return rule.step(params, grads, 1e-3, counter[key])
+
+    local.reset(0)
+    in_process = per_call_us(lambda: step(local, "local"), calls, repeats)
+    with box.session(spec, seconds=600) as session:
+        jailed = JailedUpdateRule(session)
+        jailed.reset(0)
+        local.reset(0)
+        counter.update(local=0, jail=0)
+        a, b = step(jailed, "jail"), step(local, "local")
+        assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True)), "update differs"
+        through_jail = per_call_us(lambda: step(jailed, "jail"), calls, repeats)
+    n = sum(p.numel() for p in params)
+    row(f"(b) AdamW step, {len(params)} tensors, {n} values", in_process, through_jail)
+
+
+def bench_sessions(box: LocalSandbox, sessions: int) -> None:
+    task = get_task("preference")
+    spec = JailSpec(source=task.baselines["dpo"], slot=task.slot.name, kind=DIFFERENTIABLE,
+                    allowed_imports=tuple(task.slot.allowed_imports))
+    tensors, beta = loss_args()
+    opened, closed, first = [], [], []
+    for i in range(sessions + 3):
+        t0 = time.perf_counter()
+        cm = box.session(spec, seconds=60)
+        session = cm.__enter__()
+        t1 = time.perf_counter()
+        JailedFunction(session)(*tensors, beta).mean().backward()
+        t2 = time.perf_counter()
+        cm.__exit__(None, None, None)
+        t3 = time.perf_counter()
+        if i >= 3:  # the first sessions warm the template's page cache and this process's paths
+            opened.append(t1 - t0)
+            first.append(t2 - t1)
+            closed.append(t3 - t2)
+    open_ms = statistics.median(opened) * 1000
+    print(f"(c) session open (fork + walls + load, until ready): median {open_ms:.1f} ms, "
+          f"min {min(opened) * 1000:.1f}, max {max(opened) * 1000:.1f} over {sessions} (goal < 50 ms)")
+    print(f"    first call in a fresh session: median {statistics.median(first) * 1000:.2f} ms; "
+          f"close (kill, reap, wipe): median {statistics.median(closed) * 1000:.1f} ms; "
+          f"open + close: {(statistics.median(opened) + statistics.median(closed)) * 1000:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7, help="timed blocks per figure (median)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per timed block")
+    parser.add_argument("--sessions", type=int, default=30, help="sessions opened for (c)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"load average {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} cores")
+    with LocalSandbox(threads=1) as box:
+        print(f"{'call (µs per call, median of ' + str(args.repeats) + ' x ' + str(args.calls) + ')':44} "
+              f"{'in-process':>10} {'jailed':>10} {'overhead':>10} {'ratio':>8}")
+        bench_loss(box, args.calls, args.repeats)
+        bench_update(box, args.calls, args.repeats)
+        bench_sessions(box, args.sessions)
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()
