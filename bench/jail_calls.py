@@ -9,10 +9,12 @@ All figures come from the same run, with one torch thread on both sides (the san
     ``loss.mean().backward()``. Jailed: ``discovery.slots.JailedFunction`` over a session of
     ``LocalSandbox`` (one round trip: the mean's VJP comes back with the forward). Reference: the
     same source executed here, autograd backward. Also the jailed call whose upstream gradient is
-    not a mean (``(loss * w).sum().backward()``), which costs a second round trip.
+    not a mean (``(loss * w).sum().backward()``), which costs a second round trip, and the jail's
+    own share: the server's ``Slot.call`` (guarded candidate, ``autograd.grad``) run in this process.
 (b) an update-rule call shaped like one step of the optimizer task: AdamW (the task's baseline)
     over parameters of shapes [64, 64], [64], [10, 64], [10]. Jailed: ``JailedUpdateRule.step``
-    (one batched request per step); reference: ``discovery.tasks.base.LocalUpdateRule.step``.
+    (one batched request per step); reference: ``discovery.tasks.base.LocalUpdateRule.step``; and
+    the server's ``Slot.update`` run in this process.
 (c) session start: open a ready session (fork from the warm template, walls, load the
     candidate), and its close (kill, reap, wipe): the sandbox's fixed cost per training.
 
@@ -34,7 +36,7 @@ import torch
 from discovery.slots import JailedFunction, JailedUpdateRule
 from discovery.tasks import get_task
 from discovery.tasks.base import LocalUpdateRule
-from sandbox.function_server import DIFFERENTIABLE, UPDATE_RULE, JailSpec
+from sandbox.function_server import DIFFERENTIABLE, UPDATE_RULE, JailSpec, Slot
 from sandbox.local import LocalSandbox
 
 #: the preference-task shapes of one call (batch of 64 pairs)
@@ -88,6 +90,9 @@ def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
         (out.mean() if mean else (out * weights).sum()).backward()
 
     in_process = per_call_us(lambda: step(local), calls, repeats)
+    server = Slot(spec)  # the jail's own work, run here: guarded candidate, autograd.grad, no transport
+    detached = [t.detach() for t in tensors]
+    jail_side = per_call_us(lambda: server.call([*detached, beta], [0, 1], "mean"), calls, repeats)
     in_process_sum = per_call_us(lambda: step(local, mean=False), calls, repeats)
     with box.session(spec, seconds=600) as session:
         jailed = JailedFunction(session)
@@ -99,6 +104,7 @@ def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
         through_jail_sum = per_call_us(lambda: step(jailed, mean=False), calls, repeats)
     row("(a) DPO loss, forward + mean backward", in_process, through_jail)
     row("    same, weighted-sum backward (2 trips)", in_process_sum, through_jail_sum)
+    row("    jail-side work alone (Slot.call here)", in_process, jail_side)
 
 
 def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
@@ -118,6 +124,8 @@ def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
 
     local.reset(0)
     in_process = per_call_us(lambda: step(local, "local"), calls, repeats)
+    server = Slot(spec)
+    jail_side = per_call_us(lambda: server.update(params, grads, 1e-3, 1), calls, repeats)
     with box.session(spec, seconds=600) as session:
         jailed = JailedUpdateRule(session)
         jailed.reset(0)
@@ -128,6 +136,7 @@ def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
         through_jail = per_call_us(lambda: step(jailed, "jail"), calls, repeats)
     n = sum(p.numel() for p in params)
     row(f"(b) AdamW step, {len(params)} tensors, {n} values", in_process, through_jail)
+    row("    jail-side work alone (Slot.update here)", in_process, jail_side)
 
 
 def bench_sessions(box: LocalSandbox, sessions: int) -> None:

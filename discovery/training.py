@@ -27,6 +27,19 @@ from sandbox.session import JailEnded
 CONTRACT_SECONDS = 60.0
 
 
+def to_device(value: Any, device: str) -> Any:
+    """``value`` (tensors in dicts, lists and tuples) moved onto ``device``."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 def jail_spec(job: Job, task: Task) -> JailSpec:
     """What the jail is told of ``job``: the source and the slot, nothing about the task's data."""
     return JailSpec(source=job.source, slot=task.slot.name, kind=task.slot.kind,
@@ -95,7 +108,10 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
                 try:
                     with box.session(replace(spec, limits=_session_limits(job, seconds)), seconds) as session:
                         fn = jailed_slot(task.slot.kind, session, call_seconds)
-                        outputs[key] = task.train(fn, config, seed, (inputs or {})[key], device)
+                        train_inputs = (inputs or {})[key]
+                        if device != "cpu":  # inputs are prepared on the CPU; the trainer owns a GPU
+                            train_inputs = to_device(train_inputs, device)
+                        outputs[key] = task.train(fn, config, seed, train_inputs, device)
                     tail = session.outcome.stderr_tail if session.outcome else tail
                 except JailEnded as ended:
                     return _training_reason(ended.outcome, config_name, seed, limit)

@@ -2,7 +2,10 @@
 
 Protocol (JSON lines): the trusted side writes ``{"op": "run", "id": ..., "job_dir": ...}``
 or ``{"op": "kill", "id": ...}`` on stdin; the template answers ``{"event": "started", ...}``
-and ``{"event": "exited", "id", "returncode", "signal", "cpu_seconds", "maxrss_kb"}``.
+and ``{"event": "exited", "id", "returncode", "signal", "cpu_seconds", "maxrss_kb"}`` on stdout.
+With ``--fifos IN OUT`` after the environment (the Docker backend: attaching to a container's
+stdin is fiddly), the requests come from the FIFO ``IN`` and the events go to the FIFO ``OUT``
+instead; the trusted side holds both open already, so opening them does not block.
 
 The template imports torch and the function server and runs one tiny single-threaded call
 (no parallel work: forking after torch has run a thread pool can hang the child); it never
@@ -24,9 +27,13 @@ import signal
 import sys
 from typing import Any
 
+#: the descriptors of the request stream and the event stream (stdin and stdout unless ``--fifos``)
+_requests = 0
+_events = 1
+
 
 def _emit(message: dict[str, Any]) -> None:
-    os.write(1, (json.dumps(message) + "\n").encode())
+    os.write(_events, (json.dumps(message) + "\n").encode())
 
 
 def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
@@ -64,14 +71,14 @@ def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
 
 
 def serve(env: dict[str, str], uid: int) -> None:
-    """Read job requests on stdin until it closes; fork a child per job; report exits."""
+    """Read job requests (stdin) until they end; fork a child per job; report exits."""
     running: dict[int, str] = {}  # pid -> job id
     buffer = b""
     stdin_open = True
     while stdin_open or running:
-        readable, _, _ = select.select([0] if stdin_open else [], [], [], 0.01)
+        readable, _, _ = select.select([_requests] if stdin_open else [], [], [], 0.01)
         if readable:
-            chunk = os.read(0, 65536)
+            chunk = os.read(_requests, 65536)
             if not chunk:
                 stdin_open = False
             buffer += chunk
@@ -117,7 +124,11 @@ def serve(env: dict[str, str], uid: int) -> None:
 
 def main() -> None:
     """Preload, report readiness, serve."""
+    global _requests, _events
     env = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    if sys.argv[2:3] == ["--fifos"] and len(sys.argv) >= 5:
+        _requests = os.open(sys.argv[3], os.O_RDONLY)
+        _events = os.open(sys.argv[4], os.O_WRONLY)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the agent's; it stops us by closing stdin
     import torch
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from discovery.devices import DeviceError, job_device, resolve_device, trusted_device, worker_gpus
+from discovery.devices import DeviceError, resolve_device, trainer_device, trusted_device, worker_gpus
 from discovery.evaluation import Evaluator
 from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
@@ -44,7 +44,9 @@ def test_each_worker_owns_one_gpu():
     assert worker_gpus("cuda", ["3", "5"]) == ["3", "5"]
     assert worker_gpus("cuda:1", ["3", "5"]) == ["5"]
     assert worker_gpus("cpu", ["3", "5"]) == []
-    assert job_device("cuda:1") == job_device("cuda") == "cuda:0" and job_device("cpu") == "cpu"
+    # the worker's trusted trainer computes on its own GPU, under this process's index of it
+    assert trainer_device("cuda", "5", ["3", "5"]) == "cuda:1" and trainer_device("cpu", "5", ["3", "5"]) == "cpu"
+    assert trainer_device("cuda:1", None, []) == "cuda:1"
     assert trusted_device("cuda") == "cuda:0" and trusted_device("cuda:1") == "cuda:1"
 
 

@@ -25,7 +25,7 @@ from discovery.tasks import get_task
 from discovery.tasks.classification import baselines as classification
 from discovery.tasks.optimizer import baselines as optimizer
 from discovery.tasks.preference import baselines as preference
-from sandbox.runner import to_device
+from discovery.training import to_device
 
 SEED = 0
 GPU_TOLERANCE = 0.01
