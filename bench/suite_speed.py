@@ -1,16 +1,21 @@
 """How long one candidate's discover suite and contract check take (issue targets: 10 s, 0.2 s).
 
-    python bench/suite_speed.py [--task preference] [--repeats 3] [--threads 1]
+    python bench/suite_speed.py [--task preference] [--repeats 3] [--threads 1] [--no-reference]
 
-Prints: the contract check (in-process, median of 20), the whole discover suite for one
-candidate through the warm local sandbox in steady state (trusted inputs cached, as in a
-run), the same split into sandboxed training and trusted scoring, and the cold first
-evaluation of a fresh process (template start, reference policies from the disk cache).
+Prints: the contract check (in-process, median of 20); the reference measured in the same run:
+the whole discover suite trained and scored in this process with the candidate's function
+compiled here (no jail, no guard, no sessions); the whole discover suite for one candidate
+through ``Evaluator.evaluate`` and the warm local sandbox in steady state (trusted inputs
+cached, as in a run: the trainer runs here, the candidate's function in a jailed function
+server per training), with its ratio to the reference; the summed per-(config, seed) seconds;
+and the cold first evaluation of a fresh process (template start, reference policies from the
+disk cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -29,7 +34,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="sandbox threads (default: all cores; 1 = passive OpenMP wait, for a busy machine)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the in-process reference suite")
     args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} cores")
     task = get_task(args.task)
     source = task.seed_program
 
@@ -60,11 +67,30 @@ def main() -> None:
     suite = task.suite("discover")
     n = len(suite.configs) * len(suite.seeds)
     train = sum(m.seconds for c in report.configs for m in c.seeds)
+    reference = None
+    if not args.no_reference:
+        pairs = [(config, seed) for config in suite.configs for seed in suite.seeds]
+        for config, seed in pairs[:1]:  # warm-up, as the jailed side had its first evaluation
+            task.train(fn, config, seed, evaluator.inputs_for(suite, config.name, seed), "cpu")
+        refs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            task.contract_check(fn)
+            for config, seed in pairs:
+                inputs = evaluator.inputs_for(suite, config.name, seed)
+                outputs = task.train(fn, config, seed, inputs, "cpu")
+                task.score(config, seed, inputs, outputs, "cpu")
+            refs.append(time.perf_counter() - t0)
+        reference = statistics.median(refs)
+        print(f"reference: the same suite trained and scored in this process, no jail: median {reference:.2f} s "
+              f"over {args.repeats}")
+    median = statistics.median(runs)
+    ratio = f"; {median / reference:.2f}x the reference, +{median - reference:.2f} s" if reference else ""
     print(f"discover suite, one candidate, warm sandbox ({n} trainings, {threads} threads): "
-          f"median {statistics.median(runs):.2f} s over {args.repeats} "
-          f"(target <= {TARGET_SECONDS.get(task.name, 20)} s)")
+          f"median {median:.2f} s over {args.repeats} (target <= {TARGET_SECONDS.get(task.name, 20)} s){ratio}")
     print(f"  of which training + scoring per (config, seed), summed: {train:.2f} s")
     print(f"first evaluation in a fresh process (template start, cold caches in memory): {cold:.2f} s")
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,16 @@ def _device(spec: str | None) -> str:
     raise AssertionError  # fail() exits
 
 
+#: the held-out secret of `evaluate` and `baselines` outside a run (a run uses its archive's own)
+HELDOUT_SECRET_VARIABLE = "DISCOVERY_HELDOUT_SECRET"
+
+
 def _evaluator(task, device: str, training_seconds: float | None):  # noqa: ANN001, ANN202
     from discovery.evaluation import Evaluator
     from sandbox.base import Limits
 
-    return Evaluator(task, device=device, limits=Limits(training_seconds=training_seconds or 0.0))
+    return Evaluator(task, device=device, limits=Limits(training_seconds=training_seconds or 0.0),
+                     heldout_secret=os.environ.get(HELDOUT_SECRET_VARIABLE, ""))
 
 
 def fail(message: str, code: int = 2) -> None:

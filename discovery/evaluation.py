@@ -173,11 +173,13 @@ class Evaluator:
     """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
 
     def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None,
-                 job_seconds: float | None = None, cpu_seconds: int | None = None):
+                 job_seconds: float | None = None, cpu_seconds: int | None = None, heldout_secret: str = ""):
         """``device``: resolved (``cpu``, ``cuda``, ``cuda:N``; see :mod:`discovery.devices`).
         ``limits``: per job; its ``training_seconds`` defaults to the task's. ``job_seconds``: the
         wall of a whole job, else JOB_OVERHEAD_SECONDS + training_seconds per training;
-        ``cpu_seconds``: a job's CPU time, else its wall times its threads."""
+        ``cpu_seconds``: a job's CPU time, else its wall times its threads. ``heldout_secret``: mixed
+        into the held-out suite's environment seeds (the archive's own, :meth:`Archive.heldout_secret`),
+        so that its environments cannot be rebuilt from the public code and seeds; "" leaves them public."""
         import torch
 
         # trusted scoring is small; one thread keeps the cores for the sandboxed trainings
@@ -191,6 +193,7 @@ class Evaluator:
         self.limits = limits
         self.job_seconds = job_seconds
         self.cpu_seconds = cpu_seconds
+        self.heldout_secret = heldout_secret
         self.policy = Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name)
         self._inputs: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._inputs_lock = threading.Lock()
@@ -236,7 +239,7 @@ class Evaluator:
         if rejected is not None:
             rejected.suite = suite_name
             return rejected
-        suite = self.task.suite(suite_name).with_seeds(n_seeds)
+        suite = self.suite(suite_name).with_seeds(n_seeds)
         config_names = configs or [c.name for c in suite.configs]
         seed_list = seeds or list(suite.seeds)
         inputs = {
@@ -245,18 +248,25 @@ class Evaluator:
         # the suite may have grown seeds beyond its definition: the sandbox needs the same suite
         job = Job(task=self.task_ref, source=source, stage="train", suite=suite_name, configs=config_names,
                   seeds=seed_list, device=self.device, limits=self.limits_for(len(inputs)))
-        outcome = self.run(job, sandbox, inputs)
+        outcome = self.run(job, sandbox, inputs, suite)
         report = self._score(outcome, suite, config_names, seed_list, inputs)
         report.seconds = time.monotonic() - start
         return report
 
-    def run(self, job: Job, sandbox: Sandbox, inputs: dict[str, Any] | None = None) -> Outcome:
-        """``job`` trained here, on this worker's device, with the candidate's function jailed in ``sandbox``."""
+    def suite(self, name: str) -> Suite:
+        """The task's suite ``name``; the held-out one salted with this evaluator's secret."""
+        suite = self.task.suite(name)
+        return suite.salted(self.heldout_secret) if name == "heldout" else suite
+
+    def run(self, job: Job, sandbox: Sandbox, inputs: dict[str, Any] | None = None,
+            suite: Suite | None = None) -> Outcome:
+        """``job`` trained here, on this worker's device, with the candidate's function jailed in ``sandbox``
+        (``suite``: the one its configurations come from, salted where held out)."""
         from sandbox.pool import visible_gpus
 
         gpu = getattr(sandbox, "gpu", None)
         device = trainer_device(self.device, gpu, visible_gpus() if gpu is not None else [])
-        return run_job(sandbox, job, inputs, self.task, device)
+        return run_job(sandbox, job, inputs, self.task, device, suite=suite)
 
     @property
     def task_ref(self) -> str:

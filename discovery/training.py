@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from discovery.slots import jailed_slot
-from discovery.tasks import ContractError, Task, TrainingFailed, get_task
+from discovery.tasks import ContractError, Suite, Task, TrainingFailed, get_task
 from sandbox.base import Job, Outcome, Sandbox, Status
 from sandbox.function_server import JailSpec
 from sandbox.jobfiles import input_key
@@ -70,12 +70,13 @@ def _training_reason(outcome: Outcome, config: str, seed: int, limit: str) -> Ou
 
 
 def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: Task | None = None,
-            device: str = "cpu", call_seconds: float = 0.0) -> Outcome:
+            device: str = "cpu", call_seconds: float = 0.0, suite: Suite | None = None) -> Outcome:
     """Check the candidate's contract and (for ``stage="train"``) train it on every (configuration,
     seed) of ``job``: the trainer here, the candidate's function in ``box``. Never raises for a
     bad candidate: its outcome says what went wrong, on one line. ``inputs`` maps
     ``input_key(config, seed)`` to the task's trusted training inputs; ``device`` is where the
-    trainer (not the jail) computes; ``call_seconds`` bounds a single call of the slot."""
+    trainer (not the jail) computes; ``call_seconds`` bounds a single call of the slot; ``suite``
+    is the (possibly salted) suite the job's configurations come from (default: the task's own)."""
     task = task or get_task(job.task)
     spec = jail_spec(job, task)
     started = time.monotonic()
@@ -91,7 +92,7 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
     outputs: dict[str, Any] = {}
     tail = ""
     if job.stage == "train":
-        suite = task.suite(job.suite)
+        suite = suite or task.suite(job.suite)
         job_deadline = started + job.limits.wall_seconds if job.limits.wall_seconds > 0 else math.inf
         training = job.limits.training_seconds or math.inf
         for config_name in job.configs:

@@ -6,10 +6,11 @@ Run it with any command that takes ``--task``::
     discovery baselines --task examples/regression_task.py --suite both
     discovery run --task examples/regression_task.py --budget 20
 
-The file only has to define ``TASK``, an instance of :class:`discovery.tasks.Task`. The file is
-copied into every sandboxed job, so it should import only what an installed Python has (torch,
-the standard library, and this package); heavy trusted-side imports (scikit-learn here) belong
-inside :meth:`prepare` and :meth:`score`, which never run in the sandbox.
+The file only has to define ``TASK``, an instance of :class:`discovery.tasks.Task`. It runs on
+the trusted side only: ``train`` gets ``fn``, a proxy of the candidate's loss, which runs in a
+fresh jail per training and receives only each call's arguments (its output's backward is the
+jail's gradient). Heavy imports (scikit-learn here) sit inside :meth:`prepare` and :meth:`score`
+so that listing the task stays fast.
 """
 
 from __future__ import annotations

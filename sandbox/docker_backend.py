@@ -1,15 +1,30 @@
-"""Docker backend: every job runs in a fresh, locked-down container (GPU machines in production).
+"""Docker backend: one locked-down container per worker, a fresh jailed process per session.
 
-The container gets the job directory bind-mounted at ``/job`` and runs
-``python -m sandbox.runner /job``, which puts up its own rlimits and seccomp filter before it
-loads the candidate. Around that, the engine enforces: no network at all, a read-only root
-filesystem (writable: ``/job`` and a small ``/tmp`` tmpfs), an unprivileged uid with every
-capability dropped and ``no-new-privileges``, cgroup limits on memory (no swap), processes and
-CPUs, a scrubbed environment, and at most one GPU. The runner sends the job's own output to
-``/job/log.txt`` (so the file-size limit caps it, not the engine's log), and the trusted side
-measures the job directory while the container runs and kills it past its budget. The trusted
-side reads ``result.pt`` with ``weights_only=True`` (:func:`sandbox.jobfiles.read_outcome`);
-nothing else from the container is trusted.
+The trainer runs on the trusted side (``discovery.training``); only the candidate's slot function
+runs in the jail. Each :class:`DockerSandbox` (one per worker) keeps one long-lived container,
+started at its first session (and again whenever it died, or a session asks for other
+container limits), that runs the warm template (``python -m sandbox.template ENV --fifos IN
+OUT``). Every session is a fresh child forked from that template: it opens its session's FIFOs,
+puts up its own walls (:func:`sandbox.runner.confine_job`: the session directory handed to uid
+65534, every privilege dropped, rlimits, the seccomp filter refusing fork/exec and sockets) and
+only then loads the candidate; it answers calls of the slot over the FIFOs and is killed, and its
+directory wiped, when the session ends.
+
+Around that, the engine enforces for the whole container: no network at all, a read-only root
+filesystem (writable: only the session's directory under ``/job``, a bind mount of this
+sandbox's host directory), a private IPC namespace in which no SysV or POSIX IPC object can be
+created (so nothing of one session lives on into the next), no ``/dev/shm``, every capability
+dropped but the four the template needs to hand a session to uid 65534 (``CHOWN``, ``SETUID``,
+``SETGID``, ``KILL``; the session itself has none), ``no-new-privileges``, cgroup limits on
+memory (no swap), processes and CPUs, a scrubbed environment and no GPU (the jail computes on
+the CPU; ``gpu`` is the worker's, for its trusted trainer). The template runs as the container's
+root so that a candidate (uid 65534) cannot signal it, its init or anything else of the worker.
+
+The template's JSON lines go over two FIFOs in the host directory, created and held open by
+the trusted side before the container starts and unlinked once the template has opened them, so
+that no session can reach them. What crosses into the jail is only the slot's arguments, and
+what comes back only its results, over the session's FIFOs (:mod:`sandbox.channel`); the
+trusted side reads back nothing else but the tail of ``log.txt`` (never through a link).
 
 The image must contain this project (see ``sandbox/Dockerfile`` and ``docs/docker.md``); the
 CI test image ``discovery-sandbox:test`` is built without any registry by
@@ -18,39 +33,51 @@ CI test image ``discovery-sandbox:test`` is built without any registry by
 
 from __future__ import annotations
 
+import errno
+import itertools
+import json
 import os
-import queue
+import select
 import shutil
-import signal as signals
-import stat
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import Job, Limits, Outcome, Sandbox, scrubbed_env
-from sandbox.jobfiles import (
-    SCRATCH_FACTOR,
-    read_outcome,
-    scratch_budget,
-    scratch_exceeded,
-    write_deadline,
-    write_job,
-)
+from sandbox.base import Limits, Sandbox, scrubbed_env
+from sandbox.channel import MAX_PAYLOAD_BYTES
+from sandbox.function_server import SPEC_FILE, JailSpec
+from sandbox.jobfiles import SCRATCH_FACTOR, SCRATCH_POLL_SECONDS, write_deadline
+from sandbox.runner import UID_VARIABLE
+from sandbox.session import Session, Watch, make_fifos
 
-#: uid and gid the candidate runs as inside the container (``nobody`` / ``sandbox``)
+#: uid and gid a session's process runs as inside the container (``nobody`` / ``sandbox``)
 SANDBOX_UID = 65534
 CONTAINER_JOB_DIR = "/job"
-TMPFS_SIZE = "64m"
-#: docker keeps container output in a json log; cap it so a chatty candidate cannot fill the disk
+#: docker keeps container output (the template's own) in a json log; capped
 LOG_MAX_SIZE = "1m"
-LOG_TAIL_BYTES = 8192
-#: files the trusted side reads back from the job directory
-RESULT_FILES = ("result.pt", "log.txt")
-#: how often a running job's scratch directory (the bind-mounted job directory) is measured
-WATCH_SECONDS = 0.5
+#: the template's FIFOs in the host directory (unlinked once the template has opened them)
+REQUESTS_FIFO = "template-requests"
+EVENTS_FIFO = "template-events"
+#: what the container may hold beyond one session's limits: the template (torch imported) and init
+TEMPLATE_MEMORY_MB = 512
+TEMPLATE_PIDS = 32
+#: the only capabilities the container keeps, for the template's hand-over of a session to uid 65534
+TEMPLATE_CAPABILITIES = ("CHOWN", "SETUID", "SETGID", "KILL")
+#: no SysV or POSIX IPC object can be created in the container's private IPC namespace: one would
+#: outlive its session and be seen by the next candidate (the sessions cannot unshare one of their own)
+IPC_SYSCTLS = {"kernel.shmmni": "0", "kernel.msgmni": "0", "kernel.sem": "0 0 0 0", "fs.mqueue.queues_max": "0"}
+#: seconds the template may take to start (container start, torch import, warm-up)
+START_SECONDS = 120.0
+#: how often the container's state is asked for while waiting for its template
+POLL_SECONDS = 0.5
+#: seconds a request to the template may wait for room in its FIFO
+SEND_SECONDS = 10.0
+_ids = itertools.count()
 
 
 class DockerUnavailable(RuntimeError):
@@ -65,13 +92,53 @@ def _docker():
     return docker
 
 
-class DockerSandbox(Sandbox):
-    """Run each job in its own container started from ``image``.
+def container_limits(limits: Limits) -> tuple[int, int, int]:
+    """(memory MB, pids, CPUs) of the container that serves sessions with ``limits``: one
+    session's memory and processes plus the template's own."""
+    pids = limits.max_processes + TEMPLATE_PIDS if limits.max_processes > 0 else 0
+    return limits.memory_mb + TEMPLATE_MEMORY_MB, pids, max(1, limits.threads)
 
-    ``gpus`` lists GPU ids this instance may hand out (``["0"]``); each job gets exactly one of
-    them, so give each worker its own instance with its own GPU. With several ids, concurrent
-    jobs on one instance each take a free GPU (and wait for one when all are busy). Without
-    GPUs the container sees no GPU at all.
+
+class _ContainerWatch(Watch):
+    """One session's child of the container's template, seen through the template's events; a
+    container that is gone reads as the child killed by signal 9."""
+
+    def __init__(self, box: DockerSandbox, session_id: str):
+        self.box, self.session_id = box, session_id
+        self.fd = box._events_fd
+        self._exit: dict[str, Any] | None = None
+        self._killed = False
+
+    def exited(self) -> dict[str, Any] | None:
+        if self._exit is None:
+            for event in self.box._events():
+                if event is None:  # the template (and with it the container) is gone
+                    self.box._forget_container()
+                    self.fd = -1
+                    self._exit = {"returncode": None, "signal": 9}
+                elif event.get("event") == "exited" and event.get("id") == self.session_id:
+                    self._exit = event
+        return self._exit
+
+    def kill(self) -> None:
+        if self._exit is not None:
+            return
+        if self._killed:  # asked before and still not gone: the whole container goes
+            self.box._remove_container()
+            return
+        self._killed = True
+        try:
+            self.box._send({"op": "kill", "id": self.session_id})
+        except OSError:
+            self.box._remove_container()
+
+
+class DockerSandbox(Sandbox):
+    """Sessions in fresh children of a warm template inside one long-lived container from ``image``.
+
+    ``gpus`` lists the GPU ids of this worker (``["0"]``; give each worker its own instance):
+    ``gpu`` (the first) is where its trusted trainer computes. The container never gets a GPU:
+    the jail computes on the CPU.
     """
 
     name = "docker"
@@ -85,15 +152,16 @@ class DockerSandbox(Sandbox):
         docker = _docker()
         self.image = image
         self.gpus = [str(g) for g in gpus or []]
-        self.jobs_root = Path(jobs_root) if jobs_root is not None else None
-        #: when set (the worker pool does), overrides ``job.limits.threads`` for every job
+        self.gpu: str | None = self.gpus[0] if self.gpus else None
+        #: when set (the worker pool does), overrides ``spec.limits.threads`` for every session
         self.threads: int | None = None
-        if self.jobs_root is not None:
-            self.jobs_root.mkdir(parents=True, exist_ok=True)
-        self._free_gpus: queue.Queue[str] = queue.Queue()
-        self._running: set[Any] = set()  # containers of jobs now running (killed by an abort)
-        for gpu in self.gpus:
-            self._free_gpus.put(gpu)
+        self._lock = threading.Lock()
+        self._container: Any = None
+        self._container_key: tuple[int, int, int] | None = None
+        self._requests_fd = -1
+        self._events_fd = -1
+        self._buffer = b""
+        self.root: Path | None = None
         try:
             self.client = docker.from_env()
             self.client.ping()
@@ -112,208 +180,317 @@ class DockerSandbox(Sandbox):
         # secret, and without it `python` may not resolve; everything else is scrubbed
         image_env = (attrs.get("Config") or {}).get("Env") or []
         self._image_path = next((e.split("=", 1)[1] for e in image_env if e.startswith("PATH=")), None)
+        if jobs_root is not None:
+            Path(jobs_root).mkdir(parents=True, exist_ok=True)
+        # searchable, not listable or writable by the container: a session reaches only its own directory
+        self.root = Path(tempfile.mkdtemp(prefix="discovery-docker-", dir=jobs_root))
+        os.chmod(self.root, 0o711)
         self.isolation_notes = [
-            f"docker container per job from image {image} ({self.image_id[7:19]}), removed afterwards",
+            f"one docker container per worker from image {image} ({self.image_id[7:19]}); a fresh process "
+            "per session forked from a warm template inside it, scratch wiped after each session",
             "no network (network_mode=none: loopback only)",
-            f"read-only root filesystem; writable: {CONTAINER_JOB_DIR} (this job's directory only), "
-            f"/tmp (tmpfs, {TMPFS_SIZE})",
-            f"runs as uid:gid {SANDBOX_UID}:{SANDBOX_UID}; all capabilities dropped; no-new-privileges",
-            "engine's default seccomp profile, plus the runner's own seccomp filter and rlimits",
-            "cgroup limits: memory = limits.memory_mb with no swap, pids = limits.max_processes, "
-            "CPUs = limits.threads",
-            "environment scrubbed (PATH, HOME=/tmp, LANG, thread counts only)",
-            f"GPU: one of {', '.join(self.gpus)} per job" if self.gpus else "no GPU devices",
-            f"container output capped at {LOG_MAX_SIZE} (json-file log); the job's own stdout/stderr go to "
-            f"{CONTAINER_JOB_DIR}/log.txt under the file-size limit",
-            f"job directory capped at {SCRATCH_FACTOR}x the file-size limit "
-            f"(measured every {WATCH_SECONDS:g} s)",
+            f"read-only root filesystem, no /tmp or /dev/shm to write; writable: only the session's own "
+            f"directory under {CONTAINER_JOB_DIR}",
+            "private IPC namespace where no SysV or POSIX IPC object can be created",
+            f"per session: uid:gid {SANDBOX_UID}:{SANDBOX_UID} without capabilities, no-new-privileges, "
+            "own session and process group, rlimits, seccomp (no fork/exec/sockets), scrubbed environment; "
+            f"the container keeps only {', '.join(TEMPLATE_CAPABILITIES)} for the template (root) that hands "
+            "each session over, so a candidate cannot signal it",
+            "engine's default seccomp profile around the container",
+            f"cgroup limits: memory = limits.memory_mb + {TEMPLATE_MEMORY_MB} MB for the template, no swap; "
+            f"pids = limits.max_processes + {TEMPLATE_PIDS}; CPUs = limits.threads",
+            f"scratch directory capped at {SCRATCH_FACTOR}x the file-size limit "
+            f"(measured every {SCRATCH_POLL_SECONDS:g} s), wiped after the session",
+            f"container output capped at {LOG_MAX_SIZE} (json-file log); a session's own output goes to its "
+            "log.txt under the file-size limit",
+            f"GPU {self.gpu} for this worker's trusted trainer; the jail sees no GPU" if self.gpu is not None
+            else "no GPU devices",
         ]
 
-    # ------------------------------------------------------------------ public
-    def run(self, job: Job, inputs: dict[str, Any] | None = None) -> Outcome:
-        job_dir = Path(tempfile.mkdtemp(prefix="discovery-job-", dir=self.jobs_root))
-        try:
-            if self.threads:
-                job = replace(job, limits=replace(job.limits, threads=self.threads))
-            gpu = self._take_gpu() if job.device.startswith("cuda") else None
+    # ------------------------------------------------------------------ sessions
+    @contextmanager
+    def session(self, spec: JailSpec, seconds: float, max_payload: int = MAX_PAYLOAD_BYTES) -> Iterator[Session]:
+        """A fresh jailed function server for ``spec`` (forked from the container's warm template),
+        ready to answer calls; it ends, and its directory is wiped, with the block."""
+        if self.threads:
+            spec = replace(spec, limits=replace(spec.limits, threads=self.threads))
+        key = container_limits(spec.limits)
+        # the container's pids cgroup limits the session's threads; RLIMIT_NPROC would count every
+        # process of uid 65534 on the host, shared by all workers
+        spec = replace(spec, limits=replace(spec.limits, max_processes=0), device="cpu")
+        with self._lock:
+            if self.root is None:
+                raise DockerUnavailable("this DockerSandbox is closed")
+            self._ensure_container(key)
+            directory = self.root / f"session-{next(_ids)}"
+            # searchable: the template's child, root without CAP_DAC_READ_SEARCH, still reaches what is in
+            # it once it has handed the directory to uid 65534 (confine_job); its files are the owner's only
+            directory.mkdir(mode=0o711)
+            os.chmod(directory, 0o711)
+            session: Session | None = None
+            fds: tuple[int, ...] = ()
             try:
-                if job.device.startswith("cuda"):
-                    # the container sees only its one GPU, as device 0
-                    job = replace(job, device="cuda:0")
-                # the container's pids cgroup limits processes per job; RLIMIT_NPROC in the runner
-                # would count every process of uid 65534 on the host, shared by all workers
-                write_job(job_dir, replace(job, limits=replace(job.limits, max_processes=0)), inputs)
-                budget = scratch_budget(job_dir, job.limits.file_mb)
-                write_deadline(job_dir, job.limits.wall_seconds)
-                _hand_over(job_dir)
-                code, timed_out, oom, seconds, logs, scratch = self._execute_watched(
-                    ["python", "-m", "sandbox.runner", CONTAINER_JOB_DIR],
-                    job.limits,
-                    volumes={str(job_dir): {"bind": CONTAINER_JOB_DIR, "mode": "rw"}},
-                    gpu=gpu,
-                    watch=lambda: scratch_exceeded(job_dir, budget),
-                )
+                spec.write(directory)
+                os.chmod(directory / SPEC_FILE, 0o600)
+                fds = make_fifos(directory)
+                write_deadline(directory, seconds)
+                _share(directory)
+                self._send({"op": "run", "id": directory.name, "job_dir": f"{CONTAINER_JOB_DIR}/{directory.name}"})
+                session = Session(directory, spec, _ContainerWatch(self, directory.name), fds, seconds, max_payload)
+                session.ready()
+                yield session
             finally:
-                if gpu is not None:
-                    self._free_gpus.put(gpu)
-            _distrust_links(job_dir)
-            log_path = job_dir / "log.txt"
-            if logs and not log_path.exists():
-                log_path.write_bytes(logs[-LOG_TAIL_BYTES:])
-            sig = _signal_of(code, timed_out)
-            return read_outcome(
-                job_dir,
-                returncode=None if sig is not None else code,  # as subprocess: a signal, no code
-                signal=sig,
-                timed_out=timed_out,
-                oom=oom,
-                seconds=seconds,
-                wall_limit=job.limits.wall_seconds,
-                file_limit_mb=job.limits.file_mb,
-                source=job.source,
-                scratch=scratch,
-                # no rusage from the engine: wall time x CPUs bounds the CPU time the job can have used,
-                # which tells a kill at the CPU hard limit apart from a short-lived SIGKILL
-                cpu_seconds=seconds * max(1, job.limits.threads),
-                cpu_limit=job.limits.cpu_seconds,
-                memory_limit_mb=job.limits.memory_mb,
-            )
-        finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+                if session is not None:
+                    session.close()
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                shutil.rmtree(directory, ignore_errors=True)
 
     def kill(self) -> None:
-        """Remove this sandbox's running containers at once (an abort)."""
-        for container in list(getattr(self, "_running", ())):
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone, or the engine is down
-                pass
+        """Remove the container at once, the running session with it (an abort; from any thread)."""
+        self._remove_container()
 
     def close(self) -> None:
+        """Remove the container and this sandbox's directory."""
+        with self._lock:
+            self._remove_container()
+            self._forget_container()
+            if self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root = None
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
 
-    # ------------------------------------------------------------------ internals
-    def _take_gpu(self) -> str:
-        if not self.gpus:
-            raise ValueError("the job asks for a CUDA device but this DockerSandbox was given no GPU")
-        return self._free_gpus.get()
-
+    # ------------------------------------------------------------------ the container
     def _environment(self, threads: int) -> dict[str, str]:
-        env = scrubbed_env(threads, {"HOME": "/tmp"})
+        env = scrubbed_env(threads, {"HOME": "/tmp", "CUDA_VISIBLE_DEVICES": ""})
         if self._image_path:
             env["PATH"] = self._image_path
         return env
 
-    def _container_kwargs(self, limits: Limits, volumes: dict[str, dict[str, str]] | None,
-                          gpu: str | None) -> dict[str, Any]:
+    def _container_kwargs(self, limits: Limits, volumes: dict[str, dict[str, str]] | None = None,
+                          template: bool = False) -> dict[str, Any]:
+        """The walls of a container: a worker's (``template``: its template runs as the container's
+        root with TEMPLATE_CAPABILITIES, to hand each session to uid 65534) or, for tests of the walls
+        themselves, one that runs a command as the sessions' user."""
         docker = _docker()
+        env = self._environment(limits.threads)
         kwargs: dict[str, Any] = dict(
             volumes=volumes or {},
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": f"size={TMPFS_SIZE}"},
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            ipc_mode="none",  # a private IPC namespace, and no /dev/shm
+            sysctls=dict(IPC_SYSCTLS),
+            user="0:0" if template else f"{SANDBOX_UID}:{SANDBOX_UID}",
             mem_limit=f"{limits.memory_mb}m",
             memswap_limit=f"{limits.memory_mb}m",
-            pids_limit=limits.max_processes,
-            nano_cpus=int(limits.threads * 1e9),
+            nano_cpus=int(max(1, limits.threads) * 1e9),
             cap_drop=["ALL"],
+            cap_add=list(TEMPLATE_CAPABILITIES) if template else [],
             security_opt=["no-new-privileges"],
-            environment=self._environment(limits.threads),
-            working_dir=CONTAINER_JOB_DIR if volumes else "/tmp",
+            environment={**env, UID_VARIABLE: str(SANDBOX_UID)} if template else env,
+            # not the bind mount: ``python -m`` puts its working directory first on sys.path
+            working_dir="/",
             log_config=docker.types.LogConfig(
                 type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "1"}
             ),
             labels={"discovery.sandbox": "job"},
-            # a minimal init (docker-init/tini) as PID 1: the job is then an ordinary process, so
-            # the default actions of SIGXCPU and SIGXFSZ apply to it (PID 1 would ignore them)
+            # a minimal init (docker-init/tini) as PID 1: the template and the sessions are then
+            # ordinary processes, so the default actions of SIGXCPU and SIGXFSZ apply to them
             init=True,
         )
-        if gpu is not None:
-            kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=[gpu], capabilities=[["gpu"]])]
+        if limits.max_processes > 0:
+            kwargs["pids_limit"] = limits.max_processes
         return kwargs
 
-    def _execute(
-        self,
-        command: list[str],
-        limits: Limits,
-        volumes: dict[str, dict[str, str]] | None = None,
-        gpu: str | None = None,
-    ) -> tuple[int | None, bool, bool, float, bytes]:
-        """Run ``command`` in a fresh container; (exit code, timed out, OOM-killed, seconds, output)."""
-        return self._execute_watched(command, limits, volumes, gpu)[:5]
+    def _ensure_container(self, key: tuple[int, int, int]) -> None:
+        """A running container with a ready template for sessions of these container limits."""
+        if self._container is not None and self._container_key == key and self._alive():
+            return
+        self._remove_container()
+        self._forget_container()
+        self._start_container(key)
 
-    def _execute_watched(
-        self,
-        command: list[str],
-        limits: Limits,
-        volumes: dict[str, dict[str, str]] | None = None,
-        gpu: str | None = None,
-        watch: Callable[[], str] | None = None,
-    ) -> tuple[int | None, bool, bool, float, bytes, str]:
-        """As :meth:`_execute`, plus ``watch``: called every WATCH_SECONDS while the container
-        runs; a non-empty answer (why) kills the container and is returned last."""
+    def _start_container(self, key: tuple[int, int, int]) -> None:
+        docker = _docker()
+        import requests
+
+        assert self.root is not None
+        memory_mb, pids, threads = key
+        paths = [self.root / REQUESTS_FIFO, self.root / EVENTS_FIFO]
+        for path in paths:
+            path.unlink(missing_ok=True)
+            os.mkfifo(path, 0o600)
+            _share(path)
+        # held read-write: opening them inside never blocks, and a write never fails while starting
+        self._requests_fd = os.open(paths[0], os.O_RDWR | os.O_NONBLOCK)
+        events_rw = os.open(paths[1], os.O_RDWR | os.O_NONBLOCK)
+        self._events_fd = events_rw
+        self._buffer = b""
+        command = ["python", "-m", "sandbox.template", json.dumps(self._environment(threads)), "--fifos",
+                   f"{CONTAINER_JOB_DIR}/{REQUESTS_FIFO}", f"{CONTAINER_JOB_DIR}/{EVENTS_FIFO}"]
+        limits = Limits(memory_mb=memory_mb, max_processes=pids, threads=threads)
+        volumes = {str(self.root): {"bind": CONTAINER_JOB_DIR, "mode": "rw"}}
+        try:
+            # create + start rather than containers.run: run() would pull a missing image
+            self._container = self.client.containers.create(
+                self.image, command, **self._container_kwargs(limits, volumes, template=True))
+            self._container_key = key
+            self._container.start()
+            ready = self._wait_ready(time.monotonic() + START_SECONDS)
+            if ready is None:
+                raise DockerUnavailable(f"the sandbox template did not start in its container ({self._logs_line()})")
+            # from now on the template is the only writer of its events: its end reads as EOF
+            self._events_fd = os.open(paths[1], os.O_RDONLY | os.O_NONBLOCK)
+            os.close(events_rw)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            self._remove_container()
+            self._forget_container()
+            raise DockerUnavailable(f"Docker engine failed starting the sandbox ({_one_line(exc)})") from exc
+        except BaseException:
+            self._remove_container()
+            self._forget_container()
+            raise
+        finally:
+            for path in paths:  # nothing in the container can reach the template's FIFOs any more
+                path.unlink(missing_ok=True)
+
+    def _wait_ready(self, deadline: float) -> dict[str, Any] | None:
+        """The template's ready event, or None when its container ended or the deadline passed."""
+        next_poll = time.monotonic() + POLL_SECONDS
+        while time.monotonic() < deadline:
+            for event in self._events(timeout=max(0.0, min(deadline, next_poll) - time.monotonic())):
+                if event is None:
+                    return None
+                if event.get("event") == "ready":
+                    return event
+            if time.monotonic() >= next_poll:
+                self._container.reload()
+                if self._container.status not in ("created", "running"):
+                    return None
+                next_poll = time.monotonic() + POLL_SECONDS
+        return None
+
+    def _logs_line(self) -> str:
+        try:
+            lines = [ln for ln in self._container.logs(tail=20).decode("utf-8", "replace").splitlines() if ln.strip()]
+        except Exception:  # noqa: BLE001 - gone, or the engine is down
+            return "no output"
+        return _one_line(Exception(lines[-1])) if lines else "no output"
+
+    def _alive(self) -> bool:
+        """Whether the template is still there; drops events that belong to no session (none should)."""
+        return None not in self._events()
+
+    def _events(self, timeout: float = 0.0) -> list[dict[str, Any] | None]:
+        """The template's events that have arrived (waiting at most ``timeout``); its end (or
+        anything but its JSON lines) reads as None."""
+        fd = self._events_fd
+        if fd < 0:
+            return [None]
+        events: list[dict[str, Any] | None] = []
+        while select.select([fd], [], [], timeout)[0]:
+            timeout = 0.0
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                events.append(None)
+                break
+            self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            events.append(event if isinstance(event, dict) else None)
+        return events
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """One request to the template (OSError when it takes none)."""
+        if self._requests_fd < 0:
+            raise OSError(errno.EPIPE, "the sandbox template is gone")
+        data = (json.dumps(message) + "\n").encode()
+        give_up = time.monotonic() + SEND_SECONDS
+        while data:
+            try:
+                data = data[os.write(self._requests_fd, data):]
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    raise OSError(errno.ETIMEDOUT, "the sandbox template takes no requests") from None
+                select.select([], [self._requests_fd], [], 0.05)
+
+    def _remove_container(self) -> None:
+        """Remove the container now (its processes die with it); safe from any thread."""
+        container = self._container
+        if container is None:
+            return
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone, or the engine is down
+            pass
+
+    def _forget_container(self) -> None:
+        """Drop this side's ends of the template's FIFOs (after the container is gone)."""
+        self._container, self._container_key = None, None
+        for name in ("_requests_fd", "_events_fd"):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._buffer = b""
+
+    # ------------------------------------------------------------------ tests of the walls
+    def _execute(self, command: list[str], limits: Limits) -> tuple[int | None, bool, bool, float, bytes]:
+        """Run ``command`` in a fresh container with a worker's walls, as the sessions' user (uid
+        65534, no capabilities); (exit code, timed out, OOM-killed, seconds, output). For tests of
+        the container walls themselves: a session's process has seccomp on top, which hides them."""
         docker = _docker()
         import requests
 
         container = None
         try:
-            # create + start rather than containers.run: run() would pull a missing image
-            kwargs = self._container_kwargs(limits, volumes, gpu)
-            container = self.client.containers.create(self.image, command, **kwargs)
-            self._running.add(container)
+            container = self.client.containers.create(self.image, command, **self._container_kwargs(limits))
             started = time.monotonic()
             container.start()
             timed_out = False
-            stopped = ""
-            code: int | None = None
-            while code is None:
-                remaining = limits.wall_seconds - (time.monotonic() - started)
-                poll = min(WATCH_SECONDS, remaining) if watch is not None else remaining
-                try:
-                    if poll <= 0:
-                        raise requests.exceptions.ReadTimeout("wall-clock limit")
-                    code = int(container.wait(timeout=poll)["StatusCode"])
-                    break
-                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                    pass
+            try:
+                code: int | None = int(container.wait(timeout=max(0.1, limits.wall_seconds))["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 container.reload()  # raises (-> DockerUnavailable) if the engine itself went away
-                if container.status == "exited":  # finished just as the clock ran out
-                    code = int((container.attrs.get("State") or {}).get("ExitCode", -1))
-                    break
-                if time.monotonic() - started >= limits.wall_seconds:
-                    timed_out = True
-                elif watch is not None:
-                    stopped = watch()
-                if timed_out or stopped:
-                    _kill(container)
-                    code = int(container.wait(timeout=30)["StatusCode"])
+                timed_out = container.status != "exited"
+                if timed_out:
+                    try:
+                        container.kill()
+                    except docker.errors.APIError:  # it may have exited in the meantime
+                        pass
+                code = int(container.wait(timeout=30)["StatusCode"])
             seconds = time.monotonic() - started
             container.reload()
-            state = container.attrs.get("State") or {}
-            oom = bool(state.get("OOMKilled")) and not timed_out and not stopped
+            oom = bool((container.attrs.get("State") or {}).get("OOMKilled")) and not timed_out
             try:
                 logs = container.logs(stdout=True, stderr=True, tail=200)
             except docker.errors.APIError:
                 logs = b""
-            return code, timed_out, oom, seconds, logs, stopped
+            return code, timed_out, oom, seconds, logs
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DockerUnavailable(f"Docker engine failed running the job ({_one_line(exc)})") from exc
+            raise DockerUnavailable(f"Docker engine failed running the command ({_one_line(exc)})") from exc
         finally:
             if container is not None:
-                self._running.discard(container)
                 try:
                     container.remove(force=True)
                 except Exception:  # noqa: BLE001 - already gone, or the engine is down
                     pass
 
     def _run_command(self, cmd: list[str], limits: Limits) -> tuple[int, str]:
-        """Run an arbitrary command under the same confinement (no job dir); (exit code, output).
-
-        For tests of the container walls themselves. A wall-clock timeout gives exit code -1.
-        """
+        """As :meth:`_execute`; (exit code, output). A wall-clock timeout gives exit code -1."""
         code, timed_out, _, _, logs = self._execute(cmd, limits)
         return (-1 if timed_out or code is None else code), logs.decode("utf-8", "replace")
 
@@ -323,47 +500,16 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _hand_over(job_dir: Path) -> None:
-    """Make the job directory the container user's, so it can write result.pt and log.txt."""
-    try:
-        for path in [job_dir, *job_dir.iterdir()]:
-            os.chown(path, SANDBOX_UID, SANDBOX_UID)
-    except PermissionError:
-        # not root (e.g. a user in the docker group): open the directory up instead
-        os.chmod(job_dir, 0o777)
-        for path in job_dir.iterdir():
-            os.chmod(path, 0o644)
-
-
-def _distrust_links(job_dir: Path) -> None:
-    """Drop result files that are not plain files.
-
-    The container owns the job directory; a symlink ``log.txt -> /proc/self/environ`` would
-    otherwise make the trusted side read (and report) its own secrets, and a FIFO would hang it.
-    """
-    for name in RESULT_FILES:
-        path = job_dir / name
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-
-def _signal_of(code: int | None, timed_out: bool) -> int | None:
-    """Docker reports death by signal N as exit code 128 + N."""
-    if timed_out or code is None or code <= 128:
-        return None
-    sig = code - 128
-    return sig if sig in {s.value for s in signals.Signals} else None
-
-
-def _kill(container: Any) -> None:
-    try:
-        container.kill()
-    except Exception:  # noqa: BLE001 - it may have exited in the meantime
-        pass
+def _share(path: Path) -> None:
+    """Let the container's root, which has no CAP_DAC_OVERRIDE, use ``path`` (a session directory
+    and what is in it, or a FIFO of the template). As root here it is the owner already (the same
+    uid 0), and the template hands a session's directory to uid 65534 itself; a user in the docker
+    group opens them up instead (so put ``jobs_root`` where other local users cannot reach)."""
+    if os.geteuid() == 0:
+        return
+    if path.is_dir():
+        os.chmod(path, 0o777)
+        for entry in path.iterdir():
+            os.chmod(entry, 0o666)
+    else:
+        os.chmod(path, 0o666)

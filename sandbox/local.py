@@ -36,7 +36,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ KILL_GRACE_SECONDS = 10.0
 #: the project's package a jail needs (the function server and its walls), the only part of the
 #: checkout it sees, read-only: never ``discovery/`` with the tasks, their environments and the trainer
 PACKAGES = ("sandbox",)
+#: the project's trusted package: never visible in a jail, even where an install put it next to ``sandbox``
+TRUSTED_PACKAGES = ("discovery",)
 #: jobs of a sandbox started as root run as a uid of their own, from this range upwards
 JOB_UID_BASE = 1_900_000_000
 _ids = itertools.count()
@@ -154,6 +156,9 @@ class JailView:
     checkout: str
     inside: list[str]
     hide: bool
+    #: directories covered by an empty tmpfs after the binds: an installed ``discovery`` package
+    #: (the tasks, their environments, the trainer) that sits in a bound site-packages
+    covered: list[str] = field(default_factory=list)
 
 
 def jail_view() -> JailView:
@@ -168,7 +173,8 @@ def jail_view() -> JailView:
     root = os.path.realpath(project_root())
     packages = [os.path.join(root, name) for name in PACKAGES]
     if root in {os.path.realpath(p) for p in site}:  # installed: the packages are site-packages' own
-        return JailView(_bind_paths(system + python + site + packages), "", [], False)
+        installed = [os.path.join(root, name) for name in TRUSTED_PACKAGES if os.path.isdir(os.path.join(root, name))]
+        return JailView(_bind_paths(system + python + site + packages), "", [], False, installed)
     binds = _bind_paths(system + python + site)
     outside = [b for b in binds if not _inside(b, root)]
     inside = _bind_paths([b for b in binds if _inside(b, root) and b != root] + packages)
@@ -201,6 +207,7 @@ def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
         args += _parent_dir_args(view.outside + view.inside + [scratch_path])
         args += [arg for path in view.outside for arg in ("--ro-bind", path, path)]
     args += [arg for path in view.inside for arg in ("--ro-bind", path, path)]
+    args += [arg for path in view.covered for arg in ("--tmpfs", path)]
     args += ["--bind", scratch_path, scratch_path, "--chdir", scratch_path]
     return args
 

@@ -304,6 +304,41 @@ def test_installed_package_is_the_wheel_not_the_checkout(installed: Installed, d
         assert info["torch"].split("+")[0] == TORCH_SPEC.split("==")[1].split("+")[0], info["torch"]
 
 
+#: run by the installed package: a jailed candidate (past the policy and the guard) reports what it can import
+JAIL_PROBE = '''
+import json
+from discovery.training import run_job
+from sandbox.base import Job
+from sandbox.local import LocalSandbox, bubblewrap_problem
+if bubblewrap_problem():
+    raise SystemExit("no bubblewrap: " + bubblewrap_problem())
+source = """
+import importlib
+def loss(a, b, c, d, beta):
+    seen = []
+    for name in ("sandbox.function_server", "discovery", "discovery.tasks.preference.env"):
+        try:
+            importlib.import_module(name)
+            seen.append(name)
+        except ImportError:
+            pass
+    raise ValueError("importable=" + ",".join(seen))
+"""
+with LocalSandbox() as box:
+    outcome = run_job(box, Job(task="preference", source=source, stage="contract", guarded=False))
+print(json.dumps({"status": outcome.status.value, "reason": outcome.reason}))
+'''
+
+
+def test_an_installed_jail_sees_the_sandbox_package_and_not_the_trainer(installed: Installed):
+    """Installed, both packages sit in one site-packages, which the jail binds: ``discovery/`` (tasks,
+    environments, the trainer) is covered there, the function server's ``sandbox/`` is not."""
+    out = sh([installed.python, "-c", JAIL_PROBE], timeout=300, cwd=installed.work, env=installed.env())
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "error", result
+    assert result["reason"].startswith("ValueError: importable=sandbox.function_server ("), result
+
+
 def test_version_from_console_script_and_python_m(installed: Installed, dists: Dists):
     out = installed.run("--version", timeout=60)
     assert dists.version in out.stdout, out.stdout

@@ -180,7 +180,8 @@ class DiscoveryRun:
         runtime_ref: list[Runtime] = []
         self.proposer = build_proposer(config, self.task, runtime_ref)
         evaluator = Evaluator(self.task, device=config.device, limits=config.limits.to_limits(),
-                              job_seconds=config.limits.job_seconds, cpu_seconds=config.limits.cpu_seconds)
+                              job_seconds=config.limits.job_seconds, cpu_seconds=config.limits.cpu_seconds,
+                              heldout_secret=self.archive.heldout_secret())
         self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=evaluator,
                           pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed)
         runtime_ref.append(self.rt)

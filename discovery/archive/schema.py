@@ -120,9 +120,14 @@ def _v1_to_v2(db: Database) -> None:
     db.execute("ALTER TABLE candidates ADD COLUMN error_line INTEGER")
 
 
+def _v2_to_v3(db: Database) -> None:
+    """Secrets of the archive (the held-out suite's environment salt), never shown or exported."""
+    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 Migration = Callable[[Database], None]
 
-MIGRATIONS: list[Migration] = [_v0_to_v1, _v1_to_v2]
+MIGRATIONS: list[Migration] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 
 
 def _is_lock_error(exc: BaseException) -> bool:

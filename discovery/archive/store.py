@@ -349,6 +349,20 @@ class Archive:
             )
         return new_id
 
+    def heldout_secret(self) -> str:
+        """This archive's held-out secret (made on first use, then the same for every run and resume
+        in this file): mixed into the held-out suite's environment seeds, so that they cannot be
+        rebuilt from the public code and seeds. Never shown by the dashboard or exported."""
+        import secrets
+
+        with self._writing("read the held-out secret") as db:
+            row = db.execute("SELECT value FROM secrets WHERE name = 'heldout'").fetchone()
+            if row is not None:
+                return str(row[0])
+            value = secrets.token_hex(16)
+            db.execute("INSERT INTO secrets (name, value) VALUES ('heldout', ?)", [value])
+            return value
+
     def finish_run(self, run_id: str, status: str, message: str = "") -> None:
         """End a run: ``status`` is finished, stopped or failed; ``message`` one line for humans."""
         if status not in RUN_STATUSES or status == "running":

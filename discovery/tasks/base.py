@@ -20,7 +20,7 @@ import inspect
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class SuiteConfig:
     name: str
     params: Mapping[str, Any]
     weight: float = 1.0
+    #: a secret mixed into this configuration's environment seed (the held-out suite's, per archive):
+    #: without it, its data, gold reward and prompts cannot be rebuilt from the public code and seeds
+    salt: str = ""
 
 
 def suite_config(name: str, **params: Any) -> SuiteConfig:
@@ -62,8 +65,10 @@ def suite_config(name: str, **params: Any) -> SuiteConfig:
 
 def env_seed(config: SuiteConfig, seed: int, namespace: str = "") -> int:
     """A 32-bit seed of its own for each (configuration, seed): its own data, initialisation and
-    environment, the same in every process."""
-    digest = hashlib.sha256(f"{namespace}{config.name}/{seed}".encode()).digest()
+    environment, the same in every process (and, for a salted configuration, only where its
+    salt is known)."""
+    salt = f"{config.salt}#" if config.salt else ""
+    digest = hashlib.sha256(f"{namespace}{salt}{config.name}/{seed}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -112,6 +117,12 @@ class Suite:
             if cfg.name == name:
                 return cfg
         raise KeyError(f"suite {self.name!r} has no configuration {name!r}")
+
+    def salted(self, secret: str) -> Suite:
+        """This suite with ``secret`` mixed into every configuration's environment seed ("" : as is)."""
+        if not secret:
+            return self
+        return Suite(self.name, tuple(replace(c, salt=secret) for c in self.configs), self.seeds)
 
     def with_seeds(self, n: int | None) -> Suite:
         """This suite with its first ``n`` seeds, or more seeds continuing its sequence."""
@@ -198,11 +209,6 @@ class Task(ABC):
         the field expects it (a ``trl.DPOTrainer`` subclass, a ``torch.optim.Optimizer``). Needs only
         torch; empty by default."""
         return ""
-
-    def warmup(self) -> None:
-        """Run a tiny slice of training once, single-threaded, so that lazy imports and first-call
-        initialisation happen in the sandbox's warm template instead of in every candidate's child."""
-        return None
 
     def suite(self, name: str) -> Suite:
         """Return the suite called ``name``."""

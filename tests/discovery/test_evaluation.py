@@ -25,7 +25,7 @@ class ForgingEvaluator(Evaluator):
         super().__init__(TASK)
         self.forge = forge
 
-    def run(self, job, sandbox, inputs=None):  # noqa: ANN001, ANN201
+    def run(self, job, sandbox, inputs=None, suite=None):  # noqa: ANN001, ANN201
         honest = TASK.train(_dpo(), TASK.suite("discover").config("clean"), 0,
                             inputs[input_key("clean", 0)], "cpu")
         honest["train_seconds"] = 1.0

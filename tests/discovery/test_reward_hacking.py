@@ -113,10 +113,10 @@ class Unguarded(Evaluator):
     def static_check(self, source: str):  # noqa: ANN201
         return None
 
-    def run(self, job, sandbox, inputs=None):  # noqa: ANN001, ANN201
+    def run(self, job, sandbox, inputs=None, suite=None):  # noqa: ANN001, ANN201
         from dataclasses import replace
 
-        return super().run(replace(job, guarded=False), sandbox, inputs)
+        return super().run(replace(job, guarded=False), sandbox, inputs, suite)
 
 
 @pytest.fixture(scope="module")

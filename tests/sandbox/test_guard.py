@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from discovery.training import run_job
 import torch
 import torch.nn.functional as F
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task, task_names
 from discovery.tasks.base import ContractError, Task
+from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Status
 from sandbox.guard import ALLOWED_BUILTINS, GuardError, GuardRefusal, compile_guarded, make_getattr, vetted
 from sandbox.jobfiles import input_key

@@ -116,16 +116,6 @@ class ClassificationTask(LibraryTask):
             if not torch.isfinite(logits.grad).all():
                 raise ContractError(f"gradient with respect to the logits is NaN or infinite (C = {classes})")
 
-    def warmup(self) -> None:
-        # CPU only: the warm template forks, and CUDA does not survive a fork
-        params = EnvParams(hidden=8, steps=2, batch=4)
-        g = torch.Generator().manual_seed(0)
-        inputs = {
-            "features": torch.randn(8, 3, generator=g), "labels": torch.randint(0, 3, (8,), generator=g),
-            "num_classes": torch.tensor(3), "init_seed": torch.tensor(0), "order_seed": torch.tensor(0),
-        }
-        train_classifier(library.cross_entropy, params, inputs, "cpu")
-
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""
         return build_inputs(EnvParams.from_mapping(config.params), env_seed(config, seed))

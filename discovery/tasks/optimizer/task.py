@@ -14,9 +14,9 @@ from discovery.tasks.base import (
     LibraryTask,
     SeedMetrics,
     Slot,
-    as_update_rule,
     Suite,
     SuiteConfig,
+    as_update_rule,
     env_seed,
     suite_config,
 )
@@ -24,12 +24,10 @@ from discovery.tasks.optimizer import baselines as library
 from discovery.tasks.optimizer.env import (
     ProblemParams,
     build_inputs,
-    init_params,
     normalized,
     reference_means,
     scoring_context,
     train_grid,
-    train_one,
 )
 
 SIGNATURE = "def update(param, grad, state, lr, step) -> torch.Tensor"
@@ -143,19 +141,6 @@ class OptimizerTask(LibraryTask):
                 if not torch.isfinite(new).all():
                     raise ContractError(f"{where}: update returned NaN or infinite values")
                 params[i] = new.detach().clone()
-
-    def warmup(self) -> None:
-        # CPU only: the warm template forks, and CUDA does not survive a fork
-        g = torch.Generator().manual_seed(0)
-        for kind, extra in (("mlp", {}), ("cnn", {}), ("charlm", {})):
-            p = ProblemParams(kind=kind, steps=2, batch=4, hidden=4, channels=2, context=3, embed=2)
-            inputs: dict[str, Any] = {"order_seed": torch.tensor(0)}
-            if kind == "charlm":
-                inputs["text"] = torch.randint(0, 10, (64,), generator=g, dtype=torch.uint8)
-            else:
-                inputs["x"], inputs["y"] = torch.rand(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
-            inputs["init"] = init_params(p, 0, extra)
-            train_one(library.adamw, p, inputs, 1e-3, 0, "cpu")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""

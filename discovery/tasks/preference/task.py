@@ -26,7 +26,6 @@ from discovery.tasks.preference.env import (
     EnvParams,
     TrainingFailed,
     build_inputs,
-    make_policy,
     score_policy,
     train_policy,
 )
@@ -119,21 +118,6 @@ class PreferenceTask(LibraryTask):
         ``make_dpo_loss(name_or_fn, beta)`` and ``DiscoveredDPOLoss``: the source of ``export.py``."""
         text = (Path(__file__).parent / "export.py").read_text()
         return text.split(_ADAPTER_MARKER, 1)[1].lstrip("\n")
-
-    def warmup(self) -> None:
-        # CPU only: the warm template forks, and CUDA does not survive a fork
-        params = EnvParams(n_pairs=8, batch=4, steps=2)
-        state = make_policy(params).state_dict()
-        g = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, params.vocab, (params.n_pairs, params.length), generator=g)
-        inputs = {
-            "reference": state, "prompts": torch.randn(params.n_pairs, params.prompt_dim, generator=g),
-            "chosen": tokens, "rejected": tokens.flip(0),
-            "reference_chosen_logps": torch.zeros(params.n_pairs),
-            "reference_rejected_logps": torch.zeros(params.n_pairs),
-            "order_seed": torch.tensor(0),
-        }
-        train_policy(library.dpo, params, inputs, "cpu")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         """The public inputs, built on the CPU whatever ``device`` is: the environment (reference

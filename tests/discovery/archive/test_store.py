@@ -276,12 +276,12 @@ def test_reopen_keeps_data_and_version(path: Path) -> None:
         cid = add(arc, rid, "a").id
         arc.record_evaluation(cid, "discover", "c", 0, "full", 0.5, {}, None, 1.0)
     with Archive(path) as arc:
-        assert arc.schema_version == SCHEMA_VERSION == 2
+        assert arc.schema_version == SCHEMA_VERSION == 3
         assert arc.get_run(rid)["config"] == {"x": 1}
         assert arc.get_candidate(cid)["name"] == "a"
         assert arc.done_keys(cid, "discover") == {("c", 0)}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
     conn.close()
 
 
@@ -294,11 +294,21 @@ def test_v1_archive_migrates_to_v2_keeping_data(path: Path, monkeypatch: pytest.
             rid = arc.create_run("t", {"x": 1}, 1, [])
             cid = add(arc, rid, "a").id
     with Archive(path) as arc:
-        assert arc.schema_version == 2
+        assert arc.schema_version == 3
         assert arc.get_candidate(cid)["name"] == "a"
         assert arc.get_candidate(cid)["error_line"] is None
         arc.update_candidate(cid, status="error", error_line=7, reason="boom")
         assert arc.get_candidate(cid)["error_line"] == 7
+
+
+def test_the_heldout_secret_is_made_once_per_archive_and_kept(path: Path, tmp_path: Path) -> None:
+    with Archive(path) as arc:
+        secret = arc.heldout_secret()
+        assert len(secret) == 32 and arc.heldout_secret() == secret
+    with Archive(path) as arc:  # reopened (a resume): the same secret
+        assert arc.heldout_secret() == secret
+    with Archive(tmp_path / "other.db") as other:  # another archive draws its own
+        assert other.heldout_secret() != secret
 
 
 def test_newer_schema_is_refused(path: Path) -> None:
