@@ -17,8 +17,10 @@ created (so nothing of one session lives on into the next), no ``/dev/shm``, eve
 dropped but the four the template needs to hand a session to uid 65534 (``CHOWN``, ``SETUID``,
 ``SETGID``, ``KILL``; the session itself has none), ``no-new-privileges``, cgroup limits on
 memory (no swap), processes and CPUs, a scrubbed environment and no GPU (the jail computes on
-the CPU; ``gpu`` is the worker's, for its trusted trainer). The template runs as the container's
-root so that a candidate (uid 65534) cannot signal it, its init or anything else of the worker.
+the CPU; ``gpu`` is the worker's, for its trusted trainer). Wherever the image holds the trusted
+``discovery`` package (the tasks, their environments, the trainer), an empty read-only tmpfs
+covers it. The template runs as the container's root so that a candidate (uid 65534) cannot
+signal it, its init or anything else of the worker.
 
 The template's JSON lines go over two FIFOs in the host directory, created and held open by
 the trusted side before the container starts and unlinked once the template has opened them, so
@@ -77,7 +79,22 @@ START_SECONDS = 120.0
 POLL_SECONDS = 0.5
 #: seconds a request to the template may wait for room in its FIFO
 SEND_SECONDS = 10.0
+#: the project's trusted package (the tasks, their environments, the trainer), never visible in a jail:
+#: wherever the image holds it, the worker's container covers it with an empty read-only tmpfs
+TRUSTED_PACKAGES = ("discovery",)
+#: prints (JSON) the directories the image's python imports the trusted packages from
+_FIND_TRUSTED = (
+    "import importlib.util, json\n"
+    "found = []\n"
+    f"for name in {TRUSTED_PACKAGES!r}:\n"
+    "    spec = importlib.util.find_spec(name)\n"
+    "    found += list(spec.submodule_search_locations or []) if spec is not None else []\n"
+    "print(json.dumps(found))\n"
+)
 _ids = itertools.count()
+#: image id -> the directories of TRUSTED_PACKAGES in it (asked once per image and process)
+_trusted_dirs: dict[str, list[str]] = {}
+_trusted_lock = threading.Lock()
 
 
 class DockerUnavailable(RuntimeError):
@@ -113,6 +130,7 @@ class _ContainerWatch(Watch):
         if self._exit is None:
             for event in self.box._events():
                 if event is None:  # the template (and with it the container) is gone
+                    self.box._remove_container()  # a container that died by itself would stay behind
                     self.box._forget_container()
                     self.fd = -1
                     self._exit = {"returncode": None, "signal": 9}
@@ -192,6 +210,8 @@ class DockerSandbox(Sandbox):
             f"read-only root filesystem, no /tmp or /dev/shm to write; writable: only the session's own "
             f"directory under {CONTAINER_JOB_DIR}",
             "private IPC namespace where no SysV or POSIX IPC object can be created",
+            f"the image's {', '.join(TRUSTED_PACKAGES)} package (tasks, environments, trainer), wherever it is, "
+            "covered by an empty read-only tmpfs",
             f"per session: uid:gid {SANDBOX_UID}:{SANDBOX_UID} without capabilities, no-new-privileges, "
             "own session and process group, rlimits, seccomp (no fork/exec/sockets), scrubbed environment; "
             f"the container keeps only {', '.join(TEMPLATE_CAPABILITIES)} for the template (root) that hands "
@@ -235,7 +255,14 @@ class DockerSandbox(Sandbox):
                 fds = make_fifos(directory)
                 write_deadline(directory, seconds)
                 _share(directory)
-                self._send({"op": "run", "id": directory.name, "job_dir": f"{CONTAINER_JOB_DIR}/{directory.name}"})
+                run = {"op": "run", "id": directory.name, "job_dir": f"{CONTAINER_JOB_DIR}/{directory.name}"}
+                try:
+                    self._send(run)
+                except OSError:  # the template went away just now: once more, in a new container
+                    self._remove_container()
+                    self._forget_container()
+                    self._ensure_container(key)
+                    self._send(run)
                 session = Session(directory, spec, _ContainerWatch(self, directory.name), fds, seconds, max_payload)
                 session.ready()
                 yield session
@@ -271,14 +298,16 @@ class DockerSandbox(Sandbox):
         return env
 
     def _container_kwargs(self, limits: Limits, volumes: dict[str, dict[str, str]] | None = None,
-                          template: bool = False) -> dict[str, Any]:
+                          template: bool = False, hidden: list[str] | None = None) -> dict[str, Any]:
         """The walls of a container: a worker's (``template``: its template runs as the container's
         root with TEMPLATE_CAPABILITIES, to hand each session to uid 65534) or, for tests of the walls
-        themselves, one that runs a command as the sessions' user."""
+        themselves, one that runs a command as the sessions' user. ``hidden``: directories of the
+        image covered by an empty read-only tmpfs."""
         docker = _docker()
         env = self._environment(limits.threads)
         kwargs: dict[str, Any] = dict(
             volumes=volumes or {},
+            tmpfs={path: "ro,size=4k,mode=0555" for path in hidden or []},
             network_mode="none",
             read_only=True,
             ipc_mode="none",  # a private IPC namespace, and no /dev/shm
@@ -318,6 +347,7 @@ class DockerSandbox(Sandbox):
         import requests
 
         assert self.root is not None
+        hidden = self._trusted_dirs()
         memory_mb, pids, threads = key
         paths = [self.root / REQUESTS_FIFO, self.root / EVENTS_FIFO]
         for path in paths:
@@ -336,7 +366,7 @@ class DockerSandbox(Sandbox):
         try:
             # create + start rather than containers.run: run() would pull a missing image
             self._container = self.client.containers.create(
-                self.image, command, **self._container_kwargs(limits, volumes, template=True))
+                self.image, command, **self._container_kwargs(limits, volumes, template=True, hidden=hidden))
             self._container_key = key
             self._container.start()
             ready = self._wait_ready(time.monotonic() + START_SECONDS)
@@ -356,6 +386,24 @@ class DockerSandbox(Sandbox):
         finally:
             for path in paths:  # nothing in the container can reach the template's FIFOs any more
                 path.unlink(missing_ok=True)
+
+    def _trusted_dirs(self) -> list[str]:
+        """Where the image keeps TRUSTED_PACKAGES (asked once per image): the worker's container
+        covers them, so that a session cannot read or import the tasks' code."""
+        with _trusted_lock:
+            if self.image_id not in _trusted_dirs:
+                code, _, _, _, logs = self._execute(["python", "-c", _FIND_TRUSTED],
+                                                    Limits(wall_seconds=60, memory_mb=512, max_processes=16))
+                lines = logs.decode("utf-8", "replace").strip().splitlines()
+                try:
+                    found = json.loads(lines[-1]) if code == 0 and lines else None
+                except ValueError:
+                    found = None
+                if not isinstance(found, list) or not all(isinstance(p, str) and p.startswith("/") for p in found):
+                    raise DockerUnavailable(f"cannot tell where image {self.image!r} keeps the trusted packages "
+                                            f"(exit code {code}: {lines[-1][:200] if lines else 'no output'})")
+                _trusted_dirs[self.image_id] = sorted(set(found))
+            return list(_trusted_dirs[self.image_id])
 
     def _wait_ready(self, deadline: float) -> dict[str, Any] | None:
         """The template's ready event, or None when its container ended or the deadline passed."""

@@ -25,8 +25,10 @@ from sandbox.runner import one_line
 
 #: how long a jail may take to load the candidate and say it is ready, beyond its own deadline's share
 READY_SECONDS = 30.0
-#: how long a jail that was told to close, or killed, may take to be reported gone
+#: how long a jail that was killed may take to be reported gone
 EXIT_SECONDS = 10.0
+#: how long a jail that was told to close may take to exit by itself before it is killed
+CLOSE_SECONDS = 1.0
 
 
 class JailEnded(Exception):
@@ -184,6 +186,13 @@ class Session:
                 self.channel.send({"op": "close"}, time.monotonic() + 1.0)
             except (ChannelClosed, JailEnded):
                 pass
+            # a moment to exit by itself, flushing what the candidate printed, before it is killed
+            give_up = time.monotonic() + CLOSE_SECONDS
+            while self.watch.exited() is None and time.monotonic() < give_up:
+                if self.watch.fd >= 0:
+                    select.select([self.watch.fd], [], [], 0.02)
+                else:
+                    time.sleep(0.005)
             self.watch.kill()
             self._wait_exit()
             self.outcome = Outcome(Status.OK, seconds=time.monotonic() - self.started,

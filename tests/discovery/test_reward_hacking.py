@@ -11,6 +11,11 @@ cheat therefore scores exactly what plain DPO scores, bit for bit, or fails with
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from discovery.evaluation import Evaluator
@@ -158,3 +163,33 @@ def test_through_the_policy_the_cheats_are_refused_before_they_run():
         elif report is None:  # what the allow-list lets through must still score honestly (above)
             continue
         assert report.status.value in ("policy", "parse"), (name, report.one_line())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_through_the_cli_each_cheat_is_refused_with_its_line_or_scores_like_dpo(tmp_path: Path):
+    """As a user meets them (``discovery evaluate``, every wall on): refused by the policy with a
+    one-line reason naming the line, or, where the allow-list lets the attempt through, scored
+    exactly like plain DPO."""
+    honest = tmp_path / "dpo.py"
+    honest.write_text(TASK.seed_program)
+    dpo = _cli("evaluate", str(honest), "--task", "preference", "--json", "--seeds", "1")
+    assert dpo.returncode == 0, dpo.stderr
+    expected = json.loads(dpo.stdout)["fitness"]
+    for name, source in CHEATS.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(source)
+        proc = _cli("evaluate", str(path), "--task", "preference", "--json", "--seeds", "1")
+        report = json.loads(proc.stdout)
+        if proc.returncode == 0:
+            # its own arithmetic may round differently (it keeps tensors alive and writes to them, which
+            # moved one loss value by one float32 ulp at one step here), so not bit for bit: but no
+            # more than rounding, where a reached trainer moves fitness by whole units
+            assert report["fitness"]["mean"] == pytest.approx(expected["mean"], abs=1e-6), name
+            continue
+        assert proc.returncode == 1 and report["status"] == "policy", (name, report)
+        assert isinstance(report["line"], int) and report["reason"].startswith(f"line {report['line']}:"), report
+        assert "\n" not in report["reason"]
+    assert name and Evaluator(TASK).static_check(KEEP_THE_ARGUMENTS) is None  # at least one reached training
