@@ -15,6 +15,8 @@ All figures come from the same run, with one torch thread on both sides (the san
     over parameters of shapes [64, 64], [64], [10, 64], [10]. Jailed: ``JailedUpdateRule.step``
     (one batched request per step); reference: ``discovery.tasks.base.LocalUpdateRule.step``; and
     the server's ``Slot.update`` run in this process.
+(floor) a 1-byte ping-pong over two pipes with a forked child: what one round trip between two
+    processes costs on this machine before any Python work.
 (c) session start: open a ready session (fork from the warm template, walls, load the
     candidate), and its close (kill, reap, wipe): the sandbox's fixed cost per training.
 
@@ -139,6 +141,35 @@ def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
     row("    jail-side work alone (Slot.update here)", in_process, jail_side)
 
 
+def pipe_floor_us(calls: int, repeats: int) -> float:
+    """A 1-byte ping-pong with a forked child over two pipes, blocking reads: the operating system's
+    (and this VM's) floor for one round trip between two processes, with no Python work around it."""
+    from_parent, to_child = os.pipe()  # (read end, write end)
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: echo until the parent closes its end
+        try:
+            os.close(to_child)
+            os.close(from_child)
+            while os.read(from_parent, 1):
+                os.write(to_parent, b"x")
+        finally:
+            os._exit(0)
+    os.close(from_parent)
+    os.close(to_parent)
+
+    def ping() -> None:
+        os.write(to_child, b"x")
+        os.read(from_child, 1)
+
+    try:
+        return per_call_us(ping, calls, repeats)
+    finally:
+        os.close(to_child)
+        os.close(from_child)
+        os.waitpid(pid, 0)
+
+
 def bench_sessions(box: LocalSandbox, sessions: int) -> None:
     task = get_task("preference")
     spec = JailSpec(source=task.baselines["dpo"], slot=task.slot.name, kind=DIFFERENTIABLE,
@@ -179,6 +210,8 @@ def main() -> None:
               f"{'in-process':>10} {'jailed':>10} {'overhead':>10} {'ratio':>8}")
         bench_loss(box, args.calls, args.repeats)
         bench_update(box, args.calls, args.repeats)
+        floor = pipe_floor_us(args.calls, args.repeats)
+        print(f"{'    floor: 1-byte pipe ping-pong with a fork':44} {'':10} {floor:10.1f}")
         bench_sessions(box, args.sessions)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 

@@ -22,7 +22,6 @@ The trusted side reads back only ``result.pt`` (raw tensors) and scores it itsel
 
 from __future__ import annotations
 
-import glob
 import itertools
 import json
 import os
@@ -122,19 +121,6 @@ def _parent_dir_args(destinations: list[str], below: str = "") -> list[str]:
     return args
 
 
-def gpu_device_args() -> list[str]:
-    """bwrap arguments that give a GPU job the NVIDIA device nodes and the sysfs the CUDA driver
-    reads. Every /dev/nvidia* node is bound; CUDA_VISIBLE_DEVICES picks the worker's GPU (the
-    node numbering need not follow CUDA's order), so it is not a wall between GPUs."""
-    args: list[str] = []
-    for node in sorted(glob.glob("/dev/nvidia*")):
-        if os.path.exists(node) and not os.path.isdir(node):
-            args += ["--dev-bind", node, node]
-    if os.path.isdir("/dev/nvidia-caps"):
-        args += ["--dev-bind", "/dev/nvidia-caps", "/dev/nvidia-caps"]
-    return args + ["--ro-bind-try", "/sys", "/sys"]
-
-
 def _inside(path: str, top: str) -> bool:
     """Whether ``path`` is ``top`` or lies under it (both resolved)."""
     return path == top or path.startswith(top.rstrip("/") + "/")
@@ -181,16 +167,14 @@ def jail_view() -> JailView:
     return JailView(outside, root, inside, any(_inside(root, b) for b in outside))
 
 
-def bubblewrap_command(scratch: Path, gpu: bool = False) -> list[str]:
+def bubblewrap_command(scratch: Path) -> list[str]:
     """The bwrap prefix that gives a process only what running a candidate needs (see
-    :func:`jail_view`; and, for a sandbox that owns a GPU, the NVIDIA devices)."""
+    :func:`jail_view`); never a GPU: the jail computes on CPU copies of the slot's arguments."""
     args = [
         "bwrap", "--die-with-parent", "--new-session",
         "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
     ]
-    if gpu:
-        args += gpu_device_args()
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]

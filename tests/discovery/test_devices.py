@@ -13,7 +13,7 @@ from discovery.devices import DeviceError, resolve_device, trainer_device, trust
 from discovery.evaluation import Evaluator
 from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
-from sandbox.base import Job, Outcome, Sandbox, Status
+from sandbox.base import Job, Outcome, Status
 from sandbox.local import bubblewrap_command
 
 HAS_GPU = torch.cuda.is_available()
@@ -54,8 +54,8 @@ def test_local_pool_hands_out_visible_gpus_round_robin(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     pool = make_pool("local", 3, device="cuda")
     try:
-        assert [box.gpu for box in pool.sandboxes] == ["3", "5", "3"]
-        assert [box.env_extra["CUDA_VISIBLE_DEVICES"] for box in pool.sandboxes] == ["3", "5", "3"]
+        assert [box.gpu for box in pool.sandboxes] == ["3", "5", "3"]  # each worker's trainer owns one GPU
+        assert [box.env_extra["CUDA_VISIBLE_DEVICES"] for box in pool.sandboxes] == ["", "", ""]  # jails: none
     finally:
         pool.close()
     cpu_pool = make_pool("local", 2, device="cpu")
@@ -65,37 +65,36 @@ def test_local_pool_hands_out_visible_gpus_round_robin(monkeypatch):
         cpu_pool.close()
 
 
-def test_gpu_sandbox_gets_the_nvidia_devices_and_sysfs():
-    args = bubblewrap_command(__import__("pathlib").Path("/tmp"), gpu=True)
-    assert "/sys" in args
-    assert "/sys" not in bubblewrap_command(__import__("pathlib").Path("/tmp"), gpu=False)
+def test_a_jail_never_gets_a_gpu():
+    """The trusted trainer computes on the worker's GPU; the jail holds CPU copies of the slot's
+    arguments only, so it gets neither the NVIDIA device nodes nor /sys."""
+    args = " ".join(bubblewrap_command(__import__("pathlib").Path("/tmp")))
+    assert "/dev/nvidia" not in args and " /sys " not in args
 
 
-class RecordingSandbox(Sandbox):
-    """Records the jobs it is given (no process is started)."""
+@pytest.mark.parametrize(("device", "gpu", "expected"), [
+    ("cpu", None, "cpu"), ("cuda", None, "cuda:0"), ("cuda:1", None, "cuda:1"), ("cuda", "5", "cuda:1"),
+])
+def test_the_device_reaches_the_trainer(monkeypatch, device, gpu, expected):
+    """The job carries the run's device; the trainer computes on its worker's GPU, under this
+    process's index of it (CUDA_VISIBLE_DEVICES=3,5: GPU 5 is cuda:1 here)."""
+    import discovery.evaluation as evaluation
 
-    name = "recording"
-    isolation_notes: list[str] = []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    seen: list[tuple[Job, str]] = []
 
-    def __init__(self):
-        self.jobs: list[Job] = []
-        self.inputs: list[dict] = []
-
-    def run(self, job, inputs=None):  # noqa: ANN001, ANN201
-        self.jobs.append(job)
-        self.inputs.append(inputs or {})
+    def recording_run_job(box, job, inputs, task, device, suite=None):  # noqa: ANN001, ANN202
+        seen.append((job, device))
         return Outcome(Status.CRASHED, "recorded only")
 
-
-@pytest.mark.parametrize(("device", "expected"), [("cpu", "cpu"), ("cuda", "cuda:0"), ("cuda:1", "cuda:0")])
-def test_the_device_reaches_the_job(device, expected):
+    monkeypatch.setattr(evaluation, "run_job", recording_run_job)
     task = get_task("preference")
     evaluator = Evaluator(task, device=device)
-    evaluator.trusted_device = "cpu"  # no GPU here to prepare inputs on; the job's device is what is checked
-    box = RecordingSandbox()
+    evaluator.trusted_device = "cpu"  # no GPU here to prepare inputs on
+    box = type("Box", (), {"gpu": gpu})()
     evaluator.evaluate(task.seed_program, box, "discover", configs=["clean"], seeds=[0])
-    (job,) = box.jobs
-    assert job.device == expected
+    ((job, trainer),) = seen
+    assert job.device == device and trainer == expected
     assert job.limits.training_seconds == task.training_seconds
     assert job.limits.wall_seconds == 60 + task.training_seconds  # overhead + one training
 
@@ -115,8 +114,8 @@ def _evaluate_json(path, *args: str) -> dict:
 
 
 def test_a_real_job_sees_the_device_it_was_given(tmp_path):
-    """Through the real sandbox on the CPU: the candidate's tensors live on the job's device (and the
-    same check, asked to see a GPU, fails: the assertion is really evaluated)."""
+    """Through the real sandbox: the candidate's tensors are CPU copies in its jail (and the same
+    check, asked to see a GPU, fails: the assertion is really evaluated)."""
     on_cpu, on_gpu = tmp_path / "cpu.py", tmp_path / "gpu.py"
     on_cpu.write_text(_asserting_device("cpu"))
     on_gpu.write_text(_asserting_device("cuda:0"))
@@ -146,7 +145,8 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path):
 def test_evaluate_trains_on_the_gpu_in_the_local_sandbox(tmp_path, task):
     t = get_task(task)
     path = tmp_path / "candidate.py"
-    path.write_text(_asserting_device("cuda:0") if task == "preference" else t.seed_program)
+    # the trainer is on the GPU; the jail computes the loss on CPU copies of its arguments
+    path.write_text(_asserting_device("cpu") if task == "preference" else t.seed_program)
     proc = subprocess.run([sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--task", task,
                            "--device", "cuda", "--seeds", "1", "--json"], capture_output=True, text=True,
                           timeout=900)
