@@ -39,8 +39,11 @@ DTYPES: dict[str, torch.dtype] = {
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
                   torch.int16, torch.int8, torch.uint8, torch.bool)
 }
+ITEM_BYTES = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 #: pipe buffer asked for (Linux F_SETPIPE_SZ): fewer wake-ups for the tensors of one call
 PIPE_BYTES = 1 << 20
+#: bytes one read asks for at least: a whole small message (header, JSON, tensors) in one system call
+READ_BYTES = 1 << 16
 F_SETPIPE_SZ = 1031
 
 
@@ -75,8 +78,14 @@ def _encode_tree(value: Any, tensors: list[torch.Tensor], depth: int = 0) -> Any
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    flat = tensor.detach()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    if flat.dtype is torch.bfloat16:  # numpy has no bfloat16: go through its bytes
+        flat = flat.reshape(-1).view(torch.uint8)
+    return flat.numpy().tobytes()
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -128,7 +137,7 @@ def decode(document: bytes, payload: bytes) -> dict[str, Any]:
     if len(meta) > MAX_TENSORS:
         raise ProtocolError(f"more than {MAX_TENSORS} tensors")
     tensors: list[torch.Tensor] = []
-    buffer = bytearray(payload)
+    view = memoryview(payload)
     offset = 0
     for entry in meta:
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in DTYPES and isinstance(entry[1], list)):
@@ -138,17 +147,16 @@ def decode(document: bytes, payload: bytes) -> dict[str, Any]:
                                             for d in shape):
             raise ProtocolError(f"bad tensor shape {str(shape)[:60]}")
         count = math.prod(shape)
-        size = count * torch.empty((), dtype=dtype).element_size()
-        if offset + size > len(buffer):
+        size = count * ITEM_BYTES[dtype]
+        if offset + size > len(view):
             raise ProtocolError("tensor bytes run past the payload")
-        if count:
-            flat = torch.frombuffer(buffer, dtype=torch.uint8, count=size, offset=offset)
-            tensor = flat.view(dtype).reshape(shape).clone()
+        if count:  # a writable copy of its own bytes: the tensor owns its memory
+            tensor = torch.frombuffer(bytearray(view[offset:offset + size]), dtype=dtype).reshape(shape)
         else:
             tensor = torch.empty(shape, dtype=dtype)
         tensors.append(tensor)
         offset += size
-    if offset != len(buffer):
+    if offset != len(view):
         raise ProtocolError("payload holds bytes no tensor describes")
     tree = _decode_tree(data["tree"], tensors)
     if not isinstance(tree, dict):
@@ -188,6 +196,7 @@ class Channel:
     def __init__(self, read_fd: int, write_fd: int, wait: Waiter | None = None,
                  max_payload: int = MAX_PAYLOAD_BYTES):
         self.read_fd, self.write_fd, self.wait, self.max_payload = read_fd, write_fd, wait, max_payload
+        self._ahead = bytearray()
         if wait is not None:
             os.set_blocking(read_fd, False)
             os.set_blocking(write_fd, False)
@@ -196,30 +205,31 @@ class Channel:
         """Write one message (all of it, or ChannelClosed)."""
         view = memoryview(encode(message))
         while view:
-            if self.wait is not None:
-                self.wait(self.write_fd, True, deadline)
             try:
                 written = os.write(self.write_fd, view)
-            except BlockingIOError:
+            except BlockingIOError:  # the pipe is full: wait (watching the other side) and retry
+                if self.wait is not None:
+                    self.wait(self.write_fd, True, deadline)
                 continue
-            except (BrokenPipeError, OSError) as exc:
+            except OSError as exc:
                 raise ChannelClosed(f"the other side closed the channel ({exc.strerror})") from None
             view = view[written:]
 
     def _read_exactly(self, count: int, deadline: float) -> bytes:
-        chunks, left = [], count
-        while left:
-            if self.wait is not None:
-                self.wait(self.read_fd, False, deadline)
+        """``count`` bytes: from what was read ahead, then from the pipe (one read takes all there is)."""
+        while len(self._ahead) < count:
             try:
-                chunk = os.read(self.read_fd, min(left, 1 << 20))
-            except BlockingIOError:
+                chunk = os.read(self.read_fd, max(count - len(self._ahead), READ_BYTES))
+            except BlockingIOError:  # nothing there yet: wait (watching the other side) and retry
+                if self.wait is not None:
+                    self.wait(self.read_fd, False, deadline)
                 continue
             if not chunk:
                 raise ChannelClosed("the other side closed the channel")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+            self._ahead += chunk
+        data = bytes(self._ahead[:count])
+        del self._ahead[:count]
+        return data
 
     def receive(self, deadline: float = math.inf) -> dict[str, Any]:
         """Read and decode one message (ProtocolError when it breaks the format)."""
