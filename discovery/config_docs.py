@@ -36,8 +36,10 @@ ENVIRONMENT = [
     ("a model's `api_key_env`", "read instead of the provider's default variable for that model"),
     ("DISCOVERY_CACHE", "directory of trusted, derived artefacts (reference policies, reference scores); "
      "default `~/.cache/discovery`; `off` disables the cache"),
-    ("DISCOVERY_THREADS_PER_JOB", "CPU threads of each sandboxed job (default 1; never more than the workers' "
-     "share of the cores)"),
+    ("DISCOVERY_THREADS_PER_JOB", "CPU threads of each jailed function server (default 1; never more than the "
+     "workers' share of the cores)"),
+    ("DISCOVERY_HELDOUT_SECRET", "the held-out secret of `evaluate` and `baselines` outside a run (a run uses "
+     "its archive's own; unset: the held-out environments are the public ones)"),
     ("DISCOVERY_DEBUG", "`1`: an internal error prints its traceback besides the one-line reason"),
     ("DISCOVERY_DB", "the archive the dashboard opens when started without `--db` (`streamlit run app.py`)"),
     ("DISCOVERY_VENV", "where `scripts/install.sh` creates the virtual environment (default `.venv` in the "
@@ -48,8 +50,8 @@ ENVIRONMENT = [
 ]
 
 #: never passed to a candidate: the sandbox's environment is built from scratch (docs/sandbox.md)
-SANDBOX_NOTE = ("None of these variables reaches a candidate: every sandboxed job gets a scrubbed environment "
-                "(PATH, HOME, LANG, thread counts and its GPU only).")
+SANDBOX_NOTE = ("None of these variables reaches a candidate: every jail gets a scrubbed environment "
+                "(PATH, HOME, LANG and thread counts only; no GPU).")
 
 EXAMPLE = "examples/run.toml"
 
