@@ -109,7 +109,7 @@ CHEATS = {
     "keep_the_arguments": KEEP_THE_ARGUMENTS,
 }
 
-pytestmark = pytest.mark.skipif(bool(bubblewrap_problem()), reason=f"no bubblewrap: {bubblewrap_problem()}")
+needs_bwrap = pytest.mark.skipif(bool(bubblewrap_problem()), reason=f"no bubblewrap: {bubblewrap_problem()}")
 
 
 class Unguarded(Evaluator):
@@ -124,13 +124,23 @@ class Unguarded(Evaluator):
         return super().run(replace(job, guarded=False), sandbox, inputs, suite)
 
 
-@pytest.fixture(scope="module")
-def scores() -> dict[str, object]:
+@pytest.fixture(scope="module", params=["local", "docker"])
+def scores(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Each cheat's report, on both backends (Docker through the shared test image)."""
+    if request.param == "local":
+        if bubblewrap_problem():
+            pytest.skip(f"no bubblewrap: {bubblewrap_problem()}")
+        box = LocalSandbox()
+    else:
+        from sandbox.docker_backend import DockerSandbox
+
+        box = DockerSandbox(image=request.getfixturevalue("docker_image"))
     evaluator = Unguarded(TASK)
-    with LocalSandbox() as box:
-        reports = {name: evaluator.evaluate(source, box, configs=["clean"], seeds=[0])
-                   for name, source in {"dpo": TASK.seed_program, **CHEATS}.items()}
-    return reports
+    try:
+        return {name: evaluator.evaluate(source, box, configs=["clean"], seeds=[0])
+                for name, source in {"dpo": TASK.seed_program, **CHEATS}.items()}
+    finally:
+        box.close()
 
 
 @pytest.mark.parametrize("name", sorted(CHEATS))
@@ -169,6 +179,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+@needs_bwrap
 def test_through_the_cli_each_cheat_is_refused_with_its_line_or_scores_like_dpo(tmp_path: Path):
     """As a user meets them (``discovery evaluate``, every wall on): refused by the policy with a
     one-line reason naming the line, or, where the allow-list lets the attempt through, scored
