@@ -47,17 +47,42 @@ BATCH = 64
 PARAM_SHAPES = ((64, 64), (64,), (10, 64), (10,))
 
 
-def per_call_us(fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 50) -> float:
-    """Median over ``repeats`` blocks of the mean time of one call of ``fn`` in a block, in µs."""
+class Timing:
+    """Per-call figures of one measurement, in µs: wall clock, this process's CPU, the jail's CPU."""
+
+    def __init__(self, wall: float, cpu: float, jail_cpu: float | None = None):
+        self.wall, self.cpu, self.jail_cpu = wall, cpu, jail_cpu
+
+
+def per_call(fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 50) -> Timing:
+    """Medians over ``repeats`` blocks of the mean wall and CPU time of one call of ``fn``, in µs."""
     for _ in range(warmup):
         fn()
-    blocks = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(calls):
             fn()
-        blocks.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(blocks)
+        walls.append((time.perf_counter() - t0) / calls * 1e6)
+        cpus.append((time.process_time() - c0) / calls * 1e6)
+    return Timing(statistics.median(walls), statistics.median(cpus))
+
+
+def session_cpu(box: LocalSandbox, spec: JailSpec, body: Callable[[Any], Any] | None = None) -> tuple[Any, float, int]:
+    """Run ``body(session)`` in a fresh session; (its result, the jail's CPU seconds, requests made)."""
+    with box.session(spec, seconds=600) as session:
+        result = body(session) if body else None
+    exited = session.watch.exited() or {}
+    return result, float(exited.get("cpu_seconds") or 0.0), session.calls
+
+
+def jailed(box: LocalSandbox, spec: JailSpec, make: Callable[[Any], Callable[[], Any]], calls: int,
+           repeats: int, empty_cpu: float) -> Timing:
+    """``per_call`` of ``make(session)()`` in its own session, with the jail's CPU per request (the
+    session's CPU time less an empty session's, over the requests it answered)."""
+    timing, cpu, requests = session_cpu(box, spec, lambda session: per_call(make(session), calls, repeats))
+    timing.jail_cpu = max(0.0, cpu - empty_cpu) / max(1, requests) * 1e6
+    return timing
 
 
 def local_function(source: str, name: str) -> Callable[..., Any]:
@@ -72,8 +97,21 @@ def loss_args() -> tuple[list[torch.Tensor], float]:
     return [pc.requires_grad_(True), pr.requires_grad_(True), rc, rr], 0.1
 
 
-def row(name: str, local: float, jailed: float) -> None:
-    print(f"{name:44} {local:10.1f} {jailed:10.1f} {jailed - local:10.1f} {jailed / local:7.1f}x")
+def header(repeats: int, calls: int) -> None:
+    print(f"µs per call, median of {repeats} blocks x {calls} calls; CPU: this process / the jail")
+    print(f"{'call':44} {'in-process':>10} {'jailed':>9} {'overhead':>9} {'ratio':>6}   "
+          f"{'CPU in-process':>14} {'CPU jailed: here + jail':>24}")
+
+
+def row(name: str, local: Timing, jail: Timing) -> None:
+    cpu = f"{jail.cpu:8.1f} + {jail.jail_cpu:6.1f} = {jail.cpu + jail.jail_cpu:6.1f}" if jail.jail_cpu is not None \
+        else f"{jail.cpu:8.1f} (no jail)"
+    print(f"{name:44} {local.wall:10.1f} {jail.wall:9.1f} {jail.wall - local.wall:9.1f} "
+          f"{jail.wall / local.wall:5.1f}x   {local.cpu:14.1f} {cpu:>24}")
+
+
+def empty_session_cpu(box: LocalSandbox, spec: JailSpec) -> float:
+    return statistics.median(session_cpu(box, spec)[1] for _ in range(5))
 
 
 def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
@@ -91,21 +129,30 @@ def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
         out = fn(*tensors, beta)
         (out.mean() if mean else (out * weights).sum()).backward()
 
-    in_process = per_call_us(lambda: step(local), calls, repeats)
-    server = Slot(spec)  # the jail's own work, run here: guarded candidate, autograd.grad, no transport
-    detached = [t.detach() for t in tensors]
-    jail_side = per_call_us(lambda: server.call([*detached, beta], [0, 1], "mean"), calls, repeats)
-    in_process_sum = per_call_us(lambda: step(local, mean=False), calls, repeats)
-    with box.session(spec, seconds=600) as session:
-        jailed = JailedFunction(session)
-        step(jailed)
+    def check(session: Any) -> None:
+        step(JailedFunction(session))
         expected = [t.grad.clone() for t in tensors[:2]]
         step(local)
         assert all(torch.allclose(a, t.grad) for a, t in zip(expected, tensors[:2], strict=True)), "VJP differs"
-        through_jail = per_call_us(lambda: step(jailed), calls, repeats)
-        through_jail_sum = per_call_us(lambda: step(jailed, mean=False), calls, repeats)
-    row("(a) DPO loss, forward + mean backward", in_process, through_jail)
-    row("    same, weighted-sum backward (2 trips)", in_process_sum, through_jail_sum)
+
+    session_cpu(box, spec, check)
+    empty = empty_session_cpu(box, spec)
+    in_process = per_call(lambda: step(local), calls, repeats)
+    in_process_sum = per_call(lambda: step(local, mean=False), calls, repeats)
+    server = Slot(spec)  # the jail's own work, run here: guarded candidate, autograd.grad, no transport
+    detached = [t.detach() for t in tensors]
+    jail_side = per_call(lambda: server.call([*detached, beta], [0, 1], "mean"), calls, repeats)
+
+    def stepper(mean: bool) -> Callable[[Any], Callable[[], None]]:
+        def make(session: Any) -> Callable[[], None]:
+            fn = JailedFunction(session)
+            return lambda: step(fn, mean)
+        return make
+
+    mean = jailed(box, spec, stepper(True), calls, repeats, empty)
+    weighted = jailed(box, spec, stepper(False), calls, repeats, empty)
+    row("(a) DPO loss, forward + mean backward", in_process, mean)
+    row("    same, weighted-sum backward (2 trips)", in_process_sum, weighted)
     row("    jail-side work alone (Slot.call here)", in_process, jail_side)
 
 
@@ -118,24 +165,22 @@ def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
     local = LocalUpdateRule(local_function(source, task.slot.name))
     spec = JailSpec(source=source, slot=task.slot.name, kind=UPDATE_RULE,
                     allowed_imports=tuple(task.slot.allowed_imports))
-    counter = {"local": 0, "jail": 0}
 
-    def step(rule: Any, key: str) -> list[Any]:
-        counter[key] += 1
-        return rule.step(params, grads, 1e-3, counter[key])
+    def stepper(rule: Any) -> Callable[[], list[Any]]:
+        rule.reset(0)
+        counter = iter(range(1, 1 << 30))
+        return lambda: rule.step(params, grads, 1e-3, next(counter))
 
-    local.reset(0)
-    in_process = per_call_us(lambda: step(local, "local"), calls, repeats)
-    server = Slot(spec)
-    jail_side = per_call_us(lambda: server.update(params, grads, 1e-3, 1), calls, repeats)
-    with box.session(spec, seconds=600) as session:
-        jailed = JailedUpdateRule(session)
-        jailed.reset(0)
-        local.reset(0)
-        counter.update(local=0, jail=0)
-        a, b = step(jailed, "jail"), step(local, "local")
+    def check(session: Any) -> None:
+        a, b = stepper(JailedUpdateRule(session))(), stepper(local)()
         assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True)), "update differs"
-        through_jail = per_call_us(lambda: step(jailed, "jail"), calls, repeats)
+
+    session_cpu(box, spec, check)
+    empty = empty_session_cpu(box, spec)
+    in_process = per_call(stepper(local), calls, repeats)
+    server = Slot(spec)
+    jail_side = per_call(lambda: server.update(params, grads, 1e-3, 1), calls, repeats)
+    through_jail = jailed(box, spec, lambda session: stepper(JailedUpdateRule(session)), calls, repeats, empty)
     n = sum(p.numel() for p in params)
     row(f"(b) AdamW step, {len(params)} tensors, {n} values", in_process, through_jail)
     row("    jail-side work alone (Slot.update here)", in_process, jail_side)
@@ -163,7 +208,7 @@ def pipe_floor_us(calls: int, repeats: int) -> float:
         os.read(from_child, 1)
 
     try:
-        return per_call_us(ping, calls, repeats)
+        return per_call(ping, calls, repeats).wall
     finally:
         os.close(to_child)
         os.close(from_child)
@@ -206,8 +251,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"load average {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} cores")
     with LocalSandbox(threads=1) as box:
-        print(f"{'call (µs per call, median of ' + str(args.repeats) + ' x ' + str(args.calls) + ')':44} "
-              f"{'in-process':>10} {'jailed':>10} {'overhead':>10} {'ratio':>8}")
+        header(args.repeats, args.calls)
         bench_loss(box, args.calls, args.repeats)
         bench_update(box, args.calls, args.repeats)
         floor = pipe_floor_us(args.calls, args.repeats)

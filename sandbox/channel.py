@@ -58,7 +58,7 @@ class ChannelClosed(Exception):
 def _encode_tree(value: Any, tensors: list[torch.Tensor], depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, torch.Tensor):
+    if type(value) is torch.Tensor or isinstance(value, torch.Tensor):
         tensors.append(value)
         return {TENSOR_KEY: len(tensors) - 1}
     if value is None or isinstance(value, (bool, int, str)):
@@ -78,14 +78,13 @@ def _encode_tree(value: Any, tensors: list[torch.Tensor], depth: int = 0) -> Any
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach()
-    if flat.device.type != "cpu":
-        flat = flat.cpu()
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
-    if flat.dtype is torch.bfloat16:  # numpy has no bfloat16: go through its bytes
-        flat = flat.reshape(-1).view(torch.uint8)
-    return flat.numpy().tobytes()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        tensor = tensor.to("cpu").contiguous()
+    if tensor.dtype is torch.bfloat16:  # numpy has no bfloat16: go through its bytes
+        tensor = tensor.reshape(-1).view(torch.uint8)
+    return tensor.numpy().tobytes()
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -151,7 +150,9 @@ def decode(document: bytes, payload: bytes) -> dict[str, Any]:
         if offset + size > len(view):
             raise ProtocolError("tensor bytes run past the payload")
         if count:  # a writable copy of its own bytes: the tensor owns its memory
-            tensor = torch.frombuffer(bytearray(view[offset:offset + size]), dtype=dtype).reshape(shape)
+            tensor = torch.frombuffer(bytearray(view[offset:offset + size]), dtype=dtype)
+            if len(shape) != 1:
+                tensor = tensor.reshape(shape)
         else:
             tensor = torch.empty(shape, dtype=dtype)
         tensors.append(tensor)

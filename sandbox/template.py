@@ -40,6 +40,8 @@ def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
     """In the forked child: put up the walls, run the job, never return."""
     code = 70
     try:
+        signal.set_wakeup_fd(-1)  # the template's wake-up pipe and SIGCHLD handler are not the child's
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -75,9 +77,21 @@ def serve(env: dict[str, str], uid: int) -> None:
     running: dict[int, str] = {}  # pid -> job id
     buffer = b""
     stdin_open = True
+    # a child's exit wakes the loop at once (SIGCHLD through a wake-up pipe), instead of at its next poll
+    wake_read, wake_write = os.pipe()
+    for fd in (wake_read, wake_write):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_write)
     while stdin_open or running:
-        readable, _, _ = select.select([_requests] if stdin_open else [], [], [], 0.01)
-        if readable:
+        readable, _, _ = select.select([_requests, wake_read] if stdin_open else [wake_read], [], [], 0.5)
+        if wake_read in readable:
+            try:
+                while os.read(wake_read, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if _requests in readable:
             chunk = os.read(_requests, 65536)
             if not chunk:
                 stdin_open = False
