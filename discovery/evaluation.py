@@ -264,6 +264,8 @@ class Evaluator:
         (``suite``: the one its configurations come from, salted where held out)."""
         from sandbox.pool import visible_gpus
 
+        if hasattr(sandbox, "run_job"):  # a worker with a trusted trainer process of its own
+            return sandbox.run_job(job, inputs, self.task_ref, self.device, suite)
         gpu = getattr(sandbox, "gpu", None)
         device = trainer_device(self.device, gpu, visible_gpus() if gpu is not None else [])
         return run_job(sandbox, job, inputs, self.task, device, suite=suite)

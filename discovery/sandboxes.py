@@ -17,12 +17,17 @@ def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = 
               device: str = "cpu") -> SandboxPool:
     """A pool of ``workers`` sandboxes of backend ``kind``. With a CUDA ``device`` (resolved, see
     :mod:`discovery.devices`) each worker owns one GPU, round-robin over the visible ones
-    (``cuda``) or the one named (``cuda:N``); with ``cpu`` no job sees a GPU."""
+    (``cuda``) or the one named (``cuda:N``); with ``cpu`` no job sees a GPU. Local workers, when
+    there are several, each get a trusted trainer process of their own (:mod:`discovery.trainer_process`)."""
     if kind not in BACKENDS:
         raise SandboxUnavailable(f"unknown sandbox {kind!r} (choose from {', '.join(BACKENDS)})")
 
     def factory(index: int, gpu: str | None, threads: int) -> Sandbox:
         if kind == "local":
+            if workers > 1:  # each worker's trainer in a process of its own: they train in parallel
+                from discovery.trainer_process import TrainerProcess
+
+                return TrainerProcess(gpu=gpu, threads=threads)
             from sandbox.local import LocalSandbox
 
             return LocalSandbox(threads=threads, gpu=gpu)
