@@ -14,7 +14,7 @@ from discovery.evaluation import Evaluator
 from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
 from sandbox.base import Job, Outcome, Status
-from sandbox.local import bubblewrap_command
+from sandbox.local import LocalSandbox, bubblewrap_command
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -55,12 +55,13 @@ def test_local_pool_hands_out_visible_gpus_round_robin(monkeypatch):
     pool = make_pool("local", 3, device="cuda")
     try:
         assert [box.gpu for box in pool.sandboxes] == ["3", "5", "3"]  # each worker's trainer owns one GPU
-        assert [box.env_extra["CUDA_VISIBLE_DEVICES"] for box in pool.sandboxes] == ["", "", ""]  # jails: none
     finally:
         pool.close()
+    with LocalSandbox(gpu="5") as box:  # what each worker's sandbox is: its jails see no GPU at all
+        assert box.gpu == "5" and box.env_extra["CUDA_VISIBLE_DEVICES"] == ""
     cpu_pool = make_pool("local", 2, device="cpu")
-    try:  # a CPU run hides every GPU from its jobs
-        assert [box.env_extra["CUDA_VISIBLE_DEVICES"] for box in cpu_pool.sandboxes] == ["", ""]
+    try:  # a CPU run gives no worker a GPU
+        assert [box.gpu for box in cpu_pool.sandboxes] == [None, None]
     finally:
         cpu_pool.close()
 
