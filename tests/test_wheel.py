@@ -316,7 +316,7 @@ source = """
 import importlib
 def loss(a, b, c, d, beta):
     seen = []
-    for name in ("sandbox.function_server", "discovery", "discovery.tasks.preference.env"):
+    for name in ("sandbox.function_server", "discovery.tasks", "discovery.tasks.preference.env"):
         try:
             importlib.import_module(name)
             seen.append(name)
@@ -332,7 +332,8 @@ print(json.dumps({"status": outcome.status.value, "reason": outcome.reason}))
 
 def test_an_installed_jail_sees_the_sandbox_package_and_not_the_trainer(installed: Installed):
     """Installed, both packages sit in one site-packages, which the jail binds: ``discovery/`` (tasks,
-    environments, the trainer) is covered there, the function server's ``sandbox/`` is not."""
+    environments, the trainer) is covered there by an empty directory (which Python would import as
+    an empty namespace package: nothing of it is there), the function server's ``sandbox/`` is not."""
     out = sh([installed.python, "-c", JAIL_PROBE], timeout=300, cwd=installed.work, env=installed.env())
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["status"] == "error", result
