@@ -20,7 +20,7 @@ from typing import Any
 from sandbox.base import Outcome, Status
 from sandbox.channel import Channel, ChannelClosed, ProtocolError
 from sandbox.function_server import FROM_JAIL, TO_JAIL, JailSpec
-from sandbox.jobfiles import SCRATCH_POLL_SECONDS, read_outcome, scratch_budget, scratch_exceeded
+from sandbox.jobfiles import SCRATCH_POLL_SECONDS, read_log_tail, read_outcome, scratch_budget, scratch_exceeded
 from sandbox.runner import one_line
 
 #: how long a jail may take to load the candidate and say it is ready, beyond its own deadline's share
@@ -145,7 +145,7 @@ class Session:
         self.outcome = Outcome(
             Status(status), one_line(str(failure.get("reason", ""))), stage=one_line(str(failure.get("stage", "")), 20),
             seconds=time.monotonic() - self.started, line=line if isinstance(line, int) and line > 0 else None,
-            stderr_tail=read_outcome_tail(self.directory),
+            stderr_tail=read_log_tail(self.directory),
         )
         raise JailEnded(self.outcome)
 
@@ -159,7 +159,7 @@ class Session:
             self._wait_exit()
             self.outcome = Outcome(Status.INVALID, one_line(f"malformed reply from the sandbox: {exc}"),
                                    stage="call", seconds=time.monotonic() - self.started,
-                                   stderr_tail=read_outcome_tail(self.directory))
+                                   stderr_tail=read_log_tail(self.directory))
             raise JailEnded(self.outcome) from None
         if "failure" in reply:
             self._failed(reply)
@@ -196,7 +196,7 @@ class Session:
             self.watch.kill()
             self._wait_exit()
             self.outcome = Outcome(Status.OK, seconds=time.monotonic() - self.started,
-                                   stderr_tail=read_outcome_tail(self.directory))
+                                   stderr_tail=read_log_tail(self.directory))
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -204,10 +204,3 @@ class Session:
                 pass
         self._fds = ()
         return self.outcome
-
-
-def read_outcome_tail(directory: Path) -> str:
-    """The tail of what the jail printed (bounded; for feedback only)."""
-    from sandbox.jobfiles import read_log_tail
-
-    return read_log_tail(directory)
