@@ -458,7 +458,7 @@ PYEOF
 docker run --rm --network none --read-only "$IMAGE" \
     python -c "import torch, numpy, sandbox, discovery; print('torch', torch.__version__)" >&2
 docker run --rm --network none --read-only "$IMAGE" \
-    python -I -c "import torch, numpy, scipy, sandbox.runner, discovery; torch.ones(2).sum().item()" >&2
+    python -I -c "import torch, numpy, scipy, sandbox.jail.runner, discovery; torch.ones(2).sum().item()" >&2
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 echo "docker-test-image: $IMAGE size $((size / 1000000)) MB, ${SECONDS} s" >&2
 echo "$IMAGE"

@@ -10,7 +10,7 @@ import sys
 from discovery.evaluation import Evaluator
 from discovery.stats import mean_ci
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 HEAD = (
     "import math\n\nimport torch\nimport torch.nn.functional as F\n\n\n"

@@ -38,8 +38,9 @@ import torch
 from discovery.slots import JailedFunction, JailedUpdateRule
 from discovery.tasks import get_task
 from discovery.tasks.base import LocalUpdateRule
-from sandbox.function_server import DIFFERENTIABLE, UPDATE_RULE, JailSpec, Slot
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
+from sandbox.jail.function_server import Slot
+from sandbox.wire import DIFFERENTIABLE, UPDATE_RULE, JailSpec
 
 #: the preference-task shapes of one call (batch of 64 pairs)
 BATCH = 64

@@ -24,7 +24,7 @@ from discovery.config import RunConfig
 from discovery.evaluation import Evaluator
 from discovery.stats import mean_ci
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 CONFIRM_SEEDS = list(range(10, 20))
 

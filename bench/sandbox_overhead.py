@@ -31,8 +31,8 @@ from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
 from discovery.training import run_job
 from sandbox.base import Job, Limits
-from sandbox.jobfiles import input_key
-from sandbox.local import LocalSandbox
+from sandbox.host.jobfiles import input_key
+from sandbox.host.local import LocalSandbox
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:

@@ -21,8 +21,8 @@ import time
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
-from sandbox.pool import threads_per_worker
+from sandbox.host.local import LocalSandbox
+from sandbox.host.pool import threads_per_worker
 
 #: the issue's per-task target for one candidate's discover suite (20 s for the tasks added later)
 TARGET_SECONDS = {"preference": 10}

@@ -21,8 +21,8 @@ from discovery.stats import Estimate, mean_ci
 from discovery.tasks import SeedMetrics, Suite, Task
 from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Sandbox, Status
-from sandbox.jobfiles import input_key
-from sandbox.policy import Policy, check_source
+from sandbox.host.jobfiles import input_key
+from sandbox.static.policy import Policy, check_source
 
 #: wall-clock seconds a job gets beyond its trainings: start, imports, the contract check
 JOB_OVERHEAD_SECONDS = 60
@@ -113,6 +113,8 @@ class EvaluationReport:
     stage: str = ""
     reason: str = ""
     line: int | None = None
+    error_class: str = ""  # the exception's class, when the candidate raised one
+    message: str = ""  # the exception's own message
     fitness: Estimate | None = None
     configs: list[ConfigResult] = field(default_factory=list)
     seconds: float = 0.0
@@ -137,6 +139,8 @@ class EvaluationReport:
             "stage": self.stage,
             "reason": self.reason,
             "line": self.line,
+            "error_class": self.error_class,
+            "message": self.message,
             "fitness": self.fitness.as_dict() if self.fitness else None,
             "configs": [c.to_dict() for c in self.configs],
             "seconds": self.seconds,
@@ -206,7 +210,7 @@ class Evaluator:
             if problem is None:
                 return None
             line, reason = problem
-            return EvaluationReport(task=self.task.name, suite="", status=Status.CONTRACT, stage="contract",
+            return EvaluationReport(task=self.task.name, suite="", status=Status.INVALID, stage="contract",
                                     reason=reason, line=line)
         first = violations[0]
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
@@ -262,7 +266,7 @@ class Evaluator:
             suite: Suite | None = None) -> Outcome:
         """``job`` trained here, on this worker's device, with the candidate's function jailed in ``sandbox``
         (``suite``: the one its configurations come from, salted where held out)."""
-        from sandbox.pool import visible_gpus
+        from sandbox.host.pool import visible_gpus
 
         if hasattr(sandbox, "run_job"):  # a worker with a trusted trainer process of its own
             return sandbox.run_job(job, inputs, self.task_ref, self.device, suite)
@@ -286,6 +290,7 @@ class Evaluator:
     ) -> EvaluationReport:
         report = EvaluationReport(task=self.task.name, suite=suite.name, status=outcome.status,
                                   stage=outcome.stage, reason=outcome.reason, line=outcome.line,
+                                  error_class=outcome.error_class, message=outcome.message,
                                   log_tail=outcome.stderr_tail)
         if not outcome.ok:
             if not report.stage:

@@ -38,7 +38,7 @@ from discovery.untrusted import (
     one_line_untrusted,
     quote_untrusted,
 )
-from sandbox.policy import annotate
+from sandbox.static.policy import annotate
 
 __all__ = [
     "annotated_error",
@@ -88,10 +88,6 @@ _STATUS_CLASS = {
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _one_line(text: Any, limit: int = DIGEST_CHARS) -> str:
-    return one_line_untrusted(text, limit)
 
 
 def _num(value: Any) -> float | None:
@@ -227,7 +223,7 @@ def _detail(row: Mapping[str, Any]) -> str:
     reason = _WHERE.sub("", reason)
     reason = _LINE_PREFIX.sub("", reason, count=1)
     reason = _CLASS_PREFIX.sub("", reason, count=1)
-    return _one_line(reason, 200) or "no reason recorded"
+    return one_line_untrusted(reason, 200) or "no reason recorded"
 
 
 def failure_digest(row: Mapping[str, Any]) -> str:
@@ -242,7 +238,7 @@ def failure_digest(row: Mapping[str, Any]) -> str:
     reason = str(row.get("reason") or "").strip() or "no reason recorded"
     if not row.get("code") and status == "parse" and not reason.lower().startswith("unusable reply"):
         reason = f"unusable reply: {reason}"
-    return _one_line(f"{_name(row)} [{tag}] {reason}")
+    return one_line_untrusted(f"{_name(row)} [{tag}] {reason}", DIGEST_CHARS)
 
 
 def _slot_return_line(code: str, slot_name: str | None) -> int | None:
@@ -463,7 +459,7 @@ def config_summary(row: Mapping[str, Any] | None, digits: int = 2) -> str:
     parts = []
     for cname, entry in _per_config(row).items():
         fit, _ = _cfg_fit(entry)
-        parts.append(f"{_one_line(cname, 30)} {_fmt(fit, digits)}")
+        parts.append(f"{one_line_untrusted(cname, 30)} {_fmt(fit, digits)}")
     return ", ".join(parts)
 
 
@@ -567,14 +563,15 @@ def candidate_trace(
     if row.get("id"):
         head += f" (id {name_untrusted(row['id'])})"
     lines = [head]
-    thought = _one_line(row.get("thought") or "", THOUGHT_CHARS)
+    thought = one_line_untrusted(row.get("thought") or "", THOUGHT_CHARS)
     if thought:
         lines.append(quote_untrusted(thought, THOUGHT_CHARS, label=IDEA_LABEL))
     code = str(row.get("code") or "")
     if _failed(row):
-        stage = _one_line(row.get("failed_stage") or "", 20)
-        reason = _one_line(row.get("reason") or "no reason recorded", REASON_CHARS)
-        lines.append(f"Status: FAILED [{_one_line(row.get('status'), 20)}]" + (f" at stage {stage}" if stage else ""))
+        stage = one_line_untrusted(row.get("failed_stage") or "", 20)
+        reason = one_line_untrusted(row.get("reason") or "no reason recorded", REASON_CHARS)
+        status = one_line_untrusted(row.get("status"), 20)
+        lines.append(f"Status: FAILED [{status}]" + (f" at stage {stage}" if stage else ""))
         lines.append(quote_untrusted(reason, REASON_CHARS, label=f"Reason, {DATA_LABEL}"))
         log_tail = row.get("log_tail")
         if log_tail:

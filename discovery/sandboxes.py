@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from discovery.devices import worker_gpus
 from sandbox.base import Sandbox
-from sandbox.pool import SandboxPool, visible_gpus
+from sandbox.host.pool import SandboxPool, visible_gpus
 
 BACKENDS = ("local", "docker")
 
@@ -28,10 +28,10 @@ def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = 
                 from discovery.trainer_process import TrainerProcess
 
                 return TrainerProcess(gpu=gpu, threads=threads)
-            from sandbox.local import LocalSandbox
+            from sandbox.host.local import LocalSandbox
 
             return LocalSandbox(threads=threads, gpu=gpu)
-        from sandbox.docker_backend import DockerSandbox, DockerUnavailable
+        from sandbox.host.docker_backend import DockerSandbox, DockerUnavailable
 
         try:
             box = DockerSandbox(image=docker_image or "discovery-sandbox:test", gpus=[gpu] if gpu else None)

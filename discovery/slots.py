@@ -1,7 +1,7 @@
 """The trusted side of a jailed slot: proxies a task's trainer calls as if they were the candidate.
 
 The trainer (model, optimizer, data, curves) runs here; the candidate's function runs in a
-jailed function server (:mod:`sandbox.function_server`) that gets copies of the slot's
+jailed function server (:mod:`sandbox.jail.function_server`) that gets copies of the slot's
 arguments and nothing else. Two kinds of slot:
 
 * :class:`JailedFunction` (losses): ``fn(*args)`` returns the jail's output as a tensor of the
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import TrainingFailed
-from sandbox.session import Session
+from sandbox.host.session import Session
 
 #: Python values a slot argument may be besides a tensor
 PLAIN = (bool, int, float, type(None))
@@ -133,7 +133,7 @@ class JailedUpdateRule:
 
 def jailed_slot(kind: str, session: Session, call_seconds: float = 0.0) -> Any:
     """The proxy a task's trainer gets for a slot of ``kind`` (``Slot.kind``)."""
-    from sandbox.function_server import UPDATE_RULE
+    from sandbox.wire import UPDATE_RULE
 
     if kind == UPDATE_RULE:
         return JailedUpdateRule(session, call_seconds)

@@ -43,7 +43,7 @@ def _run(box: Sandbox, job: Job, inputs: dict[str, Any] | None, task_ref: str, r
     from discovery.devices import trainer_device
     from discovery.tasks import get_task
     from discovery.training import run_job
-    from sandbox.pool import visible_gpus
+    from sandbox.host.pool import visible_gpus
 
     gpu = getattr(box, "gpu", None)
     device = trainer_device(run_device, gpu, visible_gpus() if gpu is not None else [])
@@ -70,7 +70,7 @@ def serve(requests: Connection, replies: Connection, gpu: str | None, threads: i
     import torch
 
     torch.set_num_threads(1)
-    from sandbox.local import LocalSandbox
+    from sandbox.host.local import LocalSandbox
 
     box = LocalSandbox(threads=threads, gpu=gpu)
     _send(replies, ("ok", list(box.isolation_notes)))

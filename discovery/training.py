@@ -18,10 +18,10 @@ from typing import Any
 from discovery.slots import jailed_slot
 from discovery.tasks import ContractError, Suite, Task, TrainingFailed, get_task
 from sandbox.base import Job, Outcome, Sandbox, Status
-from sandbox.function_server import JailSpec
-from sandbox.jobfiles import input_key
-from sandbox.runner import one_line
-from sandbox.session import JailEnded
+from sandbox.host.jobfiles import input_key
+from sandbox.host.session import JailEnded
+from sandbox.text import one_line
+from sandbox.wire import JailSpec
 
 #: seconds the contract check's session may take at most (it calls the function a few times)
 CONTRACT_SECONDS = 60.0
@@ -88,7 +88,7 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
     except JailEnded as ended:
         return _ended(ended.outcome, "parse" if ended.outcome.status is Status.PARSE else stage)
     except (ContractError, TrainingFailed) as exc:
-        return Outcome(Status.CONTRACT, one_line(str(exc)), stage=stage, seconds=time.monotonic() - started)
+        return Outcome(Status.INVALID, one_line(str(exc)), stage=stage, seconds=time.monotonic() - started)
     outputs: dict[str, Any] = {}
     tail = ""
     if job.stage == "train":

@@ -20,18 +20,45 @@ from typing import Any
 
 
 class Status(str, enum.Enum):
-    """How a sandboxed job ended."""
+    """The one vocabulary of how a candidate stands: sandbox outcomes, the archive, selection,
+    feedback, the dashboard and the export all use it.
 
+    A status says *what* happened; *where* (reply, static, contract, cascade, full, heldout,
+    dedup) is a separate ``stage`` field. A sandbox job ends in ``OK`` or one of the failures;
+    ``PENDING``/``EVALUATING`` are a candidate's life before that, ``DUPLICATE`` and ``CULLED``
+    are decisions of the search.
+    """
+
+    PENDING = "pending"  # stored, not yet started
+    EVALUATING = "evaluating"  # being checked or trained
     OK = "ok"
     POLICY = "policy"  # rejected by the static policy before anything ran
-    PARSE = "parse"  # the source does not parse / does not define the slot
-    CONTRACT = "contract"  # the cheap contract check failed
+    PARSE = "parse"  # no usable code: the reply or the source does not parse / define the slot
     TIMEOUT = "timeout"  # wall clock or CPU time exhausted
     MEMORY = "memory"  # address-space limit hit
     OUTPUT = "output"  # wrote more than the file-size limit
     CRASHED = "crashed"  # killed by a signal, or exited without a result
-    INVALID = "invalid"  # returned something unusable (NaN, wrong shape or dtype)
+    INVALID = "invalid"  # broke the slot's contract: NaN, wrong shape or dtype, no gradient
     ERROR = "error"  # the candidate raised an exception
+    DUPLICATE = "duplicate"  # same normalized code as an earlier candidate of the run; not evaluated
+    CULLED = "culled"  # passed the checks but stopped by the cheap cascade stage
+
+    @property
+    def failed(self) -> bool:
+        """Whether this is a failure of the candidate's code (shown to proposers as a failure)."""
+        return self in FAILURES
+
+    @property
+    def finished(self) -> bool:
+        """Whether the candidate's evaluation is over (neither pending nor evaluating)."""
+        return self not in (Status.PENDING, Status.EVALUATING)
+
+
+#: the statuses that mean the candidate's code failed (a duplicate or culled one did not)
+FAILURES = frozenset(
+    {Status.POLICY, Status.PARSE, Status.TIMEOUT, Status.MEMORY, Status.OUTPUT, Status.CRASHED, Status.INVALID,
+     Status.ERROR}
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +78,7 @@ class Limits:
 @dataclass
 class Job:
     """What the trusted side is asked to do with one candidate (the jail sees only its source and
-    slot: :class:`sandbox.function_server.JailSpec`)."""
+    slot: :class:`sandbox.wire.JailSpec`)."""
 
     task: str  # built-in task name or path to a task file
     source: str
@@ -61,7 +88,7 @@ class Job:
     seeds: list[int] = field(default_factory=list)
     device: str = "cpu"  # where the trusted trainer computes
     limits: Limits = field(default_factory=Limits)
-    #: run the candidate under the run-time guard (sandbox/guard.py); only a trusted-side test of the
+    #: run the candidate under the run-time guard (sandbox/jail/guard.py); only a trusted-side test of the
     #: OS walls behind it (the hostile corpus) turns it off
     guarded: bool = True
 
@@ -77,6 +104,8 @@ class Outcome:
     stderr_tail: str = ""
     seconds: float = 0.0
     line: int | None = None  # the candidate's own line where the failure happened
+    error_class: str = ""  # the exception's class name when the candidate raised one
+    message: str = ""  # the exception's own message (one line), without the class or the line
 
     @property
     def ok(self) -> bool:
@@ -92,8 +121,8 @@ class Sandbox(ABC):
 
     @abstractmethod
     def session(self, spec: Any, seconds: float, max_payload: int = 1 << 28) -> AbstractContextManager[Any]:
-        """A fresh jailed function server for ``spec`` (a :class:`sandbox.function_server.JailSpec`),
-        ready to answer calls, as a context manager yielding its :class:`sandbox.session.Session`;
+        """A fresh jailed function server for ``spec`` (a :class:`sandbox.wire.JailSpec`),
+        ready to answer calls, as a context manager yielding its :class:`sandbox.host.session.Session`;
         it ends with the block. ``seconds`` bounds its life; raises ``JailEnded`` when the candidate
         cannot even be loaded."""
 

@@ -309,14 +309,14 @@ JAIL_PROBE = '''
 import json
 from discovery.training import run_job
 from sandbox.base import Job
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 if bubblewrap_problem():
     raise SystemExit("no bubblewrap: " + bubblewrap_problem())
 source = """
 import importlib
 def loss(a, b, c, d, beta):
     seen = []
-    for name in ("sandbox.function_server", "discovery.tasks", "discovery.tasks.preference.env"):
+    for name in ("sandbox.jail.function_server", "discovery.tasks", "discovery.tasks.preference.env"):
         try:
             importlib.import_module(name)
             seen.append(name)
@@ -337,7 +337,7 @@ def test_an_installed_jail_sees_the_sandbox_package_and_not_the_trainer(installe
     out = sh([installed.python, "-c", JAIL_PROBE], timeout=300, cwd=installed.work, env=installed.env())
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["status"] == "error", result
-    assert result["reason"].startswith("ValueError: importable=sandbox.function_server ("), result
+    assert result["reason"].startswith("ValueError: importable=sandbox.jail.function_server ("), result
 
 
 def test_version_from_console_script_and_python_m(installed: Installed, dists: Dists):

@@ -6,6 +6,11 @@ LLM proposes (so a reply is being written while every sandbox is busy). Ctrl-C s
 starting new candidates and lets the running ones finish; a second Ctrl-C stops at once.
 Either way, and after a SIGKILL, ``--resume`` continues without losing or repeating a
 finished evaluation.
+
+Each candidate is one invocation of the graph of :mod:`discovery.agent.pipeline` in a
+worker thread; the run's budget is the count of stored proposals (unusable replies
+included), taken one unit at a time through :meth:`Runtime.take_proposal` by the loop when it
+starts a slot and by the graph when it retries an unusable reply.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, summarize
+from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, step_limit, summarize
 from discovery.archive import Archive
 from discovery.config import ConfigError, RunConfig
 from discovery.devices import DeviceError, resolve_device
@@ -77,8 +82,11 @@ class RunResult:
     db: str
 
 
-def build_proposer(config: RunConfig, task: Task, runtime_ref: list[Runtime]) -> Proposer:
-    """The LLM proposer when models are configured, the offline mutation proposer otherwise."""
+def build_proposer(config: RunConfig, task: Task) -> Proposer:
+    """The LLM proposer when models are configured, the offline mutation proposer otherwise.
+
+    The LLM proposer returns the records of its calls with each proposal (and a
+    ``ProposerUnavailable`` carries those of the call that failed); the graph stores them."""
     if config.proposer == "random":
         from discovery.proposers.offline import RandomMutationProposer
 
@@ -94,15 +102,8 @@ def build_proposer(config: RunConfig, task: Task, runtime_ref: list[Runtime]) ->
                        temperature=m.temperature, max_tokens=m.max_tokens, price_in=m.price_in,
                        price_out=m.price_out) for m in config.models]
 
-    def on_call(record: Any) -> None:
-        rt = runtime_ref[0]
-        pending = getattr(rt.llm_calls, "pending", None)
-        if pending is None:
-            rt.llm_calls.pending = pending = []
-        pending.append(record)
-
     client = LLMClient(specs, seed=config.seed, max_retries=config.llm_retries, timeout=config.llm_timeout,
-                       max_cost_usd=config.max_cost, on_call=on_call)
+                       max_cost_usd=config.max_cost)
     return LLMProposer(client)
 
 
@@ -177,17 +178,15 @@ class DiscoveryRun:
         else:
             self.run_id = self.archive.create_run(self.task.name, config.model_dump(), config.seed,
                                                   self.pool.isolation_notes)
-        runtime_ref: list[Runtime] = []
-        self.proposer = build_proposer(config, self.task, runtime_ref)
+        self.proposer = build_proposer(config, self.task)
         evaluator = Evaluator(self.task, device=config.device, limits=config.limits.to_limits(),
                               job_seconds=config.limits.job_seconds, cpu_seconds=config.limits.cpu_seconds,
                               heldout_secret=self.archive.heldout_secret())
+        self.stop = threading.Event()
         self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=evaluator,
-                          pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed)
-        runtime_ref.append(self.rt)
+                          pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed, stop=self.stop)
         self.graph = build_pipeline(self.rt)
         self.progress = Progress(budget=config.budget)
-        self.stop = threading.Event()
         self.failed = False
         self.message = ""
 
@@ -221,7 +220,7 @@ class DiscoveryRun:
         self.on_progress(p)
 
     def _run_pipeline(self, state: dict[str, Any]) -> dict[str, Any]:
-        return self.graph.invoke(state, {"recursion_limit": 32})
+        return self.graph.invoke(state, {"recursion_limit": step_limit(self.config)})
 
     def _handle_done(self, fut: Future, state: dict[str, Any]) -> None:
         try:
@@ -321,16 +320,14 @@ class DiscoveryRun:
             self.progress.phase = "search"
             for row in self.archive.unfinished_candidates(self.run_id):
                 launch({"candidate_id": row["id"]})
-            proposed = sum(1 for r in self.archive.candidates(self.run_id, order_by_fitness=False)
-                           if not r.get("is_baseline"))
-            self.progress.proposed = proposed
-            island = proposed % cfg.islands
+            self.rt.proposed = self._stored_proposals()
+            self.progress.proposed = self.rt.proposed
+            island = self.rt.proposed % cfg.islands
             while not self.stop.is_set():
-                while len(running) < concurrency and proposed < cfg.budget and not self.stop.is_set():
+                while len(running) < concurrency and self.rt.take_proposal():
                     launch({"island": island})
                     island = (island + 1) % cfg.islands
-                    proposed += 1
-                    self.progress.proposed = proposed
+                    self.progress.proposed = self.rt.proposed
                 if not running:
                     break
                 self._drain(running, until_empty=False)

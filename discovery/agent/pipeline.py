@@ -1,46 +1,103 @@
-"""One candidate's life as a LangGraph state graph.
+"""One candidate's life as a LangGraph state graph, with the branches it really has.
 
-    propose -> static_check -> contract_check -> cascade -> full -> extra_seeds -> END
-         \\______________\\________________\\__________\\________\\_____> END (recorded)
+A new slot enters at ``propose``; a stored candidate (a baseline, or one left unfinished
+by a killed run) enters at ``reopen``. The conditional edges are the decisions:
 
-Each node records what it learned in the archive before returning, so a run killed at any
-point loses nothing that finished: evaluations are stored per (configuration, seed), once,
-and a resumed candidate re-enters at ``static_check`` and evaluates only what is missing.
-The state carries ids and small values only; heavy objects live in :class:`Runtime`.
+* ``store`` -> ``static_check`` when the proposal holds code; -> ``propose`` again when an
+  LLM's reply held no usable code (at most :data:`MAX_REPLY_RETRIES` times per slot, the
+  reason going into the next prompt); -> END for a duplicate or a reply not retried.
+* ``static_check`` and ``contract_check`` -> ``record_failure`` -> END when the code is
+  rejected (policy, parse, contract); ``cascade`` and ``full`` too when training fails.
+* ``cascade`` -> ``cull`` -> END when the cheap stage scores too far below the best.
+* ``full`` -> ``extra_seeds``, which loops one seed per round while the candidate stays among
+  the ``leaders`` and seeds remain (``extra_seeds`` of the config), then END.
+
+The drawing (``discovery.agent.graph_drawing``) is LangGraph's own, of this graph; the
+routers are pure functions of the state, so what it shows is what runs.
+
+Every node records what it learned in the archive before returning, so a run killed at any
+point loses nothing that finished: evaluations are stored per (configuration, seed), once.
+
+**State and Runtime.** The state holds what flows between the nodes of one candidate: ids,
+small values, the proposal and the records of the LLM calls behind it (plain dataclasses),
+written to the archive by ``store``. The heavy objects (the archive's SQLite connection, the
+evaluator with its cached training tensors, the pool of sandbox processes, the proposer
+with its HTTP client, locks and counters) are shared by every pipeline of a run and hold
+OS resources that cannot be serialized or copied; they live in :class:`Runtime`, bound
+to each node by :func:`functools.partial`.
+
+**Budget.** Every stored proposal, an unusable reply included, is one unit of the run's
+``budget`` (as before): a retry takes its unit through :meth:`Runtime.take_proposal`, like
+the loop starting a slot, so a retry never exceeds the budget nor starts after a stop.
+
+**Resume, and why not LangGraph's checkpointer.** A resumed run re-enters unfinished
+candidates at ``reopen`` and evaluates only the (configuration, seed) cells the archive
+lacks (:func:`evaluate_missing`). A checkpointer would save this graph's state per thread
+in a second store beside the archive, which already holds every finished cell and status;
+the two could disagree after a kill between their writes. Checkpoints are also coarser:
+they are taken between nodes, so a node killed mid-evaluation would rerun its whole
+stage, where the archive keeps each cell that finished. And the only saver shipped with
+``langgraph-checkpoint`` keeps state in memory (gone with the process); a durable one is the
+separate ``langgraph-checkpoint-sqlite`` package with its own tables, while the Runtime
+cannot be checkpointed at all. So no resume code would go away: none is used.
 """
 
 from __future__ import annotations
 
+import random
 import threading
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from functools import partial
+from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
 from discovery.archive import Archive
 from discovery.config import RunConfig
 from discovery.evaluation import EvaluationReport, Evaluator, aggregate
-from discovery.proposers.base import ProposalContext, Proposer
+from discovery.proposers.base import ProposalContext, Proposed, Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
 from discovery.selection import choose
 from discovery.tasks import SeedMetrics, Task
-from sandbox.base import Job, Status
-from sandbox.pool import SandboxPool
+from sandbox.base import Job, Outcome, Status
+from sandbox.host.pool import SandboxPool
+
+#: unusable LLM replies retried per slot: a slot asks at most 1 + this many times. Two retries
+#: give a model that broke the format twice a third chance, and bound what a broken model costs.
+MAX_REPLY_RETRIES = 2
+
+
+class Failure(TypedDict):
+    """Why a candidate failed, as ``record_failure`` stores it."""
+
+    status: str
+    failed_stage: str
+    reason: str
+    error_line: int | None
+    seconds: float
 
 
 class CandidateState(TypedDict, total=False):
     """What flows between the nodes of one candidate's graph."""
 
-    candidate_id: str
     island: int
-    done: bool  # recorded with a final status; go to END
+    candidate_id: str
+    proposal: Proposed  # what the proposer returned
+    generation: int
+    llm_calls: list[Any]  # the proposal's LLM attempts (CallRecord), in order; written by ``store``
+    stored: Literal["usable", "retry", "done"]  # what ``store`` made of the proposal
+    retries: int  # unusable replies retried in this slot so far
+    retry_reason: str  # why the last reply could not be used, for the next prompt
+    failure: Failure  # set by a check or a stage that failed; ``record_failure`` writes it
     cascade_fitness: float
+    culled: str  # why the cascade stopped the candidate
+    extra_rounds: int  # extra seed rounds done
+    more_seeds: bool  # still a leader with seeds to add
 
 
 @dataclass
 class Runtime:
-    """Everything the nodes share: one per run."""
+    """Everything the nodes share: one per run (see the module docstring for why not in the state)."""
 
     config: RunConfig
     task: Task
@@ -51,7 +108,8 @@ class Runtime:
     run_id: str
     reference_id: str | None = None
     seed: int = 0
-    llm_calls: threading.local = field(default_factory=threading.local)
+    stop: threading.Event = field(default_factory=threading.Event)
+    proposed: int = 0  # units of the budget taken (stored proposals and those in flight)
     _counter: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,15 +118,60 @@ class Runtime:
             self._counter += 1
             return self.seed * 1_000_003 + self._counter
 
+    def take_proposal(self) -> bool:
+        """Take one unit of the proposal budget; False when it is spent or the run is stopping."""
+        with self._lock:
+            if self.stop.is_set() or self.proposed >= self.config.budget:
+                return False
+            self.proposed += 1
+            return True
 
-def _fail(rt: Runtime, cid: str, report: EvaluationReport | Any) -> CandidateState:
-    rt.archive.update_candidate(
-        cid, status=report.status.value, failed_stage=report.stage or "train", reason=report.reason,
-        error_line=report.line, seconds=report.seconds,
-    )
-    return {"done": True}
+
+# -- archive reads (small helpers, so the record type is read in one place) -----------------------
+def _code(rt: Runtime, cid: str) -> str:
+    row = rt.archive.get_candidate(cid)
+    return row.code if row else ""
 
 
+def _is_baseline(rt: Runtime, cid: str) -> bool:
+    row = rt.archive.get_candidate(cid)
+    return bool(row and row.is_baseline)
+
+
+def stored_metrics(rt: Runtime, cid: str, suite: str) -> list[SeedMetrics]:
+    """The candidate's recorded evaluations of one suite, as SeedMetrics."""
+    return [
+        SeedMetrics(config=e.config, seed=e.seed, fitness=e.fitness, metrics=e.metrics or {}, curve=e.curve or {},
+                    seconds=e.seconds or 0.0)
+        for e in rt.archive.evaluations(cid, suite)
+        if e.fitness is not None
+    ]
+
+
+def best_cascade(rt: Runtime, exclude: str | None = None) -> float | None:
+    """Best cascade-stage score among fully evaluated candidates of this run."""
+    cfg = rt.config
+    seeds = set(rt.task.suite("discover").seeds[: cfg.cascade_seeds])
+    best = None
+    for row in rt.archive.candidates(rt.run_id, status="ok"):
+        if row.id == exclude:
+            continue
+        evals = [e for e in rt.archive.evaluations(row.id, "discover")
+                 if e.config in cfg.cascade_configs and e.seed in seeds and e.fitness is not None]
+        if evals:
+            value = sum(e.fitness for e in evals) / len(evals)
+            best = value if best is None else max(best, value)
+    return best
+
+
+def leader_ids(rt: Runtime) -> list[str]:
+    """The ``leaders`` best non-baseline candidates of the run (status ok), best first."""
+    ranked = [r for r in rt.archive.candidates(rt.run_id, status="ok") if not r.is_baseline]
+    ranked.sort(key=lambda r: r.fitness, reverse=True)
+    return [r.id for r in ranked[: rt.config.leaders]]
+
+
+# -- archive writes -------------------------------------------------------------------------------
 def _record(rt: Runtime, cid: str, report: EvaluationReport, stage: str) -> None:
     for config in report.configs:
         for m in config.seeds:
@@ -76,14 +179,13 @@ def _record(rt: Runtime, cid: str, report: EvaluationReport, stage: str) -> None
                                          m.seconds)
 
 
-def stored_metrics(rt: Runtime, cid: str, suite: str) -> list[SeedMetrics]:
-    """The candidate's recorded evaluations of one suite, as SeedMetrics."""
-    return [
-        SeedMetrics(config=e["config"], seed=e["seed"], fitness=e["fitness"], metrics=e.get("metrics") or {},
-                    curve=e.get("curve") or {}, seconds=e.get("seconds") or 0.0)
-        for e in rt.archive.evaluations(cid, suite)
-        if e.get("fitness") is not None
-    ]
+def record_llm_calls(rt: Runtime, records: list[Any], candidate_id: str | None) -> None:
+    """Persist LLM attempts (successful or not), tied to ``candidate_id`` when there is one."""
+    for record in records:
+        rt.archive.record_llm_call(
+            rt.run_id, candidate_id, record.model, record.prompt_messages, record.reply_text, record.prompt_tokens,
+            record.completion_tokens, record.cost_usd, record.latency_s, record.error,
+        )
 
 
 def summarize(rt: Runtime, cid: str, suite_name: str, status: str | None = None) -> float | None:
@@ -130,14 +232,14 @@ def evaluate_missing(rt: Runtime, cid: str, code: str, suite: str, configs: list
     return report
 
 
+def _failure(report: EvaluationReport | Outcome, default_stage: str = "train") -> Failure:
+    return Failure(status=report.status.value, failed_stage=report.stage or default_stage, reason=report.reason,
+                   error_line=report.line, seconds=report.seconds)
+
+
 # -- nodes ----------------------------------------------------------------------------------------
 def propose(rt: Runtime, state: CandidateState) -> CandidateState:
-    """Select parents from the archive, ask the proposer, store the proposal."""
-    import random
-
-    if state.get("candidate_id"):  # resuming a stored candidate
-        rt.archive.update_candidate(state["candidate_id"], status="evaluating")
-        return {}
+    """Select parents from the archive and ask the proposer (again with the reason, on a retry)."""
     cfg = rt.config
     rng = random.Random(rt.next_rng_seed())
     island = state.get("island", 0)
@@ -146,164 +248,201 @@ def propose(rt: Runtime, state: CandidateState) -> CandidateState:
     reference = rt.archive.get_candidate(rt.reference_id) if rt.reference_id else None
     ctx = ProposalContext(task=rt.task, run_id=rt.run_id, parent=parent, second_parent=second, top=top,
                           diverse=diverse, failures=failures, reference=reference, island=island,
-                          generation=(parent or {}).get("generation", 0) + 1, rng=rng)
-    rt.llm_calls.pending = []
-    proposal = rt.proposer.propose(ctx)  # ProposerUnavailable propagates: the run stops cleanly
+                          generation=(parent.generation if parent else 0) + 1, rng=rng)
+    reason = state.get("retry_reason") if state.get("retries") else None
+    try:
+        if reason is None:
+            proposal = rt.proposer.propose(ctx)
+        else:  # only LLM proposers are retried (see ``store``), and they take the reason
+            proposal = rt.proposer.propose(ctx, error_feedback=reason)  # type: ignore[call-arg]
+    except ProposerUnavailable as exc:  # the run stops; its failed attempts stay on record
+        record_llm_calls(rt, exc.records, None)
+        raise
+    return {"proposal": proposal, "generation": ctx.generation, "llm_calls": list(proposal.extra.get("calls") or [])}
+
+
+def store(rt: Runtime, state: CandidateState) -> CandidateState:
+    """Store the proposal (usable, unusable or duplicate) with its LLM calls; decide on a retry."""
+    proposal = state["proposal"]
+    calls = state.get("llm_calls") or []
     common = dict(name=proposal.name or "unnamed", thought=proposal.thought or "", parents=proposal.parents,
-                  generation=ctx.generation, island=island, proposer=proposal.proposer,
+                  generation=state["generation"], island=state.get("island", 0), proposer=proposal.proposer,
                   feedback_shown=proposal.feedback_shown)
     if proposal.code is None:
-        added = rt.archive.add_candidate(rt.run_id, code="", code_hash=f"unusable:{uuid.uuid4().hex}", **common)
-        rt.archive.update_candidate(added.id, status="parse", failed_stage="reply",
-                                    reason=f"unusable reply: {proposal.error}")
-        _flush_llm_calls(rt, added.id)
-        return {"candidate_id": added.id, "done": True}
+        cid = rt.archive.add_unusable(rt.run_id, reason=f"unusable reply: {proposal.error}", **common)
+        record_llm_calls(rt, calls, cid)
+        retries = state.get("retries", 0)
+        if calls and retries < MAX_REPLY_RETRIES and rt.take_proposal():
+            return {"candidate_id": cid, "stored": "retry", "retries": retries + 1,
+                    "retry_reason": proposal.error or "the reply held no usable code"}
+        return {"candidate_id": cid, "stored": "done"}
     code_hash = normalized_hash(proposal.code)
     added = rt.archive.add_candidate(rt.run_id, code=proposal.code, code_hash=code_hash, **common)
     if added.duplicate:
-        original = added.id
-        added = rt.archive.add_candidate(rt.run_id, code=proposal.code,
-                                         code_hash=f"duplicate:{code_hash}:{uuid.uuid4().hex}", **common)
-        name = (rt.archive.get_candidate(original) or {}).get("name", original)
-        rt.archive.update_candidate(added.id, status="duplicate", failed_stage="dedup",
-                                    reason=f"same normalized syntax tree as {original} ({name}); not evaluated")
-        _flush_llm_calls(rt, added.id)
-        return {"candidate_id": added.id, "done": True}
+        cid = rt.archive.add_duplicate(rt.run_id, original_id=added.id, code=proposal.code, code_hash=code_hash,
+                                       **common)
+        record_llm_calls(rt, calls, cid)
+        return {"candidate_id": cid, "stored": "done"}
     rt.archive.update_candidate(added.id, status="evaluating")
-    _flush_llm_calls(rt, added.id)
-    return {"candidate_id": added.id}
+    record_llm_calls(rt, calls, added.id)
+    return {"candidate_id": added.id, "stored": "usable"}
 
 
-def _flush_llm_calls(rt: Runtime, candidate_id: str | None) -> None:
-    for record in getattr(rt.llm_calls, "pending", []):
-        record_llm_call(rt, record, candidate_id)
-    rt.llm_calls.pending = []
-
-
-def record_llm_call(rt: Runtime, record: Any, candidate_id: str | None) -> None:
-    """Persist one LLM attempt (successful or not)."""
-    rt.archive.record_llm_call(
-        rt.run_id, candidate_id, record.model, record.prompt_messages, record.reply_text, record.prompt_tokens,
-        record.completion_tokens, record.cost_usd, record.latency_s, record.error,
-    )
+def reopen(rt: Runtime, state: CandidateState) -> CandidateState:
+    """A stored candidate (a baseline, or one a killed run left unfinished) starts evaluating."""
+    rt.archive.update_candidate(state["candidate_id"], status="evaluating")
+    return {}
 
 
 def static_check(rt: Runtime, state: CandidateState) -> CandidateState:
-    row = rt.archive.get_candidate(state["candidate_id"]) or {}
-    rejected = rt.evaluator.static_check(row.get("code", ""))
-    if rejected is not None:
-        return _fail(rt, state["candidate_id"], rejected)
-    return {}
+    """The static policy and the slot's signature; nothing runs."""
+    rejected = rt.evaluator.static_check(_code(rt, state["candidate_id"]))
+    return {} if rejected is None else {"failure": _failure(rejected)}
 
 
 def contract_check(rt: Runtime, state: CandidateState) -> CandidateState:
+    """The task's contract check, sandboxed."""
     cid = state["candidate_id"]
-    row = rt.archive.get_candidate(cid) or {}
     if rt.archive.done_keys(cid, "discover"):
         return {}  # it trained before (resume): the contract held
-    job = Job(task=rt.evaluator.task_ref, source=row["code"], stage="contract", device=rt.evaluator.device,
+    job = Job(task=rt.evaluator.task_ref, source=_code(rt, cid), stage="contract", device=rt.evaluator.device,
               limits=rt.evaluator.limits_for(0))
     with rt.pool.borrow() as box:
         outcome = rt.evaluator.run(job, box)
-    if not outcome.ok:
-        report = EvaluationReport(task=rt.task.name, suite="discover", status=outcome.status,
-                                  stage=outcome.stage or "contract", reason=outcome.reason, line=outcome.line,
-                                  seconds=outcome.seconds)
-        return _fail(rt, cid, report)
-    return {}
+    return {} if outcome.ok else {"failure": _failure(outcome, "contract")}
 
 
 def cascade(rt: Runtime, state: CandidateState) -> CandidateState:
     """The cheap stage: a few configurations, one seed. Weak candidates stop here."""
     cid, cfg = state["candidate_id"], rt.config
-    row = rt.archive.get_candidate(cid) or {}
     suite = rt.task.suite("discover")
     seeds = list(suite.seeds[: cfg.cascade_seeds])
-    report = evaluate_missing(rt, cid, row["code"], "discover", cfg.cascade_configs, seeds, "cascade")
+    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", cfg.cascade_configs, seeds, "cascade")
     if report is not None and not report.ok:
-        return _fail(rt, cid, report)
+        return {"failure": _failure(report)}
     scores = [m for m in stored_metrics(rt, cid, "discover") if m.config in cfg.cascade_configs and m.seed in seeds]
     value = sum(m.fitness for m in scores) / max(1, len(scores))
-    if row.get("is_baseline"):
+    if _is_baseline(rt, cid):
         return {"cascade_fitness": value}
     best = best_cascade(rt, exclude=cid)
     if best is not None and value < best - cfg.cascade_margin:
-        summarize(rt, cid, "discover", status="culled")
-        rt.archive.update_candidate(cid, failed_stage="cascade",
-                                    reason=f"cascade fitness {value:.3f} < best {best:.3f} - margin "
-                                           f"{cfg.cascade_margin:g}; full suite not run")
-        return {"cascade_fitness": value, "done": True}
+        why = f"cascade fitness {value:.3f} < best {best:.3f} - margin {cfg.cascade_margin:g}; full suite not run"
+        return {"cascade_fitness": value, "culled": why}
     return {"cascade_fitness": value}
 
 
-def best_cascade(rt: Runtime, exclude: str | None = None) -> float | None:
-    """Best cascade-stage score among fully evaluated candidates of this run."""
+def cull(rt: Runtime, state: CandidateState) -> CandidateState:
+    """Keep the cascade scores and say why the full suite was not run."""
+    cid = state["candidate_id"]
+    summarize(rt, cid, "discover", status="culled")
+    rt.archive.update_candidate(cid, failed_stage="cascade", reason=state["culled"])
+    return {}
+
+
+def _wants_more_seeds(rt: Runtime, cid: str, rounds: int) -> bool:
     cfg = rt.config
-    seeds = set(rt.task.suite("discover").seeds[: cfg.cascade_seeds])
-    best = None
-    for row in rt.archive.candidates(rt.run_id, status="ok"):
-        if row["id"] == exclude:
-            continue
-        evals = [e for e in rt.archive.evaluations(row["id"], "discover")
-                 if e["config"] in cfg.cascade_configs and e["seed"] in seeds and e["fitness"] is not None]
-        if evals:
-            value = sum(e["fitness"] for e in evals) / len(evals)
-            best = value if best is None else max(best, value)
-    return best
+    return cfg.leaders > 0 and rounds < cfg.extra_seeds and cid in leader_ids(rt)
 
 
 def full(rt: Runtime, state: CandidateState) -> CandidateState:
     """Every configuration and seed of the discover suite."""
     cid = state["candidate_id"]
-    row = rt.archive.get_candidate(cid) or {}
     suite = rt.task.suite("discover").with_seeds(rt.config.seeds)
-    report = evaluate_missing(rt, cid, row["code"], "discover", [c.name for c in suite.configs],
+    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs],
                               list(suite.seeds), "full")
     if report is not None and not report.ok:
-        return _fail(rt, cid, report)
+        return {"failure": _failure(report)}
     summarize(rt, cid, "discover", status="ok")
-    return {}
+    return {"extra_rounds": 0, "more_seeds": _wants_more_seeds(rt, cid, 0)}
 
 
 def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
-    """Leaders get more seeds: scores are noisy, and the best so far deserves a tighter interval."""
+    """One more seed for a leader: scores are noisy, and the best so far deserves a tighter interval."""
     cid, cfg = state["candidate_id"], rt.config
-    if cfg.leaders == 0 or cfg.extra_seeds == 0:
-        return {"done": True}
-    ranked = [r for r in rt.archive.candidates(rt.run_id, status="ok") if not r.get("is_baseline")]
-    ranked.sort(key=lambda r: r["fitness"], reverse=True)
-    if cid not in [r["id"] for r in ranked[: cfg.leaders]]:
-        return {"done": True}
-    row = rt.archive.get_candidate(cid) or {}
+    rounds = state.get("extra_rounds", 0) + 1
     base = rt.task.suite("discover").with_seeds(cfg.seeds)
-    suite = base.with_seeds(len(base.seeds) + cfg.extra_seeds)
-    report = evaluate_missing(rt, cid, row["code"], "discover", [c.name for c in suite.configs], list(suite.seeds),
-                              "extra")
-    if report is not None and not report.ok:  # noisy on new seeds: keep the scores it has, say why
+    suite = base.with_seeds(len(base.seeds) + rounds)
+    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs],
+                              list(suite.seeds), "extra")
+    failed = report is not None and not report.ok
+    if failed:  # noisy on new seeds: keep the scores it has, say why
         rt.archive.update_candidate(cid, reason=f"extra seeds failed: {report.one_line()}")
     summarize(rt, cid, "discover", status="ok")
-    return {"done": True}
+    return {"extra_rounds": rounds, "more_seeds": not failed and _wants_more_seeds(rt, cid, rounds)}
 
 
-def _next(node_after: str):  # noqa: ANN202
-    def route(state: CandidateState) -> str:
-        return END if state.get("done") else node_after
+def record_failure(rt: Runtime, state: CandidateState) -> CandidateState:
+    """Store the failure a check or a stage found: status, stage, reason, line."""
+    f = state["failure"]
+    rt.archive.update_candidate(state["candidate_id"], status=f["status"], failed_stage=f["failed_stage"],
+                                reason=f["reason"], error_line=f["error_line"], seconds=f["seconds"])
+    return {}
 
-    return route
+
+# -- routers: pure functions of the state, so the drawing is what runs ----------------------------
+def _entry(state: CandidateState) -> str:
+    return "resume" if state.get("candidate_id") else "new"
+
+
+def _after_store(state: CandidateState) -> str:
+    return state["stored"]
+
+
+def _checked(state: CandidateState) -> str:
+    return "failed" if "failure" in state else "ok"
+
+
+def _after_cascade(state: CandidateState) -> str:
+    if "failure" in state:
+        return "failed"
+    return "culled" if state.get("culled") else "promoted"
+
+
+def _after_full(state: CandidateState) -> str:
+    if "failure" in state:
+        return "failed"
+    return "leader" if state.get("more_seeds") else "done"
+
+
+def _after_extra(state: CandidateState) -> str:
+    return "still leader" if state.get("more_seeds") else "done"
+
+
+NODES = {"propose": propose, "store": store, "reopen": reopen, "static_check": static_check,
+         "contract_check": contract_check, "cascade": cascade, "cull": cull, "full": full,
+         "extra_seeds": extra_seeds, "record_failure": record_failure}
+
+
+def pipeline_graph(rt: Runtime | None) -> StateGraph:
+    """The uncompiled graph; with ``rt=None`` its nodes cannot run, but it can be drawn."""
+    graph = StateGraph(CandidateState)
+    for name, fn in NODES.items():
+        graph.add_node(name, partial(fn, rt))
+    graph.add_conditional_edges(START, _entry, {"new": "propose", "resume": "reopen"})
+    graph.add_edge("propose", "store")
+    graph.add_conditional_edges("store", _after_store, {"usable": "static_check", "retry": "propose", "done": END})
+    graph.add_edge("reopen", "static_check")
+    graph.add_conditional_edges("static_check", _checked, {"ok": "contract_check", "failed": "record_failure"})
+    graph.add_conditional_edges("contract_check", _checked, {"ok": "cascade", "failed": "record_failure"})
+    graph.add_conditional_edges("cascade", _after_cascade,
+                                {"promoted": "full", "culled": "cull", "failed": "record_failure"})
+    graph.add_edge("cull", END)
+    graph.add_conditional_edges("full", _after_full, {"leader": "extra_seeds", "done": END, "failed": "record_failure"})
+    graph.add_conditional_edges("extra_seeds", _after_extra, {"still leader": "extra_seeds", "done": END})
+    graph.add_edge("record_failure", END)
+    return graph
 
 
 def build_pipeline(rt: Runtime):  # noqa: ANN201 - a compiled LangGraph graph
-    """The compiled graph for one candidate; invoke with ``{"island": i}`` or ``{"candidate_id": id}``."""
-    graph = StateGraph(CandidateState)
-    steps = [("propose", propose), ("static_check", static_check), ("contract_check", contract_check),
-             ("cascade", cascade), ("full", full), ("extra_seeds", extra_seeds)]
-    for name, fn in steps:
-        graph.add_node(name, lambda state, fn=fn: fn(rt, state))
-    graph.add_edge(START, "propose")
-    for (name, _), (following, _) in zip(steps, steps[1:], strict=False):
-        graph.add_conditional_edges(name, _next(following), {following: following, END: END})
-    graph.add_edge("extra_seeds", END)
-    return graph.compile()
+    """The compiled graph for one candidate; invoke with ``{"island": i}`` or ``{"candidate_id": id}``
+    and ``{"recursion_limit": step_limit(config)}``."""
+    return pipeline_graph(rt).compile()
 
 
-__all__ = ["CandidateState", "Runtime", "build_pipeline", "summarize", "evaluate_missing", "Status"]
+def step_limit(config: RunConfig) -> int:
+    """Node steps one candidate can take: the proposal with its retries, the stages, the seed rounds."""
+    return 2 * (1 + MAX_REPLY_RETRIES) + 6 + config.extra_seeds + 4
+
+
+__all__ = ["CandidateState", "MAX_REPLY_RETRIES", "Runtime", "build_pipeline", "evaluate_missing",
+           "pipeline_graph", "step_limit", "summarize", "Status"]

@@ -8,7 +8,6 @@ message. See ``store`` for the concurrency model and ``schema`` for the tables.
 from .errors import ArchiveError
 from .schema import latest_version
 from .store import (
-    CANDIDATE_STATUSES,
     DEFAULT_BUSY_TIMEOUT,
     RUN_STATUSES,
     SUITES,
@@ -21,7 +20,6 @@ from .store import (
 SCHEMA_VERSION = latest_version()
 
 __all__ = [
-    "CANDIDATE_STATUSES",
     "DEFAULT_BUSY_TIMEOUT",
     "RUN_STATUSES",
     "SCHEMA_VERSION",

@@ -20,9 +20,11 @@ unreadable, read-only, newer schema) raises ``ArchiveError`` with a one-line mes
 failed write is rolled back, never half-applied. Bad arguments (unknown status or field)
 raise ``ValueError``: those are bugs, not conditions of the file.
 
-Rows. Methods return plain dicts, one per row, with each ``x_json`` column decoded into
-key ``x`` (see ``codec.decode_row``). ``get_*`` returns ``None`` for an unknown id.
-Fitness is "higher is better" everywhere.
+Records. Candidates and evaluations come back as typed records
+(:class:`discovery.records.Candidate`, :class:`~discovery.records.Evaluation`), decoded in one
+place (their ``from_row``); runs and LLM calls as plain dicts with each ``x_json`` column
+decoded into key ``x`` (see ``codec.decode_row``). ``get_*`` returns ``None`` for an unknown
+id. Fitness is "higher is better" everywhere.
 """
 
 from __future__ import annotations
@@ -43,28 +45,15 @@ from sqlite_utils.db import NotFoundError
 from . import schema
 from .codec import decode_row, now, to_json, to_real
 from .errors import ArchiveError, from_sqlite
+from discovery.records import Ancestor, Candidate, Evaluation
+from sandbox.base import Status
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for a lock held by another connection before giving up."""
 
 RUN_STATUSES = ("running", "finished", "stopped", "failed")
-CANDIDATE_STATUSES = (
-    "pending",
-    "evaluating",
-    "ok",
-    "policy",
-    "parse",
-    "contract",
-    "timeout",
-    "memory",
-    "output",
-    "crashed",
-    "invalid",
-    "error",
-    "duplicate",
-    "culled",  # passed the checks but stopped by the cheap cascade stage
-)
-UNFINISHED_STATUSES = ("pending", "evaluating")
+CANDIDATE_STATUSES = tuple(status.value for status in Status)
+UNFINISHED_STATUSES = (Status.PENDING.value, Status.EVALUATING.value)
 SUITES = ("discover", "heldout")
 
 _CANDIDATE_JSON = ("parents", "per_config", "heldout_per_config", "curve")
@@ -78,6 +67,7 @@ _CANDIDATE_REAL = (
     "seconds",
 )
 _CANDIDATE_INT = ("generation", "island", "n_seeds", "heldout_n_seeds", "error_line")
+_CANDIDATE_SELECT = "SELECT c.*, r.task AS task FROM candidates c JOIN runs r ON r.id = c.run_id"
 _CANDIDATE_TEXT = (
     "name",
     "thought",
@@ -87,6 +77,8 @@ _CANDIDATE_TEXT = (
     "status",
     "failed_stage",
     "reason",
+    "error_class",
+    "error_message",
     "feedback_shown",
     "evaluated_at",
 )
@@ -133,10 +125,11 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _statuses(status: str | Iterable[str] | None) -> list[str] | None:
+def _statuses(status: str | Status | Iterable[str | Status] | None) -> list[str] | None:
     if status is None:
         return None
     wanted = [status] if isinstance(status, str) else list(status)
+    wanted = [s.value if isinstance(s, Status) else s for s in wanted]
     unknown = [s for s in wanted if s not in CANDIDATE_STATUSES]
     if unknown:
         raise ValueError(f"unknown candidate status {unknown[0]!r}; expected one of {CANDIDATE_STATUSES}")
@@ -210,7 +203,6 @@ class Archive:
         try:
             conn = self._connect()
             db = Database(conn, execute_plugins=False)
-            conn.execute("PRAGMA foreign_keys = ON")
             # Touch the file before anything else: garbage or a lock fails here, unchanged.
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             latest = schema.latest_version()
@@ -229,7 +221,8 @@ class Archive:
                 schema.check_version(db, self.path, latest)
                 db.enable_wal()
                 conn.execute("PRAGMA synchronous = NORMAL")
-                version = schema.migrate(db, self.path)
+                version = schema.migrate(db, self.path)  # with foreign keys off: see schema
+            conn.execute("PRAGMA foreign_keys = ON")
             return db, version
         except ArchiveError:
             if conn is not None:
@@ -430,34 +423,95 @@ class Archive:
             if not self._exists(db, "runs", run_id):
                 raise ArchiveError(f"unknown run {run_id} in {self.path}")
             row = db.execute(
-                "SELECT id FROM candidates WHERE run_id = ? AND code_hash = ?", [run_id, code_hash]
+                "SELECT id FROM candidates WHERE run_id = ? AND code_hash = ? AND duplicate_of IS NULL",
+                [run_id, code_hash],
             ).fetchone()
             if row is not None:
                 return Added(row[0], True)
-            if candidate_id is not None and self._exists(db, "candidates", candidate_id):
-                raise ArchiveError(f"candidate {candidate_id} already exists in {self.path}")
-            new_id = candidate_id or _new_candidate_id()
-            while self._exists(db, "candidates", new_id):
-                new_id = _new_candidate_id()
-            db["candidates"].insert(
-                {
-                    "id": new_id,
-                    "run_id": run_id,
-                    "name": name,
-                    "thought": thought or "",
-                    "code": code,
-                    "code_hash": code_hash,
-                    "parents_json": to_json([str(p) for p in parents]),
-                    "generation": int(generation),
-                    "island": int(island),
-                    "proposer": proposer,
-                    "status": "pending",
-                    "feedback_shown": feedback_shown or "",
-                    "created_at": now(),
-                    "is_baseline": int(bool(is_baseline)),
-                }
+            new_id = self._insert_candidate(
+                db, run_id, candidate_id, code=code, code_hash=code_hash, status=Status.PENDING, name=name,
+                thought=thought, parents=parents, generation=generation, island=island, proposer=proposer,
+                feedback_shown=feedback_shown, is_baseline=is_baseline,
             )
         return Added(new_id, False)
+
+    def add_unusable(self, run_id: str, *, reason: str, name: str, proposer: str, **proposal: Any) -> str:
+        """Store an LLM reply that held no usable code: status ``parse`` at stage ``reply``, no code hash.
+
+        ``proposal`` takes ``add_candidate``'s other keywords (thought, parents, generation,
+        island, feedback_shown). Returns the new candidate's id.
+        """
+        with self._writing("add an unusable reply") as db:
+            if not self._exists(db, "runs", run_id):
+                raise ArchiveError(f"unknown run {run_id} in {self.path}")
+            return self._insert_candidate(
+                db, run_id, None, code="", code_hash=None, status=Status.PARSE, name=name, proposer=proposer,
+                failed_stage="reply", reason=reason, evaluated_at=now(), **proposal,
+            )
+
+    def add_duplicate(
+        self, run_id: str, *, original_id: str, code: str, code_hash: str, name: str, proposer: str, **proposal: Any
+    ) -> str:
+        """Store a proposal whose normalized code equals ``original_id``'s: status ``duplicate``, not evaluated.
+
+        The row keeps its own code, name and prompt (what the LLM was shown and said) and
+        points at the original through ``duplicate_of``. Returns the new candidate's id.
+        """
+        with self._writing("add a duplicate") as db:
+            row = db.execute("SELECT name FROM candidates WHERE id = ? AND run_id = ?", [original_id, run_id]).fetchone()
+            if row is None:
+                raise ArchiveError(f"unknown candidate {original_id} of run {run_id} in {self.path}")
+            return self._insert_candidate(
+                db, run_id, None, code=code, code_hash=code_hash, status=Status.DUPLICATE, name=name,
+                proposer=proposer, duplicate_of=original_id, failed_stage="dedup", evaluated_at=now(),
+                reason=f"same normalized syntax tree as {original_id} ({row[0]}); not evaluated", **proposal,
+            )
+
+    def _insert_candidate(
+        self,
+        db: Database,
+        run_id: str,
+        candidate_id: str | None,
+        *,
+        code: str,
+        code_hash: str | None,
+        status: Status,
+        name: str,
+        proposer: str,
+        thought: str = "",
+        parents: Sequence[str] = (),
+        generation: int = 0,
+        island: int = 0,
+        feedback_shown: str = "",
+        is_baseline: bool = False,
+        **outcome: Any,
+    ) -> str:
+        """Insert one candidate row inside the caller's write transaction; return its id."""
+        if candidate_id is not None and self._exists(db, "candidates", candidate_id):
+            raise ArchiveError(f"candidate {candidate_id} already exists in {self.path}")
+        new_id = candidate_id or _new_candidate_id()
+        while self._exists(db, "candidates", new_id):
+            new_id = _new_candidate_id()
+        db["candidates"].insert(
+            {
+                "id": new_id,
+                "run_id": run_id,
+                "name": name,
+                "thought": thought or "",
+                "code": code,
+                "code_hash": code_hash,
+                "parents_json": to_json([str(p) for p in parents]),
+                "generation": int(generation),
+                "island": int(island),
+                "proposer": proposer,
+                "status": status.value,
+                "feedback_shown": feedback_shown or "",
+                "created_at": now(),
+                "is_baseline": int(bool(is_baseline)),
+                **outcome,
+            }
+        )
+        return new_id
 
     def update_candidate(self, candidate_id: str, **fields: Any) -> None:
         """Set some fields of a candidate (see ``UPDATABLE_CANDIDATE_FIELDS``).
@@ -469,6 +523,8 @@ class Archive:
         """
         columns: dict[str, Any] = {}
         for key, value in fields.items():
+            if isinstance(value, Status):
+                value = value.value
             name = key[: -len("_json")] if key.endswith("_json") else key
             if name in _CANDIDATE_JSON:
                 columns[f"{name}_json"] = to_json(value)
@@ -494,54 +550,50 @@ class Archive:
             except NotFoundError:
                 raise ArchiveError(f"unknown candidate {candidate_id} in {self.path}") from None
 
-    def get_candidate(self, candidate_id: str) -> dict[str, Any] | None:
-        """One candidate with its JSON fields decoded, or ``None`` if unknown."""
+    def get_candidate(self, candidate_id: str) -> Candidate | None:
+        """One candidate, or ``None`` if unknown."""
         with self._reading() as db:
-            rows = list(db.query("SELECT * FROM candidates WHERE id = ?", [candidate_id]))
-        return decode_row(rows[0]) if rows else None
+            rows = list(db.query(f"{_CANDIDATE_SELECT} WHERE c.id = ?", [candidate_id]))
+        return Candidate.from_row(rows[0]) if rows else None
 
     def candidates(
         self,
         run_id: str,
-        status: str | Iterable[str] | None = None,
+        status: str | Status | Iterable[str | Status] | None = None,
         order_by_fitness: bool = True,
         limit: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Candidate]:
         """The run's candidates (with one of ``status`` if given).
 
         Best fitness first (no fitness last) by default, else in creation order.
         """
         wanted = _statuses(status)
-        sql, params = "SELECT * FROM candidates WHERE run_id = ?", [run_id]
+        sql, params = f"{_CANDIDATE_SELECT} WHERE c.run_id = ?", [run_id]
         if wanted is not None:
-            sql += f" AND status IN ({', '.join('?' for _ in wanted)})"
+            sql += f" AND c.status IN ({', '.join('?' for _ in wanted)})"
             params.extend(wanted)
         if order_by_fitness:
-            sql += " ORDER BY fitness IS NULL, fitness DESC, created_at, rowid"
+            sql += " ORDER BY c.fitness IS NULL, c.fitness DESC, c.created_at, c.rowid"
         else:
-            sql += " ORDER BY created_at, rowid"
+            sql += " ORDER BY c.created_at, c.rowid"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
         with self._reading() as db:
-            return [decode_row(r) for r in db.query(sql, params)]
+            return [Candidate.from_row(r) for r in db.query(sql, params)]
 
-    def unfinished_candidates(self, run_id: str) -> list[dict[str, Any]]:
+    def unfinished_candidates(self, run_id: str) -> list[Candidate]:
         """The run's candidates still pending or evaluating, oldest first (to resume them)."""
         return self.candidates(run_id, status=UNFINISHED_STATUSES, order_by_fitness=False)
 
     def leaderboard(
         self, run_id: str | None = None, task: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
+    ) -> list[Candidate]:
         """Evaluated (status ``ok``) candidates with a fitness, best first, across runs.
 
-        Each row is a decoded candidate plus ``task`` and ``run_status``; baselines are
-        included and flagged by ``is_baseline``. Filter by ``run_id`` and/or ``task``.
+        Baselines are included and flagged by ``is_baseline``. Filter by ``run_id`` and/or ``task``.
         """
-        sql = (
-            "SELECT c.*, r.task AS task, r.status AS run_status FROM candidates c "
-            "JOIN runs r ON r.id = c.run_id WHERE c.status = 'ok' AND c.fitness IS NOT NULL"
-        )
+        sql = f"{_CANDIDATE_SELECT} WHERE c.status = 'ok' AND c.fitness IS NOT NULL"
         params: list[Any] = []
         if run_id is not None:
             sql += " AND c.run_id = ?"
@@ -552,16 +604,16 @@ class Archive:
         sql += " ORDER BY c.fitness DESC, c.fitness_ci_low DESC, c.created_at, c.rowid LIMIT ?"
         params.append(int(limit))
         with self._reading() as db:
-            return [decode_row(r) for r in db.query(sql, params)]
+            return [Candidate.from_row(r) for r in db.query(sql, params)]
 
-    def lineage(self, candidate_id: str) -> list[dict[str, Any]]:
+    def lineage(self, candidate_id: str) -> list[Ancestor]:
         """The candidate and all its ancestors up to the roots, breadth first.
 
-        Each row is a decoded candidate plus ``depth`` (0 for ``candidate_id`` itself, 1 for
+        Each entry is an ``Ancestor(depth, candidate)`` (depth 0 for ``candidate_id`` itself, 1 for
         its parents, ...). A candidate reached by two paths appears once, at its smallest
         depth; parents missing from the archive are skipped; ``[]`` for an unknown id.
         """
-        out: list[dict[str, Any]] = []
+        out: list[Ancestor] = []
         seen = {candidate_id}
         frontier = [candidate_id]
         depth = 0
@@ -569,17 +621,16 @@ class Archive:
             while frontier:
                 marks = ", ".join("?" for _ in frontier)
                 rows = {
-                    r["id"]: decode_row(r)
-                    for r in db.query(f"SELECT * FROM candidates WHERE id IN ({marks})", frontier)
+                    r["id"]: Candidate.from_row(r)
+                    for r in db.query(f"{_CANDIDATE_SELECT} WHERE c.id IN ({marks})", frontier)
                 }
                 next_frontier: list[str] = []
                 for cid in frontier:  # keep the parents' listed order
                     row = rows.get(cid)
                     if row is None:
                         continue
-                    row["depth"] = depth
-                    out.append(row)
-                    for parent in row.get("parents") or []:
+                    out.append(Ancestor(depth, row))
+                    for parent in row.parents:
                         if parent not in seen:
                             seen.add(parent)
                             next_frontier.append(parent)
@@ -630,7 +681,7 @@ class Archive:
             )
             return cursor.rowcount == 1
 
-    def evaluations(self, candidate_id: str, suite: str | None = None) -> list[dict[str, Any]]:
+    def evaluations(self, candidate_id: str, suite: str | None = None) -> list[Evaluation]:
         """The candidate's recorded evaluations (of ``suite`` if given) by suite, config, seed."""
         sql, params = "SELECT * FROM evaluations WHERE candidate_id = ?", [candidate_id]
         if suite is not None:
@@ -638,7 +689,7 @@ class Archive:
             params.append(suite)
         sql += " ORDER BY suite, config, seed"
         with self._reading() as db:
-            return [decode_row(r) for r in db.query(sql, params)]
+            return [Evaluation.from_row(r) for r in db.query(sql, params)]
 
     def done_keys(self, candidate_id: str, suite: str) -> set[tuple[str, int]]:
         """The (config, seed) pairs of ``suite`` already recorded for the candidate."""

@@ -153,7 +153,7 @@ def _top_names(body: list[ast.stmt]) -> set[str]:
 def _problem(c: Chosen, task: Task) -> str | None:
     """Why the candidate's code cannot be exported (the task's static policy rejects it), or None."""
     from discovery.evaluation import signature_problem
-    from sandbox.policy import Policy, check_source
+    from sandbox.static.policy import Policy, check_source
 
     violations = check_source(c.code, Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name))
     if violations:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
+from sandbox.text import one_line  # noqa: E402
+
 __all__ = [
     "BudgetExceeded",
     "CallRecord",
@@ -107,7 +109,7 @@ class LLMError(Exception):
     """Base class; ``reason`` is a single line suitable for logs and run status."""
 
     def __init__(self, reason: str, records: Sequence[CallRecord] = ()):
-        reason = _one_line(reason)
+        reason = one_line(reason, 400)
         super().__init__(reason)
         self.reason = reason
         self.records = list(records)
@@ -127,11 +129,6 @@ class BudgetExceeded(LLMError):
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _one_line(text: object, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _litellm():
@@ -230,7 +227,7 @@ def _error_line(exc: BaseException) -> str:
     name = type(exc).__name__
     cause = network_cause(exc)
     if cause:  # the transport failed: no HTTP status was ever received
-        return _one_line(f"{name}: {cause}", 300)
+        return one_line(f"{name}: {cause}", 300)
     msg = str(exc)
     # litellm prefixes messages with "litellm.RateLimitError: RateLimitError: OpenAIException - ...";
     # keep the useful part.
@@ -239,7 +236,7 @@ def _error_line(exc: BaseException) -> str:
         if msg.startswith(prefix):
             msg = msg[len(prefix) :].strip()
     head = f"{name} ({status})" if isinstance(status, int) else name
-    return _one_line(f"{head}: {msg.strip()}" if msg.strip() else head, 300)
+    return one_line(f"{head}: {msg.strip()}" if msg.strip() else head, 300)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -286,7 +283,7 @@ def check_model(spec: ModelSpec, *, connect_timeout: float = 2.0) -> str | None:
         _, provider, _, _ = litellm.get_llm_provider(model=spec.name, api_base=spec.api_base)
     except Exception as e:  # noqa: BLE001 - litellm raises BadRequestError / ValueError
         msg = str(e).replace("litellm.BadRequestError:", "").strip()
-        return _one_line(f"unknown provider/model {spec.name!r}: {msg.splitlines()[0] if msg else e}")
+        return one_line(f"unknown provider/model {spec.name!r}: {msg.splitlines()[0] if msg else e}", 400)
 
     if spec.api_key_env and not spec.api_key and not os.environ.get(spec.api_key_env):
         return f"API key for {spec.name} missing: environment variable {spec.api_key_env} is not set"

@@ -21,6 +21,7 @@ from discovery import feedback
 from discovery.proposers.base import ProposalContext, Proposed
 from discovery.proposers.codehash import normalized_hash
 from discovery.proposers.mutations import OPERATORS, Mutant, crossover, gate_blend, mutate
+from sandbox.text import one_line
 
 __all__ = ["MutationProposer", "RandomMutationProposer"]
 
@@ -65,13 +66,8 @@ def _check_operators(operators: Sequence[str] | None) -> list[str] | None:
     return list(operators)
 
 
-def _one_line(text: Any, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def _shown_name(row: Mapping[str, Any]) -> str:
-    return _one_line(row.get("name") or row.get("id") or "candidate", 60)
+    return one_line(row.get("name") or row.get("id") or "candidate", 60)
 
 
 def _failed(proposer: str, parents: list[str], why: str, shown: str) -> Proposed:
@@ -82,7 +78,7 @@ def _failed(proposer: str, parents: list[str], why: str, shown: str) -> Proposed
         parents=parents,
         proposer=proposer,
         feedback_shown=shown,
-        error=_one_line(why),
+        error=one_line(why, 300),
     )
 
 

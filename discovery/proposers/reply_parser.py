@@ -28,6 +28,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from sandbox.text import one_line
+
 MAX_CODE_CHARS = 20_000
 MAX_NAME_CHARS = 60
 FALLBACK_NAME = "unnamed"
@@ -49,18 +51,13 @@ class ReplyError(ValueError):
     """The reply holds no usable candidate; ``reason`` is one line for the next prompt."""
 
     def __init__(self, reason: str):
-        reason = _one_line(reason) or "unusable reply"
+        reason = one_line(reason, 300) or "unusable reply"
         super().__init__(reason)
         self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tag(text: str, tag: str) -> tuple[str | None, bool]:

@@ -58,7 +58,7 @@ def get_task(ref: str) -> Task:
         task = getattr(module, "TASK", None)
         if not isinstance(task, Task):
             raise TaskNotFound(f"task file {ref} defines no TASK = <a discovery.tasks.Task instance>")
-        # what sandboxes are told to load: the file itself travels with each job (sandbox.jobfiles)
+        # what sandboxes are told to load: the file itself travels with each job (sandbox.host.jobfiles)
         task.ref = str(path)  # type: ignore[attr-defined]
         _loaded[str(path)] = task
     else:

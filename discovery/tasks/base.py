@@ -5,7 +5,7 @@ program and baseline library, a cheap contract check, and two fixed suites. Eval
 split in two so that candidate code never touches the score:
 
 * ``train`` runs on the trusted side. The candidate's function runs in a jail
-  (``sandbox.function_server``) and ``train`` gets a proxy of it (``discovery.slots``): a
+  (``sandbox.jail.function_server``) and ``train`` gets a proxy of it (``discovery.slots``): a
   callable for a differentiable slot, an object with ``reset``/``step`` for an update rule. The
   jail receives only the slot's arguments; the model, data, configuration and seed stay here.
 * ``score`` runs on the trusted side too. It rebuilds the hidden parts of the environment

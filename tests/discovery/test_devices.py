@@ -14,7 +14,7 @@ from discovery.evaluation import Evaluator
 from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
 from sandbox.base import Job, Outcome, Status
-from sandbox.local import LocalSandbox, bubblewrap_command
+from sandbox.host.local import LocalSandbox, bubblewrap_command
 
 HAS_GPU = torch.cuda.is_available()
 

@@ -13,7 +13,7 @@ import torch
 from discovery.evaluation import MAX_CURVE_ELEMENTS, Evaluator
 from discovery.tasks import get_task
 from sandbox.base import Outcome, Status
-from sandbox.jobfiles import input_key
+from sandbox.host.jobfiles import input_key
 
 TASK = get_task("preference")
 

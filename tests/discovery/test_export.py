@@ -19,7 +19,7 @@ from discovery.export.identifiers import is_safe_identifier
 from discovery.export.module import clean_text
 from discovery.export.rename import move_program
 from discovery.tasks import get_task
-from sandbox.policy import Policy, check_source
+from sandbox.static.policy import Policy, check_source
 
 HEAD = "import math\nimport torch\nimport torch.nn.functional as F\n\n"
 SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"

@@ -8,7 +8,7 @@ import torch
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 from discovery.tasks.base import env_seed
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 
 TASK = get_task("preference")
 CONFIG = TASK.suite("heldout").configs[0].name

@@ -20,7 +20,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 
 TASK = get_task("preference")
 
@@ -132,7 +132,7 @@ def scores(request: pytest.FixtureRequest) -> dict[str, object]:
             pytest.skip(f"no bubblewrap: {bubblewrap_problem()}")
         box = LocalSandbox()
     else:
-        from sandbox.docker_backend import DockerSandbox
+        from sandbox.host.docker_backend import DockerSandbox
 
         box = DockerSandbox(image=request.getfixturevalue("docker_image"))
     evaluator = Unguarded(TASK)

@@ -8,8 +8,8 @@ import torch
 from discovery.slots import JailedFunction, JailedUpdateRule
 from discovery.tasks import TrainingFailed, get_task
 from discovery.tasks.base import LocalUpdateRule
-from sandbox.function_server import UPDATE_RULE, JailSpec
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
+from sandbox.wire import UPDATE_RULE, JailSpec
 
 PREFERENCE = get_task("preference")
 OPTIMIZER = get_task("optimizer")

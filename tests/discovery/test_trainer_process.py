@@ -17,7 +17,7 @@ from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
 from discovery.trainer_process import TrainerProcess
 from sandbox.base import Status
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 
 TASK = get_task("preference")
 pytestmark = pytest.mark.skipif(bool(bubblewrap_problem()), reason=f"no bubblewrap: {bubblewrap_problem()}")

@@ -35,8 +35,8 @@ from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Sandbox
-from sandbox.jobfiles import input_key
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.jobfiles import input_key
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 from tests.conftest import HOSTILE_ROWS
 from tests.sandbox import hostile
 from tests.sandbox.hostile import CASES, Case
@@ -125,7 +125,7 @@ def sandbox(request: pytest.FixtureRequest, secret_env: None) -> Iterator[Sandbo
             pytest.skip(bubblewrap_problem())  # never run this corpus without the filesystem wall
         box: Sandbox = LocalSandbox()
     else:
-        from sandbox.docker_backend import DockerSandbox
+        from sandbox.host.docker_backend import DockerSandbox
 
         box = DockerSandbox(image=request.getfixturevalue("docker_image"))
     yield box
@@ -214,7 +214,7 @@ def assert_contained(outcome: Outcome, listener: Listener, outside: dict[str, Pa
 def make_sandbox(backend: str, docker_image: str | None = None) -> Sandbox:
     if backend == "local":
         return LocalSandbox()
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.host.docker_backend import DockerSandbox
 
     return DockerSandbox(image=docker_image or "")
 
@@ -296,7 +296,7 @@ POLICY_PASSES = {
 def test_which_cases_the_static_policy_already_stops():
     """The corpus is about the walls behind the policy; every case that reaches for os, sys,
     sockets, files or signals is stopped by the policy first (the rest need no such access)."""
-    from sandbox.policy import Policy, check_source
+    from sandbox.static.policy import Policy, check_source
 
     policy = Policy(allowed_imports=TASK.slot.allowed_imports, slot_name=TASK.slot.name)
     values = dict(PORT="1", PROJECT="/p", SECRET_NAME=SECRET_NAME, OUTSIDE_TMP="/t", OUTSIDE_WORK="/w")

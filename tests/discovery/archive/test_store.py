@@ -93,15 +93,15 @@ def test_candidate_roundtrip(archive: Archive, run_id: str) -> None:
     assert added.duplicate is False and added.id != parent.id
     cand = archive.get_candidate(added.id)
     assert cand is not None
-    assert cand["status"] == "pending" and cand["parents"] == [parent.id]
-    assert cand["thought"] == "swap the sign" and cand["generation"] == 1 and cand["island"] == 2
-    assert cand["proposer"] == "mutation:swap_op" and cand["feedback_shown"] == "PROMPT: improve the loss"
-    assert cand["is_baseline"] is False and archive.get_candidate(parent.id)["is_baseline"] is True
-    assert cand["evaluated_at"] is None and cand["fitness"] is None
+    assert cand.status == "pending" and cand.parents == (parent.id,)
+    assert cand.thought == "swap the sign" and cand.generation == 1 and cand.island == 2
+    assert cand.proposer == "mutation:swap_op" and cand.feedback_shown == "PROMPT: improve the loss"
+    assert cand.is_baseline is False and archive.get_candidate(parent.id).is_baseline is True
+    assert cand.evaluated_at is None and cand.fitness is None
 
     per_config = {"small": {"fitness": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3, "win_rate": 0.7}}
     archive.update_candidate(added.id, status="evaluating")
-    assert archive.get_candidate(added.id)["evaluated_at"] is None
+    assert archive.get_candidate(added.id).evaluated_at is None
     archive.update_candidate(
         added.id,
         status="ok",
@@ -119,20 +119,20 @@ def test_candidate_roundtrip(archive: Archive, run_id: str) -> None:
         seconds=12.5,
     )
     cand = archive.get_candidate(added.id)
-    assert cand["status"] == "ok" and cand["evaluated_at"]
-    assert (cand["fitness"], cand["fitness_ci_low"], cand["fitness_ci_high"], cand["n_seeds"]) == (
+    assert cand.status == "ok" and cand.evaluated_at
+    assert (cand.fitness, cand.fitness_ci_low, cand.fitness_ci_high, cand.n_seeds) == (
         0.5,
         0.4,
         0.6,
         3,
     )
-    assert cand["per_config"] == per_config and cand["heldout_per_config"] == {"big": {"fitness": 0.45}}
-    assert cand["heldout_fitness"] == 0.45 and cand["heldout_n_seeds"] == 5 and cand["seconds"] == 12.5
-    assert cand["curve"] == {"loss": [1.0, 0.5, None]}  # NaN stored as null: strict JSON
+    assert cand.per_config == per_config and cand.heldout_per_config == {"big": {"fitness": 0.45}}
+    assert cand.heldout_fitness == 0.45 and cand.heldout_n_seeds == 5 and cand.seconds == 12.5
+    assert cand.curve == {"loss": [1.0, 0.5, None]}  # NaN stored as null: strict JSON
 
     archive.update_candidate(parent.id, status="timeout", failed_stage="cascade", reason="took 60 s")
     failed = archive.get_candidate(parent.id)
-    assert (failed["status"], failed["failed_stage"], failed["reason"]) == ("timeout", "cascade", "took 60 s")
+    assert (failed.status, failed.failed_stage, failed.reason) == ("timeout", "cascade", "took 60 s")
 
     with pytest.raises(ValueError):
         archive.update_candidate(added.id, status="great")
@@ -154,11 +154,11 @@ def test_candidates_listing_and_unfinished(archive: Archive, run_id: str) -> Non
     archive.update_candidate(ids["d"], status="evaluating")
 
     best = archive.candidates(run_id)
-    assert [c["name"] for c in best][:2] == ["b", "a"]
-    assert [c["name"] for c in archive.candidates(run_id, order_by_fitness=False)] == list("abcde")
-    assert [c["name"] for c in archive.candidates(run_id, status="ok")] == ["b", "a"]
-    assert [c["name"] for c in archive.candidates(run_id, status=["crashed", "ok"], limit=1)] == ["b"]
-    assert [c["name"] for c in archive.unfinished_candidates(run_id)] == ["d", "e"]
+    assert [c.name for c in best][:2] == ["b", "a"]
+    assert [c.name for c in archive.candidates(run_id, order_by_fitness=False)] == list("abcde")
+    assert [c.name for c in archive.candidates(run_id, status="ok")] == ["b", "a"]
+    assert [c.name for c in archive.candidates(run_id, status=["crashed", "ok"], limit=1)] == ["b"]
+    assert [c.name for c in archive.unfinished_candidates(run_id)] == ["d", "e"]
     with pytest.raises(ValueError):
         archive.candidates(run_id, status="bogus")
 
@@ -167,7 +167,7 @@ def test_duplicate_hash_returns_existing(archive: Archive, run_id: str) -> None:
     first = add(archive, run_id, "one", code_hash="same")
     again = add(archive, run_id, "two", code_hash="same", code="different formatting")
     assert again == Added(first.id, True)
-    assert archive.get_candidate(first.id)["name"] == "one"
+    assert archive.get_candidate(first.id).name == "one"
     assert len(archive.candidates(run_id)) == 1
 
     other_run = archive.create_run("preference", {}, 1, [])
@@ -187,9 +187,9 @@ def test_record_evaluation_exactly_once(archive: Archive, run_id: str) -> None:
     assert archive.record_evaluation(cid, "heldout", "small", 0, "full", float("nan"), {}, None, 1.0)
 
     rows = archive.evaluations(cid, "discover")
-    assert [(r["config"], r["seed"]) for r in rows] == [("small", 0), ("small", 1)]
+    assert [(r.config, r.seed) for r in rows] == [("small", 0), ("small", 1)]
     kept = rows[0]
-    assert (kept["stage"], kept["fitness"], kept["metrics"], kept["curve"], kept["seconds"]) == (
+    assert (kept.stage, kept.fitness, kept.metrics, kept.curve, kept.seconds) == (
         "cascade",
         0.5,
         {"acc": 0.9},
@@ -197,7 +197,7 @@ def test_record_evaluation_exactly_once(archive: Archive, run_id: str) -> None:
         1.5,
     )
     assert len(archive.evaluations(cid)) == 3
-    assert archive.evaluations(cid, "heldout")[0]["fitness"] is None  # NaN fitness -> NULL
+    assert archive.evaluations(cid, "heldout")[0].fitness is None  # NaN fitness -> NULL
     assert archive.done_keys(cid, "discover") == {("small", 0), ("small", 1)}
     assert archive.done_keys(cid, "heldout") == {("small", 0)}
     assert archive.done_keys("c-nope", "discover") == set()
@@ -247,13 +247,13 @@ def test_leaderboard(archive: Archive, run_id: str) -> None:
     archive.update_candidate(opt, status="ok", fitness=0.6)
 
     rows = archive.leaderboard()
-    assert [r["id"] for r in rows] == [good, opt, base]
-    assert rows[0]["task"] == "preference" and rows[0]["run_status"] == "running"
-    assert [r["is_baseline"] for r in rows] == [False, True, True]
-    assert pending not in {r["id"] for r in rows}
-    assert [r["id"] for r in archive.leaderboard(run_id=run_id)] == [good, base]
-    assert [r["id"] for r in archive.leaderboard(task="optimizer")] == [opt]
-    assert [r["id"] for r in archive.leaderboard(limit=1)] == [good]
+    assert [r.id for r in rows] == [good, opt, base]
+    assert rows[0].task == "preference"
+    assert [r.is_baseline for r in rows] == [False, True, True]
+    assert pending not in {r.id for r in rows}
+    assert [r.id for r in archive.leaderboard(run_id=run_id)] == [good, base]
+    assert [r.id for r in archive.leaderboard(task="optimizer")] == [opt]
+    assert [r.id for r in archive.leaderboard(limit=1)] == [good]
 
 
 def test_lineage(archive: Archive, run_id: str) -> None:
@@ -262,8 +262,8 @@ def test_lineage(archive: Archive, run_id: str) -> None:
     b = add(archive, run_id, "b", parents=[root], generation=1).id
     child = add(archive, run_id, "child", parents=[a, b, "c-missing"], generation=2).id
     rows = archive.lineage(child)
-    assert [(r["id"], r["depth"]) for r in rows] == [(child, 0), (a, 1), (b, 1), (root, 2)]
-    assert archive.lineage(root) == [archive.get_candidate(root) | {"depth": 0}]
+    assert [(depth, r.id) for depth, r in rows] == [(0, child), (1, a), (1, b), (2, root)]
+    assert archive.lineage(root) == [(0, archive.get_candidate(root))]
     assert archive.lineage("c-nope") == []
 
 
@@ -276,29 +276,95 @@ def test_reopen_keeps_data_and_version(path: Path) -> None:
         cid = add(arc, rid, "a").id
         arc.record_evaluation(cid, "discover", "c", 0, "full", 0.5, {}, None, 1.0)
     with Archive(path) as arc:
-        assert arc.schema_version == SCHEMA_VERSION == 3
+        assert arc.schema_version == SCHEMA_VERSION == 4
         assert arc.get_run(rid)["config"] == {"x": 1}
-        assert arc.get_candidate(cid)["name"] == "a"
+        assert arc.get_candidate(cid).name == "a"
         assert arc.done_keys(cid, "discover") == {("c", 0)}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 4
     conn.close()
 
 
-def test_v1_archive_migrates_to_v2_keeping_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    v1_only = [schema.MIGRATIONS[0]]
+def old_archive(path: Path, version: int, monkeypatch: pytest.MonkeyPatch, candidates: list[dict]) -> str:
+    """An archive file at schema ``version`` holding one run and ``candidates`` (raw v1..v3 columns)."""
     with monkeypatch.context() as m:
-        m.setattr(schema, "MIGRATIONS", v1_only)
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:version])
         with Archive(path) as arc:
-            assert arc.schema_version == 1
-            rid = arc.create_run("t", {"x": 1}, 1, [])
-            cid = add(arc, rid, "a").id
+            assert arc.schema_version == version
+            rid = arc.create_run("preference", {"x": 1}, 1, [])
+    conn = sqlite3.connect(path)
+    for row in candidates:
+        row = {"run_id": rid, "name": row["id"], "code": "", "created_at": "2026-01-01T00:00:00.000Z", **row}
+        conn.execute(f"INSERT INTO candidates ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                     list(row.values()))
+    conn.commit()
+    conn.close()
+    return rid
+
+
+def test_v1_archive_migrates_keeping_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_archive(path, 1, monkeypatch, [{"id": "c-a", "code_hash": "h-a", "name": "a"}])
     with Archive(path) as arc:
-        assert arc.schema_version == 3
-        assert arc.get_candidate(cid)["name"] == "a"
-        assert arc.get_candidate(cid)["error_line"] is None
-        arc.update_candidate(cid, status="error", error_line=7, reason="boom")
-        assert arc.get_candidate(cid)["error_line"] == 7
+        assert arc.schema_version == SCHEMA_VERSION
+        assert arc.get_candidate("c-a").name == "a"
+        assert arc.get_candidate("c-a").error_line is None
+        arc.update_candidate("c-a", status="error", error_line=7, reason="boom")
+        assert arc.get_candidate("c-a").error_line == 7
+
+
+def test_v3_archive_migrates_to_records_without_fake_hashes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v3 kept duplicates and unusable replies under fake hashes, and NaN outputs as status 'contract'."""
+    rid = old_archive(path, 3, monkeypatch, [
+        {"id": "c-orig", "code": "x", "code_hash": "abc", "status": "ok", "fitness": 0.5},
+        {"id": "c-dup", "code": "x", "code_hash": "duplicate:abc:0f0f", "status": "duplicate",
+         "failed_stage": "dedup", "reason": "same normalized syntax tree as c-orig (orig); not evaluated"},
+        {"id": "c-unusable", "code_hash": "unusable:1234", "status": "parse", "failed_stage": "reply",
+         "reason": "unusable reply: no code block"},
+        {"id": "c-unusable2", "code_hash": "unusable:5678", "status": "parse", "failed_stage": "reply"},
+        {"id": "c-nan", "code": "y", "code_hash": "def", "status": "contract", "failed_stage": "contract",
+         "reason": "loss returned NaN"},
+        {"id": "c-name", "code": "z", "code_hash": "ghi", "status": "error", "failed_stage": "contract",
+         "error_line": 3, "reason": "NameError: name 'hx' is not defined (line 3: `return hx`)"},
+    ])
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO evaluations (candidate_id, suite, config, seed, created_at) "
+                 "VALUES ('c-orig', 'discover', 'small', 0, 'now')")
+    conn.commit()
+    conn.close()
+    with Archive(path) as arc:
+        assert arc.schema_version == SCHEMA_VERSION == 4
+        dup, orig = arc.get_candidate("c-dup"), arc.get_candidate("c-orig")
+        assert (dup.status, dup.code_hash, dup.duplicate_of) == ("duplicate", "abc", "c-orig")
+        assert orig.fitness == 0.5 and orig.duplicate_of is None and len(arc.evaluations("c-orig")) == 1
+        assert arc.get_candidate("c-unusable").code_hash is None and arc.get_candidate("c-unusable2").code_hash is None
+        nan = arc.get_candidate("c-nan")
+        assert (nan.status, nan.failed_stage, nan.error_class) == ("invalid", "contract", None)
+        name = arc.get_candidate("c-name")
+        assert (name.status, name.error_class, name.error_line) == ("error", "NameError", 3)
+        assert name.error_message == "name 'hx' is not defined"
+        # the partial unique index still keeps one evaluated copy per program, and takes new duplicates
+        assert add(arc, rid, "again", code_hash="abc") == Added("c-orig", True)
+        again = arc.add_duplicate(rid, original_id="c-orig", code="x", code_hash="abc", name="again", proposer="p")
+        assert arc.get_candidate(again).duplicate_of == "c-orig"
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+
+
+def test_unusable_replies_and_duplicates_are_recorded_without_fake_hashes(archive: Archive, run_id: str) -> None:
+    orig = add(archive, run_id, "orig").id
+    first = archive.add_unusable(run_id, reason="unusable reply: no code", name="u1", proposer="llm:m")
+    second = archive.add_unusable(run_id, reason="unusable reply: empty", name="u2", proposer="llm:m", generation=3)
+    dup = archive.add_duplicate(run_id, original_id=orig, code="c", code_hash="h-orig", name="d", proposer="llm:m",
+                                thought="same again")
+    rows = {c.id: c for c in archive.candidates(run_id)}
+    assert {rows[first].status, rows[second].status} == {"parse"} and rows[first].failed_stage == "reply"
+    assert rows[first].code_hash is None and rows[second].generation == 3 and rows[first].evaluated_at
+    assert (rows[dup].status, rows[dup].duplicate_of, rows[dup].code_hash) == ("duplicate", orig, "h-orig")
+    assert orig in rows[dup].reason and rows[dup].thought == "same again"
+    with pytest.raises(ArchiveError):
+        archive.add_duplicate(run_id, original_id="c-nope", code="c", code_hash="h", name="d", proposer="p")
 
 
 def test_the_heldout_secret_is_made_once_per_archive_and_kept(path: Path, tmp_path: Path) -> None:
@@ -430,7 +496,7 @@ def test_readonly_never_creates_and_cannot_write(path: Path, archive: Archive, r
     with Archive.open_readonly(path) as reader:
         assert reader.get_run(run_id)["task"] == "preference"
         cid = add(archive, run_id, "late").id  # the writer keeps writing; the reader sees it
-        assert reader.get_candidate(cid)["name"] == "late"
+        assert reader.get_candidate(cid).name == "late"
         with pytest.raises(ArchiveError, match="read-only"):
             reader.create_run("t", {}, 1, [])
         with pytest.raises(ArchiveError, match="read-only"):
@@ -461,7 +527,7 @@ def test_failed_write_is_rolled_back(archive: Archive, run_id: str) -> None:
     with pytest.raises(ArchiveError) as exc:
         archive.update_candidate(b, code_hash="ha", name="renamed")  # UNIQUE(run_id, code_hash)
     one_line(exc)
-    assert archive.get_candidate(b)["name"] == "b" and archive.get_candidate(a)["code_hash"] == "ha"
+    assert archive.get_candidate(b).name == "b" and archive.get_candidate(a).code_hash == "ha"
 
 
 # ---------------------------------------------------------- concurrency and WAL
@@ -500,7 +566,7 @@ def test_concurrent_writes_from_threads_all_land(archive: Archive, run_id: str) 
     assert len(archive.candidates(run_id, status="ok")) == total
     assert len(archive.llm_calls(run_id)) == total
     assert archive.run_cost(run_id) == pytest.approx(total * 0.001)
-    assert sum(len(archive.evaluations(c["id"])) for c in archive.candidates(run_id)) == total
+    assert sum(len(archive.evaluations(c.id)) for c in archive.candidates(run_id)) == total
 
 
 def test_stored_json_is_strict(archive: Archive, run_id: str, path: Path) -> None:

@@ -8,7 +8,7 @@ from discovery.proposers.base import ProposalContext, Proposed
 from discovery.proposers.codehash import normalized_hash
 from discovery.proposers.offline import MutationProposer, RandomMutationProposer
 from discovery.tasks.preference.task import TASK
-from sandbox.policy import Policy, check_source
+from sandbox.static.policy import Policy, check_source
 
 POLICY = Policy(allowed_imports=TASK.slot.allowed_imports, slot_name=TASK.slot.name)
 BASELINES = TASK.baselines

@@ -7,7 +7,7 @@ from pathlib import Path
 from discovery.archive import Archive
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "regression_task.py"
 

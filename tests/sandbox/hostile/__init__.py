@@ -1,9 +1,9 @@
 """A corpus of hostile candidates for the preference task's ``loss`` slot.
 
-Every program here would be rejected by the static policy (``sandbox.policy``); the tests
+Every program here would be rejected by the static policy (``sandbox.static.policy``); the tests
 hand them to the sandbox directly, to check that the OS-level walls hold for a candidate
 that got past the first wall. Most cases also run without the run-time guard
-(``sandbox.guard``; ``Case.guarded`` False), so that they reach the OS walls behind it; the
+(``sandbox.jail.guard``; ``Case.guarded`` False), so that they reach the OS walls behind it; the
 guard's own cases (``guarded=True``, at the end of :data:`CASES`) show it refusing attacks
 that once got past the static policy. Each case says which statuses are acceptable and, with a
 ``# <-- line`` marker, which of its own lines the one-line reason must name.
@@ -367,7 +367,7 @@ def loss(a, b, c, d, beta):
                 report.append(f"{name}: {type(exc).__name__}")
         raise ValueError("; ".join(report))  # <-- line
     """), ("error",), reason_lacks=("OPENED",)),
-    # ------------------------------------------------------------------ the run-time guard (sandbox.guard)
+    # ------------------------------------------------------------------ the run-time guard (sandbox.jail.guard)
     # attacks that once passed the static policy; the guarded compiler or the guard refuses them
     Case("generator_frame_builtins", program("""
         g = (i for i in [0])  # <-- line
@@ -455,7 +455,7 @@ if _shm >= 0:
     _addr = _libc.shmat(_shm, None, 0)
 builtins.HOSTILE_TRACE = True
 torch.HOSTILE_TRACE = True
-sys.modules["sandbox.function_server"].HOSTILE_TRACE = True
+sys.modules["sandbox.jail.function_server"].HOSTILE_TRACE = True
 F.log_softmax = lambda *args, **kwargs: None
 torch.manual_seed = lambda *args, **kwargs: None
 """)
@@ -481,7 +481,7 @@ LOOK_FOR_TRACES = program("""
         seen.append("builtins")
     if getattr(torch, "HOSTILE_TRACE", False):
         seen.append("torch global")
-    if getattr(sys.modules["sandbox.function_server"], "HOSTILE_TRACE", False):
+    if getattr(sys.modules["sandbox.jail.function_server"], "HOSTILE_TRACE", False):
         seen.append("server module global")
     if F.log_softmax(torch.zeros(2), dim=0) is None:
         seen.append("patched log_softmax")

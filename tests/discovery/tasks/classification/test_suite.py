@@ -6,7 +6,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 CONFIGS = ["digits_clean", "digits_sym40"]
 SEEDS = [0, 1]

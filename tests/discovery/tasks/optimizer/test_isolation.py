@@ -2,7 +2,7 @@
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 REMEMBERS_LR = '''import torch
 

@@ -4,7 +4,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 #: cheap configurations for the literature orderings (the full tables are in docs/benchmarks.md)
 ORDER_CONFIGS = ["charlm", "quadratic", "rosenbrock"]

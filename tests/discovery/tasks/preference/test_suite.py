@@ -4,7 +4,7 @@ import pytest
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
-from sandbox.local import LocalSandbox
+from sandbox.host.local import LocalSandbox
 
 
 @pytest.fixture(scope="module")

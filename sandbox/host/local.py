@@ -41,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Sandbox, project_root, scrubbed_env
-from sandbox.channel import MAX_PAYLOAD_BYTES
-from sandbox.function_server import JailSpec
-from sandbox.jobfiles import SCRATCH_FACTOR, write_deadline
-from sandbox.runner import UID_VARIABLE
-from sandbox.session import Session, Watch, make_fifos
+from sandbox.host.jobfiles import SCRATCH_FACTOR, write_deadline
+from sandbox.host.session import Session, Watch, make_fifos
+from sandbox.wire import MAX_PAYLOAD_BYTES, UID_VARIABLE, JailSpec
 
 KILL_GRACE_SECONDS = 10.0
 #: the project's package a jail needs (the function server and its walls), the only part of the
@@ -302,7 +300,7 @@ class LocalSandbox(Sandbox):
 
     def _start_template(self, threads: int) -> None:
         env = self._base_env(threads)
-        cmd = [sys.executable, "-m", "sandbox.template", json.dumps(env)]
+        cmd = [sys.executable, "-m", "sandbox.jail.template", json.dumps(env)]
         popen_env = dict(env)
         popen_env[UID_VARIABLE] = str(self.job_uid)  # the template's own environment, not the jobs'
         if self.use_bwrap:
@@ -394,7 +392,7 @@ class LocalSandbox(Sandbox):
         env = self._base_env(spec.limits.threads)
         env["HOME"] = env["TMPDIR"] = str(directory)
         env[UID_VARIABLE] = str(self.job_uid)
-        cmd = [sys.executable, "-m", "sandbox.function_server", str(directory)]
+        cmd = [sys.executable, "-m", "sandbox.jail.function_server", str(directory)]
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd
         with open(directory / "log.txt", "wb") as log:

@@ -1,6 +1,6 @@
 """A session's directory seen from the trusted side, and how a jail that died becomes an :class:`Outcome`.
 
-``job.json`` (the :class:`~sandbox.function_server.JailSpec`), ``deadline`` and the FIFOs go in;
+``job.json`` (the :class:`~sandbox.wire.JailSpec`), ``deadline`` and the FIFOs go in;
 ``log.txt`` is the only file read back, its tail only, for feedback. A jail returns nothing
 through files: whatever it writes into its directory is never read as a result.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Outcome, Status
-from sandbox.runner import CANDIDATE_FILE, DEADLINE_FILE, one_line, where
+from sandbox.text import one_line, where
+from sandbox.wire import CANDIDATE_FILE, DEADLINE_FILE
 
 LOG_TAIL_CHARS = 2000
 DUMP_SEARCH_CHARS = 32768

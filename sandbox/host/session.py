@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Outcome, Status
-from sandbox.channel import Channel, ChannelClosed, ProtocolError
-from sandbox.function_server import FROM_JAIL, TO_JAIL, JailSpec
-from sandbox.jobfiles import SCRATCH_POLL_SECONDS, read_log_tail, read_outcome, scratch_budget, scratch_exceeded
-from sandbox.runner import one_line
+from sandbox.host.jobfiles import SCRATCH_POLL_SECONDS, read_log_tail, read_outcome, scratch_budget, scratch_exceeded
+from sandbox.text import one_line
+from sandbox.wire import FROM_JAIL, TO_JAIL, Channel, ChannelClosed, JailSpec, ProtocolError
 
 #: how long a jail may take to load the candidate and say it is ready, beyond its own deadline's share
 READY_SECONDS = 30.0
@@ -140,12 +139,15 @@ class Session:
         if status not in {s.value for s in Status} or status == Status.OK.value:
             status = Status.ERROR.value
         line = failure.get("line")
+        error_class = str(failure.get("error_class") or "")
         self.watch.kill()
         self._wait_exit()
         self.outcome = Outcome(
             Status(status), one_line(str(failure.get("reason", ""))), stage=one_line(str(failure.get("stage", "")), 20),
             seconds=time.monotonic() - self.started, line=line if isinstance(line, int) and line > 0 else None,
             stderr_tail=read_log_tail(self.directory),
+            error_class=error_class[:80] if error_class.isidentifier() else "",
+            message=one_line(str(failure.get("message") or ""), 200),
         )
         raise JailEnded(self.outcome)
 

@@ -1,6 +1,6 @@
 """The walls of a jailed process, and how a candidate's failure becomes a one-line reason.
 
-Used by the function server (:mod:`sandbox.function_server`) in a child forked from the warm
+Used by the function server (:mod:`sandbox.jail.function_server`) in a child forked from the warm
 template or in a fresh interpreter, before the candidate's first line runs.
 
 The walls a job gets here, in order: stdout and stderr go to ``log.txt`` in the job
@@ -27,17 +27,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-CANDIDATE_FILE = "candidate.py"
+from sandbox.text import one_line, where
+from sandbox.wire import CANDIDATE_FILE, DEADLINE_FILE, UID_VARIABLE
+
 #: uid (and gid) a job runs as when the sandbox starts it as root, unless the environment
 #: variable UID_VARIABLE names another (the local backend gives each sandbox its own uid, so
 #: that per-user limits such as RLIMIT_NPROC are not shared between workers)
 SANDBOX_UID = 65534
-UID_VARIABLE = "DISCOVERY_SANDBOX_UID"
-#: written by the trusted side: the wall-clock time (``time.time()``) at which the job is killed
-DEADLINE_FILE = "deadline"
 #: seconds before the deadline at which the runner dumps the candidate's stack into the log
 DUMP_MARGIN_SECONDS = 1.0
-REASON_CHARS = 300
 #: open descriptors a job may hold (RLIMIT_NOFILE, soft = hard). A job starts with stdin and the
 #: log on stdout/stderr, the runner holds RESERVED_DESCRIPTORS more, and the rest is the candidate's;
 #: a CUDA job also opens the driver's device nodes and a few of its own, after the limit is set
@@ -48,25 +46,6 @@ MAX_OPEN_FILES_CUDA = 256
 #: of ending as a crash without one
 RESERVED_DESCRIPTORS = 3
 _reserved: list[int] = []
-
-
-def one_line(text: str, limit: int = REASON_CHARS) -> str:
-    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def candidate_line_text(source: str, lineno: int) -> str:
-    """The stripped text of line ``lineno`` of ``source`` ("" when out of range)."""
-    lines = source.splitlines()
-    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
-
-
-def where(source: str, lineno: int) -> str:
-    """`` (line N: `text`)`` for the candidate's line ``lineno``, or "" when there is none."""
-    if lineno <= 0:
-        return ""
-    return f" (line {lineno}: `{candidate_line_text(source, lineno)[:120]}`)"
 
 
 def _candidate_line(exc: BaseException) -> int:
@@ -108,16 +87,17 @@ def _is_output_limit(exc: BaseException) -> bool:
 def _failure(exc: BaseException, source: str, stage: str, memory_mb: int, file_mb: int) -> dict[str, Any]:
     """The result of a job whose candidate raised ``exc``."""
     reason, line = _describe(exc, source)
+    error = {"error_class": type(exc).__name__, "message": _message(exc)}
     if _is_out_of_memory(exc):
         limit = f"the {memory_mb} MB memory limit" if memory_mb > 0 else "the memory limit"
-        return {"status": "memory", "stage": stage, "line": line,
+        return {"status": "memory", "stage": stage, "line": line, **error,
                 "reason": one_line(f"out of memory: {limit} was reached{where(source, line)}")}
     if _is_output_limit(exc):
-        return {"status": "output", "stage": stage, "line": line,
+        return {"status": "output", "stage": stage, "line": line, **error,
                 "reason": one_line(f"wrote more than the {file_mb} MB file-size limit{where(source, line)}")}
     if isinstance(exc, RecursionError):
         reason = "recursion without end: " + reason
-    return {"status": "error", "stage": stage, "reason": one_line(reason), "line": line}
+    return {"status": "error", "stage": stage, "reason": one_line(reason), "line": line, **error}
 
 
 # ------------------------------------------------------------------------------------ walls
@@ -174,7 +154,7 @@ def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
     directory: the job keeps reaching it through the cwd even when its parents are not
     searchable by the unprivileged user.
     """
-    from sandbox.confine import apply_rlimits, drop_privileges, install_seccomp, unshare_ipc
+    from sandbox.jail.confine import apply_rlimits, drop_privileges, install_seccomp, unshare_ipc
 
     notes = []
     if os.geteuid() == 0:

@@ -25,7 +25,7 @@ import pytest
 from discovery.tasks import get_task
 from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Status
-from sandbox.docker_backend import (
+from sandbox.host.docker_backend import (
     CONTAINER_JOB_DIR,
     EVENTS_FIFO,
     IPC_SYSCTLS,
@@ -38,8 +38,8 @@ from sandbox.docker_backend import (
     DockerUnavailable,
     container_limits,
 )
-from sandbox.function_server import JailSpec
-from sandbox.session import JailEnded
+from sandbox.host.session import JailEnded
+from sandbox.wire import JailSpec
 
 LABEL_FILTER = {"label": "discovery.sandbox=job"}
 #: for plain commands in a fresh container
@@ -360,7 +360,7 @@ try:
     out["import"] = "IMPORTED"
 except ImportError as exc:
     out["import"] = type(exc).__name__
-import sandbox.function_server  # noqa: F401 - the jail's own package is there
+import sandbox.jail.function_server  # noqa: F401 - the jail's own package is there
 out["env"] = dict(os.environ)
 """)
     assert report["ids"] == [SANDBOX_UID, SANDBOX_UID, SANDBOX_UID, []], report
@@ -419,8 +419,8 @@ def test_dpo_trains_as_it_does_in_the_local_backend(box: DockerSandbox):
     import torch
 
     from discovery.evaluation import Evaluator
-    from sandbox.jobfiles import input_key
-    from sandbox.local import LocalSandbox
+    from sandbox.host.jobfiles import input_key
+    from sandbox.host.local import LocalSandbox
 
     task = get_task("preference")
     inputs = {input_key("clean", 0): Evaluator(task).inputs_for(task.suite("discover"), "clean", 0)}

@@ -10,8 +10,8 @@ from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 from discovery.training import run_job
 from sandbox.base import Job, Limits, Status
-from sandbox.jobfiles import input_key
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host.jobfiles import input_key
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
 
 TASK = get_task("preference")
 

@@ -2,7 +2,7 @@
 
 A function server is one process, forked from the warm template for one training (or one
 contract check) and confined before the candidate's first line runs. It receives only the
-slot's arguments, as tensors copied over a pipe (:mod:`sandbox.channel`), and returns only the
+slot's arguments, as tensors copied over a pipe (:mod:`sandbox.wire`), and returns only the
 function's outputs and, for a differentiable slot, the gradient with respect to its inputs.
 It never sees the model, the data, the configuration, the seed or any file of the trainer's:
 the trusted trainer (``discovery/slots.py``) holds them and keeps them.
@@ -27,52 +27,32 @@ A failure of the candidate's code is a reply ``{"failure": {status, stage, reaso
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import Limits
-from sandbox.channel import Channel, ProtocolError, enlarge_pipe
-from sandbox.runner import CANDIDATE_FILE, _describe, _failure, one_line
-
-SPEC_FILE = "job.json"
-#: the FIFOs of one session: requests into the jail, replies out of it
-TO_JAIL = "to_jail"
-FROM_JAIL = "from_jail"
-#: slot kinds: a function whose gradient flows back (losses), a per-parameter update rule
-DIFFERENTIABLE = "differentiable"
-UPDATE_RULE = "update_rule"
-
-
-@dataclass
-class JailSpec:
-    """All a function server is told: the candidate and how to call it (no task, config or seed)."""
-
-    source: str
-    slot: str
-    kind: str = DIFFERENTIABLE
-    allowed_imports: tuple[str, ...] = ("torch", "torch.nn.functional", "math")
-    limits: Limits = field(default_factory=Limits)
-    #: the jail computes on the CPU: the trainer's tensors are copied in and out of it
-    device: str = "cpu"
-    #: run the candidate under the run-time guard (sandbox/guard.py); only a trusted-side test of the
-    #: OS walls behind it (the hostile corpus) turns it off
-    guarded: bool = True
-
-    def write(self, directory: Path) -> None:
-        """Write ``job.json`` into ``directory``."""
-        (Path(directory) / SPEC_FILE).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, directory: Path) -> JailSpec:
-        """The spec written by :meth:`write`."""
-        data = json.loads((Path(directory) / SPEC_FILE).read_text())
-        data["limits"] = Limits(**data["limits"])
-        data["allowed_imports"] = tuple(data["allowed_imports"])
-        return cls(**data)
+from sandbox.jail.runner import (
+    _arm_diagnostics,
+    _describe,
+    _failure,
+    confine_job,
+    job_uid,
+    redirect_output,
+    release_descriptors,
+    reserve_descriptors,
+)
+from sandbox.text import one_line
+from sandbox.wire import (
+    CANDIDATE_FILE,
+    FAILURE_FIELDS,
+    FROM_JAIL,
+    TO_JAIL,
+    Channel,
+    JailSpec,
+    ProtocolError,
+    enlarge_pipe,
+)
 
 
 class Failed(Exception):
@@ -89,7 +69,7 @@ class Slot:
     def __init__(self, spec: JailSpec):
         self.spec = spec
         if spec.guarded:
-            from sandbox.guard import compile_guarded
+            from sandbox.jail.guard import compile_guarded
 
             self.code, self.base = compile_guarded(spec.source, CANDIDATE_FILE, spec.allowed_imports)
         else:  # only a trusted-side test opts out (the hostile corpus reaches the OS walls with it)
@@ -196,7 +176,8 @@ def serve(channel: Channel, spec: JailSpec) -> int:
         return 0
     except SyntaxError as exc:
         reason, line = _describe(exc, spec.source)
-        _send_failure(channel, {"status": "parse", "stage": "parse", "reason": reason, "line": line})
+        _send_failure(channel, {"status": "parse", "stage": "parse", "reason": reason, "line": line,
+                                "error_class": type(exc).__name__, "message": one_line(exc.msg or "", 200)})
         return 0
     except BaseException as exc:  # noqa: BLE001 - the module's own top level raised
         _send_failure(channel, _failure(exc, spec.source, stage, spec.limits.memory_mb, spec.limits.file_mb))
@@ -204,11 +185,9 @@ def serve(channel: Channel, spec: JailSpec) -> int:
 
 
 def _send_failure(channel: Channel, result: dict[str, Any]) -> None:
-    from sandbox.runner import release_descriptors
-
     release_descriptors()
     try:
-        channel.send({"failure": {k: result.get(k) for k in ("status", "stage", "reason", "line")}})
+        channel.send({"failure": {k: result.get(k) for k in FAILURE_FIELDS if result.get(k) is not None}})
     except BaseException:  # noqa: BLE001 - the trusted side classifies a silent exit itself
         pass
 
@@ -232,7 +211,7 @@ def warmup() -> None:
     x = torch.linspace(-1.0, 1.0, 4)
     slot.call([x, x.flip(0)], [0, 1], 0.25)
     slot.backward(torch.ones(4))
-    from sandbox.guard import vetted
+    from sandbox.jail.guard import vetted
 
     vetted()  # the allow-list tables, built once before the fork (~30 ms per session saved)
 
@@ -251,8 +230,6 @@ def run_session(directory: Path, uid: int) -> int:
 
     import torch
 
-    from sandbox.runner import _arm_diagnostics, confine_job, reserve_descriptors
-
     spec = JailSpec.read(directory)
     channel = open_channel(directory)
     confine_job(directory, spec, uid)
@@ -270,14 +247,12 @@ def run_session(directory: Path, uid: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sandbox.function_server DIR``: a session in a fresh interpreter (no warm template)."""
-    from sandbox.runner import job_uid, redirect_output
-
+    """``python -m sandbox.jail.function_server DIR``: a session in a fresh interpreter (no warm template)."""
     directory = Path((sys.argv[1:] if argv is None else argv)[0])
     redirect_output(directory)
     import torch  # noqa: F401 - loaded before the walls go up
 
-    import sandbox.guard  # noqa: F401
+    import sandbox.jail.guard  # noqa: F401
 
     os.chdir(directory)
     code = run_session(Path("."), job_uid())

@@ -3,9 +3,9 @@
 The trainer runs on the trusted side (``discovery.training``); only the candidate's slot function
 runs in the jail. Each :class:`DockerSandbox` (one per worker) keeps one long-lived container,
 started at its first session (and again whenever it died, or a session asks for other
-container limits), that runs the warm template (``python -m sandbox.template ENV --fifos IN
-OUT``). Every session is a fresh child forked from that template: it opens its session's FIFOs,
-puts up its own walls (:func:`sandbox.runner.confine_job`: the session directory handed to uid
+container limits), that runs the warm template (``python -m sandbox.jail.template ENV --fifos
+IN OUT``). Every session is a fresh child forked from that template: it opens its session's FIFOs,
+puts up its own walls (:func:`sandbox.jail.runner.confine_job`: the session directory handed to uid
 65534, every privilege dropped, rlimits, the seccomp filter refusing fork/exec and sockets) and
 only then loads the candidate; it answers calls of the slot over the FIFOs and is killed, and its
 directory wiped, when the session ends.
@@ -25,7 +25,7 @@ signal it, its init or anything else of the worker.
 The template's JSON lines go over two FIFOs in the host directory, created and held open by
 the trusted side before the container starts and unlinked once the template has opened them, so
 that no session can reach them. What crosses into the jail is only the slot's arguments, and
-what comes back only its results, over the session's FIFOs (:mod:`sandbox.channel`); the
+what comes back only its results, over the session's FIFOs (:mod:`sandbox.wire`); the
 trusted side reads back nothing else but the tail of ``log.txt`` (never through a link).
 
 The image must contain this project (see ``sandbox/Dockerfile`` and ``docs/docker.md``); the
@@ -51,11 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.base import Limits, Sandbox, scrubbed_env
-from sandbox.channel import MAX_PAYLOAD_BYTES
-from sandbox.function_server import SPEC_FILE, JailSpec
-from sandbox.jobfiles import SCRATCH_FACTOR, SCRATCH_POLL_SECONDS, write_deadline
-from sandbox.runner import UID_VARIABLE
-from sandbox.session import Session, Watch, make_fifos
+from sandbox.host.jobfiles import SCRATCH_FACTOR, SCRATCH_POLL_SECONDS, write_deadline
+from sandbox.host.session import Session, Watch, make_fifos
+from sandbox.text import one_line
+from sandbox.wire import MAX_PAYLOAD_BYTES, SPEC_FILE, UID_VARIABLE, JailSpec
 
 #: uid and gid a session's process runs as inside the container (``nobody`` / ``sandbox``)
 SANDBOX_UID = 65534
@@ -184,7 +183,7 @@ class DockerSandbox(Sandbox):
             self.client = docker.from_env()
             self.client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure here means "no engine"
-            raise DockerUnavailable(f"Docker engine unreachable ({_one_line(exc)})") from exc
+            raise DockerUnavailable(f"Docker engine unreachable ({_exc_line(exc)})") from exc
         try:
             attrs = self.client.images.get(image).attrs
         except docker.errors.ImageNotFound as exc:
@@ -192,7 +191,7 @@ class DockerSandbox(Sandbox):
                 f"Docker image {image!r} not found locally; build it (see docs/docker.md)"
             ) from exc
         except docker.errors.DockerException as exc:
-            raise DockerUnavailable(f"cannot inspect Docker image {image!r} ({_one_line(exc)})") from exc
+            raise DockerUnavailable(f"cannot inspect Docker image {image!r} ({_exc_line(exc)})") from exc
         self.image_id = attrs.get("Id", "")
         # keep the image's own PATH (e.g. /opt/conda/bin in pytorch/pytorch images): it is not
         # secret, and without it `python` may not resolve; everything else is scrubbed
@@ -359,7 +358,7 @@ class DockerSandbox(Sandbox):
         events_rw = os.open(paths[1], os.O_RDWR | os.O_NONBLOCK)
         self._events_fd = events_rw
         self._buffer = b""
-        command = ["python", "-m", "sandbox.template", json.dumps(self._environment(threads)), "--fifos",
+        command = ["python", "-m", "sandbox.jail.template", json.dumps(self._environment(threads)), "--fifos",
                    f"{CONTAINER_JOB_DIR}/{REQUESTS_FIFO}", f"{CONTAINER_JOB_DIR}/{EVENTS_FIFO}"]
         limits = Limits(memory_mb=memory_mb, max_processes=pids, threads=threads)
         volumes = {str(self.root): {"bind": CONTAINER_JOB_DIR, "mode": "rw"}}
@@ -378,7 +377,7 @@ class DockerSandbox(Sandbox):
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self._remove_container()
             self._forget_container()
-            raise DockerUnavailable(f"Docker engine failed starting the sandbox ({_one_line(exc)})") from exc
+            raise DockerUnavailable(f"Docker engine failed starting the sandbox ({_exc_line(exc)})") from exc
         except BaseException:
             self._remove_container()
             self._forget_container()
@@ -426,7 +425,7 @@ class DockerSandbox(Sandbox):
             lines = [ln for ln in self._container.logs(tail=20).decode("utf-8", "replace").splitlines() if ln.strip()]
         except Exception:  # noqa: BLE001 - gone, or the engine is down
             return "no output"
-        return _one_line(Exception(lines[-1])) if lines else "no output"
+        return one_line(lines[-1]) if lines else "no output"
 
     def _alive(self) -> bool:
         """Whether the template is still there; drops events that belong to no session (none should)."""
@@ -529,7 +528,7 @@ class DockerSandbox(Sandbox):
                 logs = b""
             return code, timed_out, oom, seconds, logs
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DockerUnavailable(f"Docker engine failed running the command ({_one_line(exc)})") from exc
+            raise DockerUnavailable(f"Docker engine failed running the command ({_exc_line(exc)})") from exc
         finally:
             if container is not None:
                 try:
@@ -543,9 +542,10 @@ class DockerSandbox(Sandbox):
         return (-1 if timed_out or code is None else code), logs.decode("utf-8", "replace")
 
 
-def _one_line(exc: BaseException) -> str:
+def _exc_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none), as one reason."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return one_line(text[0] if text else type(exc).__name__)
 
 
 def _share(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for the static policy (sandbox/policy.py): what passes, what is rejected, and where."""
+"""Tests for the static policy (sandbox/static/policy.py): what passes, what is rejected, and where."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from sandbox.policy import Policy, Violation, annotate, check_source
+from sandbox.static.policy import Policy, Violation, annotate, check_source
 
 POLICY = Policy()
 
@@ -398,7 +398,7 @@ def test_obfuscation_attempts_are_caught(body: str, word: str) -> None:
     assert_rejected(program(body), BODY_LINE, word)
 
 
-# -- the allow-list (sandbox.guard) ------------------------------------------------------------
+# -- the allow-list (sandbox.jail.guard) ------------------------------------------------------------
 
 
 def test_the_reviews_generator_frame_attack_is_refused_at_parse_time() -> None:

@@ -1,4 +1,4 @@
-"""The run-time guard (sandbox/guard.py): every attribute read checked on the object it is made on.
+"""The run-time guard (sandbox/jail/guard.py): every attribute read checked on the object it is made on.
 
 In-process: what the guard allows and refuses on actual objects, the guarded compiler's outright
 refusals, imports and builtins, and that every shipped candidate (baselines, controls, seed
@@ -30,12 +30,12 @@ from discovery.tasks import get_task, task_names
 from discovery.tasks.base import ContractError, Task
 from discovery.training import run_job
 from sandbox.base import Job, Limits, Outcome, Status
-from sandbox.guard import ALLOWED_BUILTINS, GuardError, GuardRefusal, compile_guarded, make_getattr, vetted
-from sandbox.jobfiles import input_key
-from sandbox.local import LocalSandbox, bubblewrap_problem
-from sandbox.policy import Policy, check_source
+from sandbox.host.jobfiles import input_key
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
+from sandbox.jail.guard import ALLOWED_BUILTINS, GuardError, GuardRefusal, compile_guarded, make_getattr, vetted
+from sandbox.static.policy import Policy, check_source
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PREFERENCE = get_task("preference")
 LIMITS = Limits(wall_seconds=60, memory_mb=2048, max_processes=64)
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F\n\n\n"

@@ -10,10 +10,10 @@ instead; the trusted side holds both open already, so opening them does not bloc
 The template imports torch and the function server and runs one tiny single-threaded call
 (no parallel work: forking after torch has run a thread pool can hang the child); it never
 sees a task, a model or data: it serves only jailed slot functions
-(:mod:`sandbox.function_server`). Each child, before any candidate code runs, starts
+(:mod:`sandbox.jail.function_server`). Each child, before any candidate code runs, starts
 its own session, points stdout/stderr at a log file in its scratch directory, closes every
 other inherited descriptor, replaces the environment and puts up the walls of
-:func:`sandbox.runner.confine_job` (as root: private IPC namespace and an unprivileged uid;
+:func:`sandbox.jail.runner.confine_job` (as root: private IPC namespace and an unprivileged uid;
 rlimits; a seccomp filter that refuses fork/exec/sockets). The template itself is made
 non-dumpable, so a job cannot open its memory or descriptors under /proc.
 """
@@ -58,7 +58,7 @@ def _child(job_dir: str, env: dict[str, str], uid: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from pathlib import Path
 
-        from sandbox.function_server import run_session
+        from sandbox.jail.function_server import run_session
 
         code = run_session(Path("."), uid)  # reached through the cwd: the job user may not search the parents
     except BaseException:  # noqa: BLE001 - report on the log, never fall back into the template loop
@@ -149,23 +149,23 @@ def main() -> None:
     torch.set_num_threads(1)  # no intra-op thread pool exists before fork; each child sets its own
     import torch.nn.functional  # noqa: F401
 
-    import sandbox.channel  # noqa: F401
-    import sandbox.confine  # noqa: F401
-    import sandbox.function_server
-    import sandbox.runner  # noqa: F401
+    import sandbox.jail.confine  # noqa: F401
+    import sandbox.jail.function_server
+    import sandbox.jail.runner  # noqa: F401
+    import sandbox.wire  # noqa: F401
 
-    sandbox.function_server.warmup()  # lazy imports, first calls, the guard's allow-list tables
+    sandbox.jail.function_server.warmup()  # lazy imports, first calls, the guard's allow-list tables
 
     network_note = ""
     if os.environ.get("DISCOVERY_SANDBOX_NETNS") == "self":
-        from sandbox.confine import enter_network_namespace
+        from sandbox.jail.confine import enter_network_namespace
 
         network_note = enter_network_namespace()
-    from sandbox.confine import set_dumpable
+    from sandbox.jail.confine import set_dumpable
 
     set_dumpable(False)
     _emit({"event": "ready", "pid": os.getpid(), "network": network_note})
-    from sandbox.runner import job_uid
+    from sandbox.jail.runner import job_uid
 
     serve(env, job_uid())
 

@@ -1,4 +1,4 @@
-"""Tests for sandbox.confine: every wall goes up in a forked child (or, for torch, a fresh
+"""Tests for sandbox.jail.confine: every wall goes up in a forked child (or, for torch, a fresh
 interpreter), never in the test process itself."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import confine
+from sandbox.jail import confine
 from tests.sandbox.listeners import unix_listener as listening
 
 MIB = 1024 * 1024
@@ -310,8 +310,8 @@ def test_seccomp_keeps_threads_working() -> None:
 
 TORCH_SCRIPT = r"""
 import os, re, sys, traceback
-import torch  # imported before the walls, computing nothing yet (as sandbox.template does)
-from sandbox import confine
+import torch  # imported before the walls, computing nothing yet (as sandbox.jail.template does)
+from sandbox.jail import confine
 
 def job():
     torch.set_num_threads(2)
@@ -326,9 +326,9 @@ def job():
         assert re.search(r"^Seccomp:\s+2$", status, re.M), f"thread {tid} is not filtered"
     print("ok", end="", flush=True)
 
-if sys.argv[1] == "same-process":  # like sandbox.runner: a fresh process confines itself
+if sys.argv[1] == "same-process":  # like sandbox.jail.runner: a fresh process confines itself
     job()
-else:  # like sandbox.template: the job runs in a child forked after the import
+else:  # like sandbox.jail.template: the job runs in a child forked after the import
     pid = os.fork()
     if pid == 0:
         try:
@@ -352,7 +352,7 @@ def test_seccomp_keeps_torch_thread_pool_working(mode: str) -> None:
     done parallel work in this process (another test module), a forked child using its
     OpenMP pool hangs, filter or not.
     """
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, mode], cwd=repo, env=env,

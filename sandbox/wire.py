@@ -1,4 +1,6 @@
-"""The wire between the trusted trainer and a jailed slot function: framed messages over pipes.
+"""The wire between the trusted trainer and a jailed slot function: framed messages over pipes, and
+the names and job spec both sides agree on (the session directory's files, the slot kinds,
+:class:`JailSpec`).
 
 A message is a header ``<II`` (JSON length, payload length), a JSON document and a payload of
 raw tensor bytes. The JSON holds a tree of numbers, strings, ``None``, lists and string-keyed
@@ -20,9 +22,65 @@ import select
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from sandbox.base import Limits
+
+# -- the session directory and the job spec ----------------------------------------------------
+
+#: the job spec (:class:`JailSpec`) in a session's directory
+SPEC_FILE = "job.json"
+#: the FIFOs of one session: requests into the jail, replies out of it
+TO_JAIL = "to_jail"
+FROM_JAIL = "from_jail"
+#: the fields of a ``{"failure": {...}}`` message: how the jail saw the candidate fail
+#: (``line`` is the candidate's own line, -1 when none; ``error_class`` and ``message`` are the
+#: exception's, when it raised one)
+FAILURE_FIELDS = ("status", "stage", "reason", "line", "error_class", "message")
+#: written by the trusted side: the wall-clock time (``time.time()``) at which the job is killed
+DEADLINE_FILE = "deadline"
+#: the file name the candidate's code is compiled under (tracebacks and stack dumps name it)
+CANDIDATE_FILE = "candidate.py"
+#: environment variable that tells a jail started as root which uid its jobs run as
+UID_VARIABLE = "DISCOVERY_SANDBOX_UID"
+#: slot kinds: a function whose gradient flows back (losses), a per-parameter update rule
+DIFFERENTIABLE = "differentiable"
+UPDATE_RULE = "update_rule"
+
+
+@dataclass
+class JailSpec:
+    """All a function server is told: the candidate and how to call it (no task, config or seed)."""
+
+    source: str
+    slot: str
+    kind: str = DIFFERENTIABLE
+    allowed_imports: tuple[str, ...] = ("torch", "torch.nn.functional", "math")
+    limits: Limits = field(default_factory=Limits)
+    #: the jail computes on the CPU: the trainer's tensors are copied in and out of it
+    device: str = "cpu"
+    #: run the candidate under the run-time guard (sandbox/jail/guard.py); only a trusted-side test of the
+    #: OS walls behind it (the hostile corpus) turns it off
+    guarded: bool = True
+
+    def write(self, directory: Path) -> None:
+        """Write ``job.json`` into ``directory``."""
+        (Path(directory) / SPEC_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, directory: Path) -> JailSpec:
+        """The spec written by :meth:`write`."""
+        data = json.loads((Path(directory) / SPEC_FILE).read_text())
+        data["limits"] = Limits(**data["limits"])
+        data["allowed_imports"] = tuple(data["allowed_imports"])
+        return cls(**data)
+
+
+# -- framed messages ---------------------------------------------------------------------------
 
 HEADER = struct.Struct("<II")
 #: bytes of JSON one message may carry (the tree of a slot's arguments is small)

@@ -25,8 +25,8 @@ allow-list (see :func:`vetted`):
 Everything else, such as a module reached through a call, a frame, a code object, a function, a
 class or an exception, has no attribute a candidate may read. A refusal raises :class:`GuardError`
 (a ``BaseException``, so ``except Exception`` cannot swallow it) with a one-line reason; the
-runner adds the candidate's line. The static policy (:mod:`sandbox.policy`) uses the same
-allow-list at parse time.
+runner adds the candidate's line. The static policy (:mod:`sandbox.static.policy`) uses the same
+allow-list, and the name tables here, at parse time.
 """
 
 from __future__ import annotations
@@ -81,7 +81,51 @@ VETTED_CLASSES = frozenset(
      "LinAlgError"}
 )
 
-#: module attributes refused by name, with the reason (on top of sandbox.policy.BLOCKED_ATTRIBUTES)
+#: names rejected wherever they appear, as a variable or as an attribute
+FORBIDDEN_NAMES = frozenset(
+    {
+        "exec", "eval", "compile", "open", "__import__", "globals", "locals", "vars",
+        "getattr", "setattr", "delattr", "breakpoint", "input", "memoryview", "help",
+        "exit", "quit", "license", "credits", "copyright", "dir", "type", "object", "super",
+        "os", "sys", "subprocess", "socket", "shutil", "builtins", "importlib", "ctypes",
+        "pickle", "marshal", "signal", "threading", "multiprocessing", "inspect", "gc",
+    }
+)  # fmt: skip
+
+#: attribute names that lead (from torch, F or numpy) to files, processes, compilers or global state
+BLOCKED_ATTRIBUTES: dict[str, str] = {
+    "load": "reads and unpickles files",
+    "save": "writes files",
+    "from_file": "reads files",
+    "tofile": "writes files",
+    "serialization": "reads and writes files",
+    "package": "imports packaged code",
+    "hub": "downloads and runs code",
+    "utils": "reaches cpp_extension and data loaders",
+    "cpp": "reaches the C++ API",
+    "ops": "reaches the raw operator registry",
+    "library": "registers native operators",
+    "classes": "reaches TorchScript classes",
+    "jit": "compiles code",
+    "compiler": "compiles code",
+    "fx": "generates and executes code",
+    "export": "traces and writes programs",
+    "onnx": "writes model files",
+    "profiler": "writes trace files",
+    "distributed": "opens network connections",
+    "backends": "changes global backend flags",
+    "cuda": "controls devices; the harness picks the device",
+    "mps": "controls devices; the harness picks the device",
+    "xpu": "controls devices; the harness picks the device",
+    "mtia": "controls devices; the harness picks the device",
+    "manual_seed": "changes the global random state; the harness seeds",
+    "seed": "changes the global random state; the harness seeds",
+    "use_deterministic_algorithms": "changes global torch state",
+    "numpy": "leaves torch for numpy, whose file and pickle APIs are not vetted",
+    "np": "leaves torch for numpy, whose file and pickle APIs are not vetted",
+}
+
+#: module attributes refused by name, with the reason (on top of BLOCKED_ATTRIBUTES)
 MODULE_DENIED: dict[str, str] = {
     "fork": "starts TorchScript tasks on other threads",
     "wait": "waits on TorchScript tasks of other threads",
@@ -227,8 +271,6 @@ class Vetted:
 
 def _denied_module_name(name: str) -> str | None:
     """Why a module attribute is refused by its name alone (None when the name is not denied)."""
-    from sandbox.policy import BLOCKED_ATTRIBUTES, FORBIDDEN_NAMES
-
     if name.startswith("_"):
         return "private attributes reach torch internals"
     if name in FORBIDDEN_NAMES:
@@ -275,8 +317,6 @@ def vetted() -> Vetted:
 
     import torch
     import torch.return_types
-
-    from sandbox.policy import BLOCKED_ATTRIBUTES, FORBIDDEN_NAMES
 
     modules = {path: importlib.import_module(path) for path in VETTED_MODULES}
     module_names = {path: _module_names(path, module, torch) for path, module in modules.items()}

@@ -21,10 +21,11 @@ import torch
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 from discovery.training import run_job
-from sandbox import local, runner
 from sandbox.base import Job, Limits, Status
-from sandbox.jobfiles import input_key
-from sandbox.local import LocalSandbox, bubblewrap_problem
+from sandbox.host import local
+from sandbox.host.jobfiles import input_key
+from sandbox.host.local import LocalSandbox, bubblewrap_problem
+from sandbox.jail import runner
 from tests.sandbox.listeners import unix_listener
 
 TASK = get_task("preference")
@@ -48,7 +49,7 @@ def warm() -> Iterator[LocalSandbox]:
 
 
 def past_the_guard(job: Job) -> Job:
-    """``job`` with the run-time guard of candidate code (sandbox/guard.py) switched off: these tests are
+    """``job`` with the run-time guard of candidate code (sandbox/jail/guard.py) switched off: these tests are
     about the backend and the OS walls, which must hold for code that got past every check before them."""
     return dataclasses.replace(job, guarded=False)
 
@@ -155,7 +156,7 @@ def test_bubblewrap_view_is_reachable_by_the_job_user(warm: LocalSandbox, tmp_pa
     """bwrap run as root creates the directories leading to its binds 0700; ours are 0755, so
     the unprivileged job user can import lazily from the project and the Python prefix."""
     probe = ("import importlib\n\ndef loss(a, b, c, d, beta):\n"
-             "    importlib.import_module('sandbox.jobfiles')\n"
+             "    importlib.import_module('sandbox.host.jobfiles')\n"
              "    importlib.import_module('json.tool')\n"
              "    return (a - b) * beta\n")
     outcome = run_job(warm, past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
@@ -190,7 +191,7 @@ def test_each_training_gets_a_fresh_copy_of_the_candidate(warm: LocalSandbox, in
 
 # ------------------------------------------------------------------------------ the jail's view and walls
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 #: reports what the job sees of the checkout (the policy is bypassed: LocalSandbox.run gets it directly)
 LOOK_AT_THE_CHECKOUT = '''import os
@@ -206,7 +207,7 @@ def loss(a, b, c, d, beta):
                 read.append(name + "=" + repr(fh.read(20)))
         except OSError as exc:
             errors.add(type(exc).__name__)
-    import sandbox.jobfiles  # noqa: F401 - the jail's own package still imports
+    import sandbox.host.jobfiles  # noqa: F401 - the jail's own package still imports
     try:
         import discovery.tasks.preference.env  # noqa: F401 - the environments must not be there
         errors.add("discovery-importable")

@@ -2,7 +2,7 @@
 
 The trusted side parses the candidate with :mod:`ast` (nothing is executed) and checks it against
 an allow-list: imports only of the task's allowed, vetted modules; attributes only where the
-allow-list of :mod:`sandbox.guard` has them (on ``torch``, ``F`` and ``math`` chains, whose objects
+allow-list of :mod:`sandbox.jail.guard` has them (on ``torch``, ``F`` and ``math`` chains, whose objects
 are known here, the exact entry; on any other expression, a name that some vetted tensor, number,
 string, container, dtype, device or size allows); names only when the candidate binds them or they
 are vetted builtins; no generators, classes, async code, attribute assignment, monkeypatching, or
@@ -10,7 +10,7 @@ handlers that swallow the sandbox's signals; a side-effect-free top level and ex
 function. Every violation names the candidate's line and says why, so the proposer can fix it.
 
 This is not a sandbox on its own. The same allow-list is enforced again at run time on the
-actual objects (:func:`sandbox.guard.compile_guarded`: an expression whose type is not known
+actual objects (:func:`sandbox.jail.guard.compile_guarded`: an expression whose type is not known
 here, such as a call's result, is checked there as what it really is), and OS isolation comes
 after that.
 """
@@ -25,53 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox import guard
+from sandbox.jail import guard
+from sandbox.jail.guard import BLOCKED_ATTRIBUTES, FORBIDDEN_NAMES
 
 MAX_STRING_CHARS = 2000
-
-#: names rejected wherever they appear, as a variable or as an attribute
-FORBIDDEN_NAMES = frozenset(
-    {
-        "exec", "eval", "compile", "open", "__import__", "globals", "locals", "vars",
-        "getattr", "setattr", "delattr", "breakpoint", "input", "memoryview", "help",
-        "exit", "quit", "license", "credits", "copyright", "dir", "type", "object", "super",
-        "os", "sys", "subprocess", "socket", "shutil", "builtins", "importlib", "ctypes",
-        "pickle", "marshal", "signal", "threading", "multiprocessing", "inspect", "gc",
-    }
-)  # fmt: skip
-
-#: attribute names that lead (from torch, F or numpy) to files, processes, compilers or global state
-BLOCKED_ATTRIBUTES: dict[str, str] = {
-    "load": "reads and unpickles files",
-    "save": "writes files",
-    "from_file": "reads files",
-    "tofile": "writes files",
-    "serialization": "reads and writes files",
-    "package": "imports packaged code",
-    "hub": "downloads and runs code",
-    "utils": "reaches cpp_extension and data loaders",
-    "cpp": "reaches the C++ API",
-    "ops": "reaches the raw operator registry",
-    "library": "registers native operators",
-    "classes": "reaches TorchScript classes",
-    "jit": "compiles code",
-    "compiler": "compiles code",
-    "fx": "generates and executes code",
-    "export": "traces and writes programs",
-    "onnx": "writes model files",
-    "profiler": "writes trace files",
-    "distributed": "opens network connections",
-    "backends": "changes global backend flags",
-    "cuda": "controls devices; the harness picks the device",
-    "mps": "controls devices; the harness picks the device",
-    "xpu": "controls devices; the harness picks the device",
-    "mtia": "controls devices; the harness picks the device",
-    "manual_seed": "changes the global random state; the harness seeds",
-    "seed": "changes the global random state; the harness seeds",
-    "use_deterministic_algorithms": "changes global torch state",
-    "numpy": "leaves torch for numpy, whose file and pickle APIs are not vetted",
-    "np": "leaves torch for numpy, whose file and pickle APIs are not vetted",
-}
 
 #: prefixes of attribute names, reached from an imported module, that change global state
 BLOCKED_MODULE_PREFIXES: dict[str, str] = {

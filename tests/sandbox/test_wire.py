@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 
-from sandbox.channel import HEADER, MAX_DEPTH, Channel, ChannelClosed, ProtocolError, decode, encode, select_wait
+from sandbox.wire import HEADER, MAX_DEPTH, Channel, ChannelClosed, ProtocolError, decode, encode, select_wait
 
 
 def roundtrip(message: dict) -> dict:
