@@ -16,27 +16,36 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from discovery.agent.loop import DiscoveryRun
 from discovery.archive import Archive
 from discovery.config import RunConfig
 from discovery.evaluation import Evaluator
+from discovery.records import Candidate
 from discovery.stats import mean_ci
 from discovery.tasks import get_task
+from sandbox.base import Status
 from sandbox.host.local import LocalSandbox
 
 CONFIRM_SEEDS = list(range(10, 20))
 
 
+def _fields(c: Candidate, *names: str) -> dict[str, object]:
+    """Some of the record's values, for the JSON summary."""
+    values = c.to_dict()
+    return {name: values[name] for name in names}
+
+
 def best_so_far(db: str, run_id: str) -> list[tuple[int, float | None]]:
     with Archive.open_readonly(db) as archive:
         rows = archive.candidates(run_id, order_by_fitness=False)
-    rows = sorted((r for r in rows if not r["is_baseline"]), key=lambda r: r["created_at"])
+    rows = sorted((c for c in rows if not c.is_baseline), key=lambda c: c.created_at)
     curve, best = [], None
-    for i, r in enumerate(rows, 1):
-        if r["status"] == "ok" and r["fitness"] is not None:
-            best = r["fitness"] if best is None else max(best, r["fitness"])
+    for i, c in enumerate(rows, 1):
+        if c.scored:
+            best = c.fitness if best is None else max(best, c.fitness)
         curve.append((i, best))
     return curve
 
@@ -80,25 +89,23 @@ def main() -> None:
         result = run.execute()
         curve = best_so_far(db, result.run_id)
         with Archive.open_readonly(db) as archive:
-            ranked = [r for r in archive.candidates(result.run_id, status="ok") if not r["is_baseline"]]
-            ranked.sort(key=lambda r: r["fitness"], reverse=True)
-            ref = next(r for r in archive.candidates(result.run_id, status="ok") if r["is_baseline"])
-            statuses: dict[str, int] = {}
-            for r in archive.candidates(result.run_id, order_by_fitness=False):
-                if not r["is_baseline"]:
-                    statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+            ok = [c for c in archive.candidates(result.run_id, status=Status.OK) if c.fitness is not None]
+            ranked = sorted((c for c in ok if not c.is_baseline), key=lambda c: c.fitness, reverse=True)
+            ref = next(c for c in ok if c.is_baseline)
+            statuses = dict(Counter(c.status.value for c in archive.candidates(result.run_id, order_by_fitness=False)
+                                    if not c.is_baseline))
         best = ranked[0]
         results[proposer] = {
             "run": result.run_id, "status": result.status, "curve": curve, "statuses": statuses,
-            "best": {k: best[k] for k in ("id", "name", "fitness", "fitness_ci_low", "fitness_ci_high", "n_seeds",
-                                          "heldout_fitness", "heldout_ci_low", "heldout_ci_high", "code")},
-            "dpo": {k: ref[k] for k in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness",
-                                        "heldout_ci_low", "heldout_ci_high")},
-            "confirm": confirm(best["code"], get_task("preference").baselines["dpo"]),
+            "best": _fields(best, "id", "name", "fitness", "fitness_ci_low", "fitness_ci_high", "n_seeds",
+                            "heldout_fitness", "heldout_ci_low", "heldout_ci_high", "code"),
+            "dpo": _fields(ref, "fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low",
+                           "heldout_ci_high"),
+            "confirm": confirm(best.code, get_task("preference").baselines["dpo"]),
             # the runners-up too, so a reader sees whether the winner's result is typical of the top
-            "runners_up": [{"name": r["name"], "fitness": r["fitness"], "heldout_fitness": r["heldout_fitness"],
-                            "confirm": confirm(r["code"], get_task("preference").baselines["dpo"])}
-                           for r in ranked[1:3]],
+            "runners_up": [{**_fields(c, "name", "fitness", "heldout_fitness"),
+                            "confirm": confirm(c.code, get_task("preference").baselines["dpo"])}
+                           for c in ranked[1:3]],
         }
         print(f"== {proposer}: run {result.run_id} {result.status}; statuses {statuses}")
         print("best so far after n proposals: " + ", ".join(

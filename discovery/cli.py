@@ -8,12 +8,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
+    from discovery.evaluation import EvaluationReport
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLM-driven discovery of losses and optimizers.")
@@ -76,14 +79,19 @@ def _evaluator(task, device: str, training_seconds: float | None):  # noqa: ANN0
                      heldout_secret=os.environ.get(HELDOUT_SECRET_VARIABLE, ""))
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+def _fitness_mean(report: EvaluationReport) -> float:
+    """The mean fitness of a scored report; -inf for one that failed."""
+    return report.fitness.mean if report.ok and report.fitness is not None else float("-inf")
+
+
 def _load_task(ref: str):  # noqa: ANN202
-    from discovery.tasks import TaskNotFound, get_task  # type: ignore[attr-defined]
+    from discovery.tasks import TaskNotFound, get_task
 
     try:
         return get_task(ref)
@@ -252,7 +260,7 @@ def baselines(
     resolved = _device(device)
     evaluator = _evaluator(t, resolved, training_seconds)
     started = time.monotonic()
-    results: dict[str, dict[str, object]] = {s: {} for s in suites}
+    results: dict[str, dict[str, EvaluationReport]] = {s: {} for s in suites}
     with _pool(sandbox, workers, docker_image, resolved) as pool:
         futures = {
             (s, name): pool.submit(lambda box, src=src, s=s: evaluator.evaluate(src, box, s, seeds))
@@ -261,11 +269,11 @@ def baselines(
         for (s, name), fut in futures.items():
             results[s][name] = fut.result()
     elapsed = time.monotonic() - started
-    out: dict[str, object] = {"task": t.name, "seconds": elapsed, "device": resolved, "suites": {}}
+    out: dict[str, Any] = {"task": t.name, "seconds": elapsed, "device": resolved, "suites": {}}
     for s in suites:
         ranked = sorted(results[s].items(),
-                        key=lambda kv: kv[1].fitness.mean if kv[1].ok else float("-inf"), reverse=True)
-        out["suites"][s] = [{"name": n, **r.to_dict()} for n, r in ranked]  # type: ignore[index]
+                        key=lambda kv: _fitness_mean(kv[1]), reverse=True)
+        out["suites"][s] = [{"name": n, **r.to_dict()} for n, r in ranked]
         if not as_json:
             table = Table(title=f"{t.name} baselines on {s}", title_justify="left")
             for col in ("rank", "baseline", "fitness (95% CI)"):
@@ -280,8 +288,8 @@ def baselines(
             console.print(table)
     if len(suites) == 2:
         names = [n for n in library if results["discover"][n].ok and results["heldout"][n].ok]
-        rho = spearman([results["discover"][n].fitness.mean for n in names],
-                       [results["heldout"][n].fitness.mean for n in names])
+        rho = spearman([_fitness_mean(results["discover"][n]) for n in names],
+                       [_fitness_mean(results["heldout"][n]) for n in names])
         out["spearman_discover_heldout"] = None if rho != rho else rho
         if not as_json and rho == rho:
             console.print(f"Spearman rank correlation, discover vs held-out: [bold]{rho:.3f}[/] "
@@ -381,9 +389,11 @@ def run(
 def _run_with_progress(runner, quiet: bool):  # noqa: ANN001, ANN202
     from rich.live import Live
 
+    from sandbox.base import Status
+
     def line(p) -> str:  # noqa: ANN001
         best = f"{p.best:.4f} ({p.best_name})" if p.best is not None else "-"
-        fails = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()) if k != "ok") or "none"
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()) if k != Status.OK) or "none"
         return (f"[{p.phase}] {p.finished}/{p.budget} done, {p.proposed} proposed | best {best} | "
                 f"{p.rate_per_minute:.1f}/min | not ok: {fails} | cost ${p.cost:.4f}")
 
@@ -410,11 +420,11 @@ def _print_leaderboard(db: str, run_id: str | None, task_name: str | None, limit
     table = Table(title="leaderboard" + (f" of run {run_id}" if run_id else ""), title_justify="left")
     for col in ("rank", "candidate", "name", "fitness (95% CI)", "seeds", "held-out (95% CI)", "run"):
         table.add_column(col)
-    for i, r in enumerate(rows, 1):
-        fit = _ci(r.get("fitness"), r.get("fitness_ci_low"), r.get("fitness_ci_high"))
-        held = _ci(r.get("heldout_fitness"), r.get("heldout_ci_low"), r.get("heldout_ci_high"))
-        name = r["name"] + (" (baseline)" if r.get("is_baseline") else "")
-        table.add_row(str(i), r["id"], escape(name[:40]), fit, str(r.get("n_seeds") or "-"), held, r["run_id"])
+    for i, c in enumerate(rows, 1):
+        fit = _ci(c.fitness, c.fitness_ci_low, c.fitness_ci_high)
+        held = _ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)
+        name = c.name + (" (baseline)" if c.is_baseline else "")
+        table.add_row(str(i), c.id, escape(name[:40]), fit, str(c.n_seeds or "-"), held, c.run_id)
     console.print(table)
 
 
@@ -450,50 +460,58 @@ def show(
     """Everything the archive knows about one candidate: scores, lineage, feedback, code."""
     from rich.syntax import Syntax
 
+    from discovery import describe
     from discovery.archive import Archive, ArchiveError
 
     try:
         with Archive.open_readonly(db) as archive:
-            row = archive.get_candidate(candidate)
-            if row is None:
+            c = archive.get_candidate(candidate)
+            if c is None:
                 fail(f"no candidate {candidate} in {db}")
             lineage = archive.lineage(candidate)
-            run_row = archive.get_run(row["run_id"]) or {}
+            run_row = archive.get_run(c.run_id) or {}
     except ArchiveError as exc:
         fail(str(exc))
     run_config = run_row.get("config") or {}
-    console.print(f"[bold]{escape(row['name'])}[/] ({row['id']}), run {row['run_id']}, generation "
-                  f"{row['generation']}, island {row['island']}, proposer {row['proposer']}", highlight=False)
+    console.print(f"[bold]{escape(c.name)}[/] ({c.id}), run {c.run_id}, generation {c.generation}, island "
+                  f"{c.island}, proposer {escape(c.proposer)}", highlight=False)
     console.print(f"trained on: {run_config.get('device', 'cpu')} ({run_config.get('sandbox', 'local')} sandbox)",
                   highlight=False)
-    console.print(f"status: {row['status']}" + (f" at {row['failed_stage']}: {escape(row['reason'] or '')}"
-                                                 if row['status'] != 'ok' and row.get('reason') else ""),
-                  highlight=False)
-    fitness = _ci(row.get("fitness"), row.get("fitness_ci_low"), row.get("fitness_ci_high"))
-    console.print(f"fitness (discover): {fitness}"
-                  f" over {row.get('n_seeds') or 0} seeds; held-out: "
-                  f"{_ci(row.get('heldout_fitness'), row.get('heldout_ci_low'), row.get('heldout_ci_high'))}",
-                  highlight=False)
-    if row.get("per_config"):
-        table = Table(title="per configuration (discover)", title_justify="left")
-        found = list(dict.fromkeys(k for c in row["per_config"].values() for k in c.get("metrics", {})))
-        shown = [k for k in ("win_rate", "kl", "pref_accuracy") if k in found] or found[:8]  # the task's own metrics
-        for col in ("configuration", "fitness (95% CI)", "n", *shown):
-            table.add_column(col)
-        for name, c in row["per_config"].items():
-            m = c.get("metrics", {})
-            table.add_row(name, _ci(c["fitness"], c.get("ci_low"), c.get("ci_high")), str(c.get("n")),
-                          *[f"{m[k]:.3f}" if k in m else "-" for k in shown])
-        console.print(table)
+    console.print(f"status: {escape(describe.outcome_line(c))}", highlight=False, soft_wrap=True)
+    if describe.extra_reason(c):
+        console.print(f"reason: {escape(describe.extra_reason(c))}", highlight=False, soft_wrap=True)
+    if c.duplicate_of:
+        console.print(f"duplicate of: {c.duplicate_of} (discovery show {c.duplicate_of} --db {db})",
+                      highlight=False, soft_wrap=True)
+    fitness = _ci(c.fitness, c.fitness_ci_low, c.fitness_ci_high)
+    console.print(f"fitness (discover): {fitness} over {c.n_seeds or 0} seeds; held-out: "
+                  f"{_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)}", highlight=False)
+    if c.per_config:
+        _print_per_config(c.per_config)
     if len(lineage) > 1:
-        console.print("lineage: " + " <- ".join(f"{r['name']} ({r['id']})" for r in lineage), highlight=False)
-    if row.get("thought"):
-        console.print(f"thought: {escape(row['thought'])}", highlight=False)
-    if row.get("code"):
-        console.print(Syntax(row["code"], "python", line_numbers=True))
-    if row.get("feedback_shown"):
+        console.print("lineage: " + " <- ".join(f"{escape(a.candidate.name)} ({a.candidate.id})" for a in lineage),
+                      highlight=False)
+    if c.thought:
+        console.print(f"thought: {escape(c.thought)}", highlight=False)
+    if c.code:
+        console.print(Syntax(c.code, "python", line_numbers=True))
+    if c.feedback_shown:
         console.rule("feedback the proposer was shown")
-        console.print(row["feedback_shown"], markup=False, highlight=False)
+        console.print(c.feedback_shown, markup=False, highlight=False)
+
+
+def _print_per_config(per_config: dict[str, dict]) -> None:
+    """The table of a candidate's discover scores per configuration, with the task's own metrics."""
+    table = Table(title="per configuration (discover)", title_justify="left")
+    found = list(dict.fromkeys(k for v in per_config.values() for k in v.get("metrics", {})))
+    shown = [k for k in ("win_rate", "kl", "pref_accuracy") if k in found] or found[:8]  # the task's own metrics
+    for col in ("configuration", "fitness (95% CI)", "n", *shown):
+        table.add_column(col)
+    for name, v in per_config.items():
+        m = v.get("metrics", {})
+        table.add_row(name, _ci(v["fitness"], v.get("ci_low"), v.get("ci_high")), str(v.get("n")),
+                      *[f"{m[k]:.3f}" if k in m else "-" for k in shown])
+    console.print(table)
 
 
 @app.command("export")

@@ -13,11 +13,13 @@ person reads. Nothing re-parses ``reason``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple, TypeVar
 
 from sandbox.base import Status
+
+T = TypeVar("T")
 
 
 def _json(value: object) -> Any:
@@ -25,12 +27,31 @@ def _json(value: object) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
+#: how a column becomes a field, by the field's declared type (``None`` stays ``None``)
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "int | None": int,
+    "float | None": float,
+    "bool": bool,
+    "Status": Status,
+    "tuple[str, ...]": lambda value: tuple(str(item) for item in value),
+}
 
 
-def _int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
+def _decode(record: type[T], row: Mapping[str, Any], json_fields: frozenset[str]) -> T:
+    """``record`` built from a row: ``x_json`` columns decoded into ``x``, each value to its field's type.
+
+    A missing or NULL column keeps the field's default (a required field must be present).
+    """
+    values: dict[str, Any] = {}
+    for spec in fields(record):  # type: ignore[arg-type]
+        value = _json(row.get(f"{spec.name}_json")) if spec.name in json_fields else row.get(spec.name)
+        if value is not None:
+            decoder = _DECODERS.get(str(spec.type))
+            values[spec.name] = decoder(value) if decoder is not None else value
+    return record(**values)
 
 
 @dataclass(frozen=True)
@@ -75,43 +96,7 @@ class Candidate:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Candidate:
         """Decode a ``candidates`` row (``SELECT c.*, r.task`` or plain ``SELECT *``)."""
-        parents = _json(row.get("parents_json")) or []
-        return cls(
-            id=str(row["id"]),
-            run_id=str(row["run_id"]),
-            name=str(row.get("name") or ""),
-            code=str(row.get("code") or ""),
-            status=Status(row["status"]),
-            code_hash=row.get("code_hash"),
-            task=str(row.get("task") or ""),
-            thought=str(row.get("thought") or ""),
-            parents=tuple(str(p) for p in parents),
-            generation=int(row.get("generation") or 0),
-            island=int(row.get("island") or 0),
-            proposer=str(row.get("proposer") or ""),
-            is_baseline=bool(row.get("is_baseline")),
-            feedback_shown=str(row.get("feedback_shown") or ""),
-            failed_stage=row.get("failed_stage"),
-            reason=row.get("reason"),
-            error_class=row.get("error_class"),
-            error_line=_int(row.get("error_line")),
-            error_message=row.get("error_message"),
-            duplicate_of=row.get("duplicate_of"),
-            fitness=_float(row.get("fitness")),
-            fitness_ci_low=_float(row.get("fitness_ci_low")),
-            fitness_ci_high=_float(row.get("fitness_ci_high")),
-            n_seeds=_int(row.get("n_seeds")),
-            per_config=_json(row.get("per_config_json")),
-            heldout_fitness=_float(row.get("heldout_fitness")),
-            heldout_ci_low=_float(row.get("heldout_ci_low")),
-            heldout_ci_high=_float(row.get("heldout_ci_high")),
-            heldout_n_seeds=_int(row.get("heldout_n_seeds")),
-            heldout_per_config=_json(row.get("heldout_per_config_json")),
-            curve=_json(row.get("curve_json")),
-            seconds=_float(row.get("seconds")),
-            created_at=str(row.get("created_at") or ""),
-            evaluated_at=row.get("evaluated_at"),
-        )
+        return _decode(cls, row, _CANDIDATE_JSON)
 
     @property
     def failed(self) -> bool:
@@ -131,6 +116,10 @@ class Candidate:
         return out
 
 
+_CANDIDATE_JSON = frozenset({"parents", "per_config", "heldout_per_config", "curve"})
+_EVALUATION_JSON = frozenset({"metrics", "curve"})
+
+
 class Ancestor(NamedTuple):
     """A candidate in a lineage, ``depth`` steps above the one asked about (0 for itself)."""
 
@@ -148,7 +137,7 @@ class Evaluation:
     seed: int
     stage: str = "full"  # which step produced it: cascade, full, extra
     fitness: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # NULL decodes to {}
     curve: Any = None
     seconds: float | None = None
     created_at: str = ""
@@ -156,18 +145,7 @@ class Evaluation:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Evaluation:
         """Decode an ``evaluations`` row."""
-        return cls(
-            candidate_id=str(row["candidate_id"]),
-            suite=str(row["suite"]),
-            config=str(row["config"]),
-            seed=int(row["seed"]),
-            stage=str(row.get("stage") or "full"),
-            fitness=_float(row.get("fitness")),
-            metrics=_json(row.get("metrics_json")) or {},
-            curve=_json(row.get("curve_json")),
-            seconds=_float(row.get("seconds")),
-            created_at=str(row.get("created_at") or ""),
-        )
+        return _decode(cls, row, _EVALUATION_JSON)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""

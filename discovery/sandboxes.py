@@ -37,7 +37,7 @@ def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = 
             box = DockerSandbox(image=docker_image or "discovery-sandbox:test", gpus=[gpu] if gpu else None)
         except DockerUnavailable as exc:
             raise SandboxUnavailable(str(exc)) from None
-        box.threads = threads  # type: ignore[attr-defined]
+        box.threads = threads
         return box
 
     return SandboxPool(factory, workers, gpus=worker_gpus(device, visible_gpus()))

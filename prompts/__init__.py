@@ -1,1 +1,1 @@
-"""Jinja2 prompt templates; installed as the package ``discovery.prompts``."""
+"""Jinja2 prompt templates; installed as the package ``discovery.prompting.templates``."""

@@ -10,7 +10,8 @@ Layout and import rules (``tests/test_layers.py`` checks them):
 * ``sandbox.jail``: runs inside the jail (function server, warm template, run-time guard, OS
   walls); imports only the shared modules, ``sandbox.static`` and itself, never ``sandbox.host``.
 * ``sandbox.static``: the trusted static check, run on the host before any jail starts
-  (``policy``; it reads the guard's tables in ``sandbox.jail.guard``).
+  (``policy``, which reads the guard's tables in ``sandbox.jail.guard``; ``syntax``, its syntax-tree
+  helpers).
 * ``sandbox.host``: the trusted side (local and Docker backends, sessions, the worker pool, the
   session directory's files); never imports ``sandbox.jail``, whose modules it starts by their
   ``-m`` path only.

@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SPEC = os.environ.get("DISCOVERY_TEST_TORCH", "torch==2.13.0")
 #: the checkout's folders that are packages of the wheel, and where they land in it
-PACKAGE_DIRS = {"discovery": "discovery", "sandbox": "sandbox", "prompts": "discovery/prompts"}
+PACKAGE_DIRS = {"discovery": "discovery", "sandbox": "sandbox", "prompts": "discovery/prompting/templates"}
 MODEL = "openai/test-model"
 
 SIG = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
@@ -257,7 +257,8 @@ def test_wheel_holds_every_package_template_and_the_license(dists: Dists):
             expected.add(f"{PACKAGE_DIRS[top]}/{rest}")
     missing = sorted(expected - names)
     assert not missing, f"files of the checkout missing from {dists.wheel.name}: {missing}"
-    for required in ("discovery/prompts/system.j2", "discovery/prompts/propose.j2", "discovery/prompts/__init__.py",
+    for required in ("discovery/prompting/templates/system.j2", "discovery/prompting/templates/propose.j2",
+                     "discovery/prompting/templates/__init__.py",
                      "sandbox/Dockerfile", "discovery/dashboard/entry.py", "discovery/cli.py"):
         assert required in names, required
     # the explicit package list in pyproject.toml is the set of folders with an __init__.py, no more, no less
@@ -292,7 +293,8 @@ def test_installed_package_is_the_wheel_not_the_checkout(installed: Installed, d
     code = ("import json, sys, importlib.metadata as m, importlib.resources as r, discovery, sandbox, torch\n"
             "print(json.dumps({'file': discovery.__file__, 'sandbox': sandbox.__file__, 'torch': torch.__version__,"
             " 'version': m.version('discovery'), 'path': sys.path,"
-            " 'templates': sorted(p.name for p in r.files('discovery.prompts').iterdir() if p.name.endswith('.j2'))}))")
+            " 'templates': sorted(p.name for p in r.files('discovery.prompting.templates').iterdir()"
+            " if p.name.endswith('.j2'))}))")
     info = json.loads(sh([installed.python, "-c", code], timeout=120, cwd=installed.work, env=installed.env()).stdout)
     site = installed.venv / "lib"
     for key in ("file", "sandbox"):

@@ -25,13 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, step_limit, summarize
+from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, ranked, step_limit, summarize
 from discovery.archive import Archive
 from discovery.config import ConfigError, RunConfig
 from discovery.devices import DeviceError, resolve_device
 from discovery.evaluation import Evaluator
 from discovery.proposers.base import Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
+from discovery.records import Candidate
 from discovery.tasks import Task, get_task
 
 
@@ -110,7 +111,7 @@ def build_proposer(config: RunConfig, task: Task) -> Proposer:
 def preflight(config: RunConfig, task: Task) -> None:
     """Everything that can be checked before any work starts; ConfigError with one line."""
     names = {c.name for c in task.suite("discover").configs}
-    unknown = [c for c in config.cascade_configs if c not in names]
+    unknown = [c for c in config.cascade_configs or () if c not in names]  # resolved by the caller
     if unknown:
         raise ConfigError(f"cascade_configs {unknown} are not configurations of {task.name}'s discover suite "
                           f"({', '.join(sorted(names))})")
@@ -206,16 +207,21 @@ class DiscoveryRun:
             ids.append(added.id)
         return ids
 
+    def _stored_proposals(self) -> int:
+        """Proposals stored so far (every candidate but the baselines): the budget spent."""
+        return sum(1 for r in self.archive.candidates(self.run_id, order_by_fitness=False) if not r.is_baseline)
+
     def _refresh_progress(self) -> None:
         rows = self.archive.candidates(self.run_id, order_by_fitness=False)
-        mine = [r for r in rows if not r.get("is_baseline")]
+        finished = [r for r in rows if not r.is_baseline and r.status.finished]
         p = self.progress
-        p.finished = sum(1 for r in mine if r["status"] not in ("pending", "evaluating"))
-        p.statuses = Counter(r["status"] for r in mine if r["status"] not in ("pending", "evaluating"))
-        ok = [r for r in rows if r["status"] == "ok" and r.get("fitness") is not None]
+        p.proposed = self.rt.proposed  # retries of unusable replies take budget inside the graph
+        p.finished = len(finished)
+        p.statuses = Counter(r.status.value for r in finished)
+        ok = [r for r in rows if r.scored]
         if ok:
-            best = max(ok, key=lambda r: r["fitness"])
-            p.best, p.best_name = best["fitness"], best["name"]
+            best = max(ok, key=lambda r: r.fitness if r.fitness is not None else float("-inf"))  # all scored
+            p.best, p.best_name = best.fitness, best.name
         p.cost = self.archive.run_cost(self.run_id)
         self.on_progress(p)
 
@@ -246,19 +252,17 @@ class DiscoveryRun:
         """Score the top candidates (and the reference) on the held-out suite, never shown to proposers."""
         self.progress.phase = "held-out"
         self.on_progress(self.progress)
-        ranked = [r for r in self.archive.candidates(self.run_id, status="ok") if not r.get("is_baseline")]
-        ranked.sort(key=lambda r: r["fitness"], reverse=True)
-        chosen = ranked[: self.config.heldout_top]
+        chosen: list[Candidate | None] = list(ranked(self.rt)[: self.config.heldout_top])
         if self.rt.reference_id:
             chosen.append(self.archive.get_candidate(self.rt.reference_id))
         suite = self.task.suite("heldout")
 
-        def score(row: dict[str, Any]) -> None:
-            report = evaluate_missing(self.rt, row["id"], row["code"], "heldout", [c.name for c in suite.configs],
+        def score(row: Candidate) -> None:
+            report = evaluate_missing(self.rt, row.id, row.code, "heldout", [c.name for c in suite.configs],
                                       list(suite.seeds), "heldout")
             if report is not None and not report.ok:
-                self.archive.update_candidate(row["id"], reason=f"held-out failed: {report.one_line()}")
-            summarize(self.rt, row["id"], "heldout")
+                self.archive.update_candidate(row.id, reason=f"held-out failed: {report.one_line()}")
+            summarize(self.rt, row.id, "heldout")
 
         with abortable_executor(self.config.workers, "heldout") as ex:
             list(ex.map(score, [r for r in chosen if r]))
@@ -314,12 +318,12 @@ class DiscoveryRun:
             # baselines first (the reference is needed for feedback), then unfinished candidates
             for cid in baseline_ids:
                 row = self.archive.get_candidate(cid)
-                if row and row["status"] in ("pending", "evaluating"):
+                if row and not row.status.finished:
                     launch({"candidate_id": cid})
             self._drain(running, until_empty=True)
             self.progress.phase = "search"
             for row in self.archive.unfinished_candidates(self.run_id):
-                launch({"candidate_id": row["id"]})
+                launch({"candidate_id": row.id})
             self.rt.proposed = self._stored_proposals()
             self.progress.proposed = self.rt.proposed
             island = self.rt.proposed % cfg.islands

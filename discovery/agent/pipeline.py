@@ -57,6 +57,7 @@ from discovery.config import RunConfig
 from discovery.evaluation import EvaluationReport, Evaluator, aggregate
 from discovery.proposers.base import ProposalContext, Proposed, Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
+from discovery.records import Candidate
 from discovery.selection import choose
 from discovery.tasks import SeedMetrics, Task
 from sandbox.base import Job, Outcome, Status
@@ -85,7 +86,7 @@ class CandidateState(TypedDict, total=False):
     proposal: Proposed  # what the proposer returned
     generation: int
     llm_calls: list[Any]  # the proposal's LLM attempts (CallRecord), in order; written by ``store``
-    stored: Literal["usable", "retry", "done"]  # what ``store`` made of the proposal
+    stored: Literal["usable", "retry", "not evaluated"]  # what ``store`` made of the proposal
     retries: int  # unusable replies retried in this slot so far
     retry_reason: str  # why the last reply could not be used, for the next prompt
     failure: Failure  # set by a check or a stage that failed; ``record_failure`` writes it
@@ -152,23 +153,24 @@ def best_cascade(rt: Runtime, exclude: str | None = None) -> float | None:
     """Best cascade-stage score among fully evaluated candidates of this run."""
     cfg = rt.config
     seeds = set(rt.task.suite("discover").seeds[: cfg.cascade_seeds])
+    cascade_configs = cfg.cascade_configs or []  # resolved to the task's when the run starts
     best = None
     for row in rt.archive.candidates(rt.run_id, status="ok"):
         if row.id == exclude:
             continue
-        evals = [e for e in rt.archive.evaluations(row.id, "discover")
-                 if e.config in cfg.cascade_configs and e.seed in seeds and e.fitness is not None]
-        if evals:
-            value = sum(e.fitness for e in evals) / len(evals)
+        values = [e.fitness for e in rt.archive.evaluations(row.id, "discover")
+                  if e.config in cascade_configs and e.seed in seeds and e.fitness is not None]
+        if values:
+            value = sum(values) / len(values)
             best = value if best is None else max(best, value)
     return best
 
 
-def leader_ids(rt: Runtime) -> list[str]:
-    """The ``leaders`` best non-baseline candidates of the run (status ok), best first."""
-    ranked = [r for r in rt.archive.candidates(rt.run_id, status="ok") if not r.is_baseline]
-    ranked.sort(key=lambda r: r.fitness, reverse=True)
-    return [r.id for r in ranked[: rt.config.leaders]]
+def ranked(rt: Runtime) -> list[Candidate]:
+    """The run's evaluated (status ok) candidates but the baselines, best first."""
+    rows = [r for r in rt.archive.candidates(rt.run_id, status="ok") if not r.is_baseline]
+    rows.sort(key=lambda r: r.fitness if r.fitness is not None else float("-inf"), reverse=True)
+    return rows
 
 
 # -- archive writes -------------------------------------------------------------------------------
@@ -265,9 +267,10 @@ def store(rt: Runtime, state: CandidateState) -> CandidateState:
     """Store the proposal (usable, unusable or duplicate) with its LLM calls; decide on a retry."""
     proposal = state["proposal"]
     calls = state.get("llm_calls") or []
-    common = dict(name=proposal.name or "unnamed", thought=proposal.thought or "", parents=proposal.parents,
-                  generation=state["generation"], island=state.get("island", 0), proposer=proposal.proposer,
-                  feedback_shown=proposal.feedback_shown)
+    common: dict[str, Any] = dict(
+        name=proposal.name or "unnamed", thought=proposal.thought or "", parents=proposal.parents,
+        generation=state["generation"], island=state.get("island", 0), proposer=proposal.proposer,
+        feedback_shown=proposal.feedback_shown)
     if proposal.code is None:
         cid = rt.archive.add_unusable(rt.run_id, reason=f"unusable reply: {proposal.error}", **common)
         record_llm_calls(rt, calls, cid)
@@ -275,14 +278,14 @@ def store(rt: Runtime, state: CandidateState) -> CandidateState:
         if calls and retries < MAX_REPLY_RETRIES and rt.take_proposal():
             return {"candidate_id": cid, "stored": "retry", "retries": retries + 1,
                     "retry_reason": proposal.error or "the reply held no usable code"}
-        return {"candidate_id": cid, "stored": "done"}
+        return {"candidate_id": cid, "stored": "not evaluated"}
     code_hash = normalized_hash(proposal.code)
     added = rt.archive.add_candidate(rt.run_id, code=proposal.code, code_hash=code_hash, **common)
     if added.duplicate:
         cid = rt.archive.add_duplicate(rt.run_id, original_id=added.id, code=proposal.code, code_hash=code_hash,
                                        **common)
         record_llm_calls(rt, calls, cid)
-        return {"candidate_id": cid, "stored": "done"}
+        return {"candidate_id": cid, "stored": "not evaluated"}
     rt.archive.update_candidate(added.id, status="evaluating")
     record_llm_calls(rt, calls, added.id)
     return {"candidate_id": added.id, "stored": "usable"}
@@ -317,10 +320,11 @@ def cascade(rt: Runtime, state: CandidateState) -> CandidateState:
     cid, cfg = state["candidate_id"], rt.config
     suite = rt.task.suite("discover")
     seeds = list(suite.seeds[: cfg.cascade_seeds])
-    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", cfg.cascade_configs, seeds, "cascade")
+    cascade_configs = cfg.cascade_configs or []  # resolved to the task's when the run starts
+    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", cascade_configs, seeds, "cascade")
     if report is not None and not report.ok:
         return {"failure": _failure(report)}
-    scores = [m for m in stored_metrics(rt, cid, "discover") if m.config in cfg.cascade_configs and m.seed in seeds]
+    scores = [m for m in stored_metrics(rt, cid, "discover") if m.config in cascade_configs and m.seed in seeds]
     value = sum(m.fitness for m in scores) / max(1, len(scores))
     if _is_baseline(rt, cid):
         return {"cascade_fitness": value}
@@ -341,7 +345,7 @@ def cull(rt: Runtime, state: CandidateState) -> CandidateState:
 
 def _wants_more_seeds(rt: Runtime, cid: str, rounds: int) -> bool:
     cfg = rt.config
-    return cfg.leaders > 0 and rounds < cfg.extra_seeds and cid in leader_ids(rt)
+    return cfg.leaders > 0 and rounds < cfg.extra_seeds and cid in [r.id for r in ranked(rt)[: cfg.leaders]]
 
 
 def full(rt: Runtime, state: CandidateState) -> CandidateState:
@@ -365,7 +369,7 @@ def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
     report = evaluate_missing(rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs],
                               list(suite.seeds), "extra")
     failed = report is not None and not report.ok
-    if failed:  # noisy on new seeds: keep the scores it has, say why
+    if failed and report is not None:  # noisy on new seeds: keep the scores it has, say why
         rt.archive.update_candidate(cid, reason=f"extra seeds failed: {report.one_line()}")
     summarize(rt, cid, "discover", status="ok")
     return {"extra_rounds": rounds, "more_seeds": not failed and _wants_more_seeds(rt, cid, rounds)}
@@ -401,7 +405,7 @@ def _after_cascade(state: CandidateState) -> str:
 def _after_full(state: CandidateState) -> str:
     if "failure" in state:
         return "failed"
-    return "leader" if state.get("more_seeds") else "done"
+    return "leader" if state.get("more_seeds") else "not leader"
 
 
 def _after_extra(state: CandidateState) -> str:
@@ -417,17 +421,19 @@ def pipeline_graph(rt: Runtime | None) -> StateGraph:
     """The uncompiled graph; with ``rt=None`` its nodes cannot run, but it can be drawn."""
     graph = StateGraph(CandidateState)
     for name, fn in NODES.items():
-        graph.add_node(name, partial(fn, rt))
+        graph.add_node(name, partial(fn, rt))  # type: ignore[arg-type]  # rt None: drawn only, never run
     graph.add_conditional_edges(START, _entry, {"new": "propose", "resume": "reopen"})
     graph.add_edge("propose", "store")
-    graph.add_conditional_edges("store", _after_store, {"usable": "static_check", "retry": "propose", "done": END})
+    graph.add_conditional_edges("store", _after_store, {"usable": "static_check", "retry": "propose",
+                                                       "not evaluated": END})
     graph.add_edge("reopen", "static_check")
     graph.add_conditional_edges("static_check", _checked, {"ok": "contract_check", "failed": "record_failure"})
     graph.add_conditional_edges("contract_check", _checked, {"ok": "cascade", "failed": "record_failure"})
     graph.add_conditional_edges("cascade", _after_cascade,
                                 {"promoted": "full", "culled": "cull", "failed": "record_failure"})
     graph.add_edge("cull", END)
-    graph.add_conditional_edges("full", _after_full, {"leader": "extra_seeds", "done": END, "failed": "record_failure"})
+    graph.add_conditional_edges("full", _after_full,
+                                {"leader": "extra_seeds", "not leader": END, "failed": "record_failure"})
     graph.add_conditional_edges("extra_seeds", _after_extra, {"still leader": "extra_seeds", "done": END})
     graph.add_edge("record_failure", END)
     return graph
@@ -445,4 +451,4 @@ def step_limit(config: RunConfig) -> int:
 
 
 __all__ = ["CandidateState", "MAX_REPLY_RETRIES", "Runtime", "build_pipeline", "evaluate_missing",
-           "pipeline_graph", "step_limit", "summarize", "Status"]
+           "pipeline_graph", "ranked", "step_limit", "summarize", "Status"]

@@ -266,31 +266,25 @@ class Archive:
     @contextmanager
     def _reading(self) -> Iterator[Database]:
         """Hold the lock and one read snapshot; translate SQLite errors."""
-        with self._lock:
-            db = self._require_open()
-            conn = db.conn
-            try:
-                conn.execute("BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                _rollback(conn)
-                raise from_sqlite(exc, self.path, self.busy_timeout) from exc
+        with self._transaction("BEGIN") as db:
+            yield db
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[Database]:
         """Hold the lock and one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back."""
         if self.readonly:
             raise ArchiveError(f"archive {self.path} is open read-only; cannot {what}")
+        with self._transaction("BEGIN IMMEDIATE") as db:
+            yield db
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[Database]:
+        """Under the lock: ``begin``, the caller's statements, ``COMMIT`` (or a rollback on any error)."""
         with self._lock:
             db = self._require_open()
             conn = db.conn
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(begin)
                 try:
                     yield db
                 except BaseException:
@@ -327,7 +321,7 @@ class Archive:
             new_id = run_id or _new_run_id()
             while self._exists(db, "runs", new_id):
                 new_id = _new_run_id()
-            db["runs"].insert(
+            db.table("runs").insert(
                 {
                     "id": new_id,
                     "task": task,
@@ -492,7 +486,7 @@ class Archive:
         new_id = candidate_id or _new_candidate_id()
         while self._exists(db, "candidates", new_id):
             new_id = _new_candidate_id()
-        db["candidates"].insert(
+        db.table("candidates").insert(
             {
                 "id": new_id,
                 "run_id": run_id,
@@ -546,7 +540,7 @@ class Archive:
             return
         with self._writing("update a candidate") as db:
             try:
-                db["candidates"].update(candidate_id, columns)
+                db.table("candidates").update(candidate_id, columns)
             except NotFoundError:
                 raise ArchiveError(f"unknown candidate {candidate_id} in {self.path}") from None
 
@@ -568,7 +562,8 @@ class Archive:
         Best fitness first (no fitness last) by default, else in creation order.
         """
         wanted = _statuses(status)
-        sql, params = f"{_CANDIDATE_SELECT} WHERE c.run_id = ?", [run_id]
+        sql = f"{_CANDIDATE_SELECT} WHERE c.run_id = ?"
+        params: list[Any] = [run_id]
         if wanted is not None:
             sql += f" AND c.status IN ({', '.join('?' for _ in wanted)})"
             params.extend(wanted)
@@ -725,7 +720,7 @@ class Archive:
                 raise ArchiveError(f"unknown run {run_id} in {self.path}")
             if candidate_id is not None and not self._exists(db, "candidates", candidate_id):
                 raise ArchiveError(f"unknown candidate {candidate_id} in {self.path}")
-            table = db["llm_calls"]
+            table = db.table("llm_calls")
             table.insert(
                 {
                     "run_id": run_id,
@@ -741,7 +736,9 @@ class Archive:
                     "created_at": now(),
                 }
             )
-            return int(table.last_rowid)
+            rowid = table.last_rowid
+            assert rowid is not None, "set by the insert above"
+            return int(rowid)
 
     def run_cost(self, run_id: str) -> float:
         """Total ``cost_usd`` of the run's LLM calls (0.0 when none)."""

@@ -1,9 +1,9 @@
 """The Streamlit leaderboard dashboard over a discovery archive (read-only).
 
-``data`` holds the read-only queries (pandas frames and dicts, no Streamlit), ``pages``
-renders them, ``app.main(db)`` routes between the pages by query parameter. The root
-``app.py`` (``streamlit run app.py -- --db runs.db``) and ``discovery dashboard`` both end
-in ``app.main``.
+``data`` holds the read-only queries (pandas frames built from the archive's records, no
+Streamlit), ``views`` renders them, ``app.main(db)`` routes between the pages by query
+parameter. The root ``app.py`` (``streamlit run app.py -- --db runs.db``) and ``discovery
+dashboard`` both end in ``app.main``.
 """
 
 from pathlib import Path

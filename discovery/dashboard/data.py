@@ -1,4 +1,4 @@
-"""Read-only queries over a discovery archive for the dashboard: pandas frames and dicts.
+"""Read-only queries over a discovery archive for the dashboard: pandas frames built from its records.
 
 Nothing here imports Streamlit or writes to the file: the archive is opened with
 ``Archive.open_readonly`` (a ``mode=ro`` SQLite URI with ``query_only``), so a database a
@@ -10,15 +10,19 @@ exception. Fitness is "higher is better" everywhere.
 from __future__ import annotations
 
 import difflib
-import json
 import math
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from discovery import describe
 from discovery.archive import Archive, ArchiveError
+from discovery.records import Candidate
+from sandbox.base import Status
 
 FAILED_FLOOR_PAD = 0.1
 """Failed candidates without a fitness are drawn this fraction of the fitness span below the lowest point."""
@@ -40,6 +44,8 @@ LEADERBOARD_COLUMNS = [
     "heldout_ci_high",
     "heldout_n_seeds",
     "status",
+    "stage",
+    "outcome",
     "reason",
     "task",
     "run_id",
@@ -149,6 +155,40 @@ def _rank(values: pd.Series, mask: pd.Series, groups: pd.Series) -> pd.Series:
     return ranked.astype("Int64")
 
 
+def _not_ok(c: Candidate) -> bool:
+    """Finished, and not ``ok``: a failure, a duplicate or a culled candidate."""
+    return c.status.finished and c.status is not Status.OK
+
+
+def candidates_frame(rows: Iterable[Candidate]) -> pd.DataFrame:
+    """The records as a table: a column per ``Candidate`` field (``to_dict``), plus ``outcome`` (the
+    status with its stage, ``invalid at contract``) and ``detail`` (what went wrong, "" when ok).
+
+    Every candidate table of the dashboard starts from this one.
+    """
+    rows = list(rows)
+    columns = [f.name for f in fields(Candidate)]
+    df = pd.DataFrame([c.to_dict() for c in rows], columns=columns)
+    df["outcome"] = [describe.status_label(c) for c in rows]
+    df["detail"] = [describe.failure_detail(c) for c in rows]
+    for col in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low",
+                "heldout_ci_high"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in ("n_seeds", "heldout_n_seeds", "generation", "island"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df["is_baseline"] = df["is_baseline"].astype(bool)
+    return df
+
+
+def _candidates_of(archive: Archive, task: str | None, run_id: str | None) -> list[Candidate]:
+    """Every candidate of ``run_id`` (or of every run), of ``task`` if given, oldest first."""
+    run_ids = [run_id] if run_id else [r["id"] for r in reversed(archive.list_runs(task=task))]
+    rows = [c for rid in run_ids for c in archive.candidates(rid, order_by_fitness=False)]
+    if task:
+        rows = [c for c in rows if c.task == task]
+    return sorted(rows, key=lambda c: c.created_at)  # stable: a run's own order within one instant
+
+
 def leaderboard(
     archive: Archive,
     task: str | None = None,
@@ -161,42 +201,24 @@ def leaderboard(
 
     ``rank`` ranks the ``ok`` candidates by discover fitness and ``heldout_rank`` those with
     a held-out fitness, each within its task (1 = best), after the ``task``/``run_id``
-    filters and before the ``statuses`` filter. ``sort_by`` is any column; missing values
-    sort last either way.
+    filters and before the ``statuses`` filter. ``outcome`` is the status with its stage
+    (``invalid at contract``), ``reason`` what went wrong ("" when ok). ``sort_by`` is any
+    column; missing values sort last either way.
     """
-    sql = (
-        "SELECT c.id, c.name, c.is_baseline, c.fitness, c.fitness_ci_low, c.fitness_ci_high, c.n_seeds,"
-        " c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high, c.heldout_n_seeds, c.status, c.failed_stage,"
-        " c.reason, r.task, c.run_id, c.generation, c.island, c.proposer, c.evaluated_at"
-        " FROM candidates c JOIN runs r ON r.id = c.run_id WHERE 1 = 1"
-    )
-    params: list[Any] = []
-    if task:
-        sql += " AND r.task = ?"
-        params.append(task)
-    if run_id:
-        sql += " AND c.run_id = ?"
-        params.append(run_id)
-    df = _frame(archive, sql + " ORDER BY c.created_at, c.rowid", params)
-    if df.empty:
+    rows = _candidates_of(archive, task, run_id)
+    if not rows:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
-    df["baseline"] = df.pop("is_baseline").astype(bool)
-    for col in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low",
-                "heldout_ci_high"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df = candidates_frame(rows)
+    df["baseline"] = df["is_baseline"]
+    df["stage"] = [(c.failed_stage or "") if c.status is not Status.OK else "" for c in rows]
+    df["reason"] = df["detail"]
     df["fitness_pm"] = (df["fitness_ci_high"] - df["fitness_ci_low"]) / 2
     df["heldout_pm"] = (df["heldout_ci_high"] - df["heldout_ci_low"]) / 2
-    ok = (df["status"] == "ok") & df["fitness"].notna()
+    ok = pd.Series([c.scored for c in rows], index=df.index)
     df["rank"] = _rank(df["fitness"], ok, df["task"])
     df["heldout_rank"] = _rank(df["heldout_fitness"], ok & df["heldout_fitness"].notna(), df["task"])
-    df["reason"] = [
-        ("" if stage is None else f"{stage}: ") + (reason or "") if status != "ok" else ""
-        for status, stage, reason in zip(df["status"], df["failed_stage"], df["reason"], strict=True)
-    ]
-    for col in ("n_seeds", "heldout_n_seeds", "generation", "island"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     if statuses:
-        df = df[df["status"].isin(statuses)]
+        df = df[df["status"].isin(list(statuses))]
     df = df[LEADERBOARD_COLUMNS]
     if sort_by not in df.columns:
         raise ValueError(f"cannot sort by {sort_by!r}; columns: {', '.join(df.columns)}")
@@ -214,41 +236,32 @@ def run_info(archive: Archive, run_id: str) -> dict[str, Any] | None:
     run = archive.get_run(run_id)
     if run is None:
         return None
-    rows = archive.db.execute(
-        "SELECT status, COUNT(*) FROM candidates WHERE run_id = ? GROUP BY status ORDER BY status", [run_id]
-    ).fetchall()
-    run["statuses"] = {status: int(n) for status, n in rows}
+    counts = Counter(c.status.value for c in archive.candidates(run_id, order_by_fitness=False))
+    run["statuses"] = dict(sorted(counts.items()))
     return run
+
+
+TIMELINE_COLUMNS = ["evaluation", "id", "name", "status", "outcome", "reason", "fitness", "plotted", "best_so_far",
+                    "evaluated_at", "baseline", "proposer"]
 
 
 def timeline(archive: Archive, run_id: str) -> pd.DataFrame:
     """The run's finished candidates in the order they finished, one row per evaluation.
 
     Columns: ``evaluation`` (1, 2, ...), id, name, status, ``outcome`` (``ok`` or
-    ``status (stage)``), reason, fitness, ``plotted`` (the fitness, or for a failure
-    without one a floor below every point), ``best_so_far`` (running max over ``ok``
-    candidates), evaluated_at, baseline, proposer.
+    ``status at stage``), reason (what went wrong), fitness, ``plotted`` (the fitness, or for
+    a failure without one a floor below every point), ``best_so_far`` (running max over
+    ``ok`` candidates), evaluated_at, baseline, proposer.
     """
-    df = _frame(
-        archive,
-        "SELECT id, name, status, failed_stage, reason, fitness, is_baseline, proposer, created_at,"
-        " COALESCE(evaluated_at, created_at) AS evaluated_at FROM candidates"
-        " WHERE run_id = ? AND status NOT IN ('pending', 'evaluating')"
-        " ORDER BY COALESCE(evaluated_at, created_at), rowid",
-        [run_id],
-    )
-    columns = ["evaluation", "id", "name", "status", "outcome", "reason", "fitness", "plotted", "best_so_far",
-               "evaluated_at", "baseline", "proposer"]
-    if df.empty:
-        return pd.DataFrame(columns=columns)
-    df["fitness"] = pd.to_numeric(df["fitness"], errors="coerce")
+    rows = [c for c in archive.candidates(run_id, order_by_fitness=False) if c.status.finished]
+    if not rows:
+        return pd.DataFrame(columns=TIMELINE_COLUMNS)
+    rows.sort(key=lambda c: c.evaluated_at or c.created_at)
+    df = candidates_frame(rows)
     df["evaluation"] = range(1, len(df) + 1)
-    df["baseline"] = df.pop("is_baseline").astype(bool)
-    df["outcome"] = [s if s == "ok" or not stage else f"{s} ({stage})"
-                     for s, stage in zip(df["status"], df["failed_stage"], strict=True)]
-    df["reason"] = df["reason"].fillna("")
-    ok_fitness = df["fitness"].where(df["status"] == "ok")
-    df["best_so_far"] = ok_fitness.cummax()
+    df["baseline"] = df["is_baseline"]
+    df["reason"] = df["detail"]
+    df["best_so_far"] = df["fitness"].where(df["status"] == Status.OK.value).cummax()
     known = df["fitness"].dropna()
     if known.empty:
         floor = 0.0
@@ -256,22 +269,23 @@ def timeline(archive: Archive, run_id: str) -> pd.DataFrame:
         span = float(known.max() - known.min()) or 1.0
         floor = float(known.min()) - FAILED_FLOOR_PAD * span
     df["plotted"] = df["fitness"].fillna(floor)
-    df["evaluated_at"] = pd.to_datetime(df["evaluated_at"], utc=True, errors="coerce")
-    return df[columns]
+    df["evaluated_at"] = pd.to_datetime([c.evaluated_at or c.created_at for c in rows], utc=True, errors="coerce")
+    return df[TIMELINE_COLUMNS]
 
 
 def failures(archive: Archive, run_id: str) -> pd.DataFrame:
-    """Candidates that did not end ``ok``, counted by status and stage, with an example reason."""
-    df = _frame(
-        archive,
-        "SELECT status, COALESCE(failed_stage, '') AS stage, COUNT(*) AS count, MIN(COALESCE(reason, '')) AS"
-        " example FROM candidates WHERE run_id = ? AND status NOT IN ('ok', 'pending', 'evaluating')"
-        " GROUP BY status, stage ORDER BY count DESC, status",
-        [run_id],
-    )
-    if df.empty:
-        return pd.DataFrame(columns=["status", "stage", "count", "example"])
-    return df
+    """Finished candidates that are not ``ok``, counted by status and stage (``label``: ``invalid at
+    contract``), most frequent first, with an example of what went wrong."""
+    columns = ["status", "stage", "label", "count", "example"]
+    rows = [c for c in archive.candidates(run_id, order_by_fitness=False) if _not_ok(c)]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = candidates_frame(rows)
+    df["stage"] = df["failed_stage"].fillna("")
+    grouped = df.groupby(["status", "stage"], as_index=False).agg(label=("outcome", "first"),
+                                                                  count=("id", "count"), example=("detail", "min"))
+    return grouped.sort_values(["count", "status"], ascending=[False, True], kind="stable")[columns].reset_index(
+        drop=True)
 
 
 def llm_usage(archive: Archive, run_id: str) -> pd.DataFrame:
@@ -299,38 +313,37 @@ def llm_usage(archive: Archive, run_id: str) -> pd.DataFrame:
 # -------------------------------------------------------------------- candidate
 
 
-def candidate(archive: Archive, candidate_id: str) -> dict[str, Any] | None:
-    """The decoded candidate row plus ``task`` (of its run), or ``None`` if unknown."""
-    row = archive.get_candidate(candidate_id)
-    if row is None:
-        return None
-    run = archive.get_run(row["run_id"])
-    row["task"] = run["task"] if run else ""
-    return row
+def candidate(archive: Archive, candidate_id: str) -> Candidate | None:
+    """The candidate (its run's task included), or ``None`` if unknown."""
+    return archive.get_candidate(candidate_id)
+
+
+LINEAGE_COLUMNS = ["depth", "id", "name", "status", "outcome", "fitness", "proposer", "generation", "parents"]
 
 
 def lineage(archive: Archive, candidate_id: str) -> pd.DataFrame:
-    """The candidate and its ancestors (depth 0 = itself), with status, fitness and proposer."""
-    rows = archive.lineage(candidate_id)
-    columns = ["depth", "id", "name", "status", "fitness", "proposer", "generation", "parents"]
-    return pd.DataFrame(
-        [{**{c: r.get(c) for c in columns}, "parents": ", ".join(r.get("parents") or [])} for r in rows],
-        columns=columns,
-    )
+    """The candidate and its ancestors (depth 0 = itself), with status (and its stage), fitness and proposer."""
+    ancestors = archive.lineage(candidate_id)
+    if not ancestors:
+        return pd.DataFrame(columns=LINEAGE_COLUMNS)
+    df = candidates_frame(a.candidate for a in ancestors)
+    df["depth"] = [a.depth for a in ancestors]
+    df["parents"] = [", ".join(a.candidate.parents) for a in ancestors]
+    return df[LINEAGE_COLUMNS]
 
 
-def parent_diffs(archive: Archive, row: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+def parent_diffs(archive: Archive, c: Candidate) -> list[tuple[Candidate, str]]:
     """``(parent, unified diff parent -> candidate)`` for each parent the archive has."""
-    out: list[tuple[dict[str, Any], str]] = []
-    for parent_id in row.get("parents") or []:
+    out: list[tuple[Candidate, str]] = []
+    for parent_id in c.parents:
         parent = archive.get_candidate(parent_id)
         if parent is None:
             continue
         diff = difflib.unified_diff(
-            (parent.get("code") or "").splitlines(keepends=True),
-            (row.get("code") or "").splitlines(keepends=True),
-            fromfile=f"{parent['name']} ({parent['id']})",
-            tofile=f"{row['name']} ({row['id']})",
+            parent.code.splitlines(keepends=True),
+            c.code.splitlines(keepends=True),
+            fromfile=f"{parent.name} ({parent.id})",
+            tofile=f"{c.name} ({c.id})",
         )
         out.append((parent, "".join(line if line.endswith("\n") else line + "\n" for line in diff)))
     return out
@@ -352,37 +365,25 @@ def _per_config_rows(who: str, per_config: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def per_config_vs_baselines(archive: Archive, row: dict[str, Any]) -> pd.DataFrame:
+def per_config_vs_baselines(archive: Archive, c: Candidate) -> pd.DataFrame:
     """Discover-suite fitness per configuration of the candidate and of its run's ``ok`` baselines.
 
     Columns: who (``this: name`` or ``baseline: name``), config, fitness, ci_low, ci_high, n.
     """
-    data = _per_config_rows(f"this: {row['name']}", row.get("per_config"))
-    baselines = archive.db.execute(
-        "SELECT id, name, per_config_json FROM candidates WHERE run_id = ? AND is_baseline = 1 AND status = 'ok'"
-        " ORDER BY fitness DESC",
-        [row["run_id"]],
-    ).fetchall()
-    for bid, name, per_config_json in baselines:
-        if bid == row["id"]:
-            continue
-        try:
-            per_config = json.loads(per_config_json) if per_config_json else None
-        except ValueError:
-            per_config = None
-        data.extend(_per_config_rows(f"baseline: {name}", per_config))
+    data = _per_config_rows(f"this: {c.name}", c.per_config)
+    for baseline in archive.candidates(c.run_id, status=Status.OK):  # best first
+        if baseline.is_baseline and baseline.id != c.id:
+            data.extend(_per_config_rows(f"baseline: {baseline.name}", baseline.per_config))
     return pd.DataFrame(data, columns=["who", "config", "fitness", "ci_low", "ci_high", "n"])
 
 
 def evaluations(archive: Archive, candidate_id: str) -> pd.DataFrame:
-    """The candidate's (suite, config, seed) evaluations: stage, fitness, metrics, seconds."""
-    rows = archive.evaluations(candidate_id)
+    """The candidate's (suite, config, seed) evaluations: stage, fitness, numeric metrics, seconds."""
     out = []
-    for r in rows:
-        metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
-        out.append({"suite": r["suite"], "config": r["config"], "seed": r["seed"], "stage": r["stage"],
-                    "fitness": r.get("fitness"), **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                    "seconds": r.get("seconds")})
+    for e in archive.evaluations(candidate_id):
+        metrics = e.metrics if isinstance(e.metrics, dict) else {}
+        out.append({"suite": e.suite, "config": e.config, "seed": e.seed, "stage": e.stage, "fitness": e.fitness,
+                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)}, "seconds": e.seconds})
     return pd.DataFrame(out)
 
 
@@ -393,16 +394,15 @@ def training_curves(archive: Archive, candidate_id: str) -> pd.DataFrame:
     anything else is skipped. Non-finite values become missing.
     """
     out: list[tuple[str, str, int, str, int, float | None]] = []
-    for r in archive.evaluations(candidate_id):
-        curve = r.get("curve")
-        if not isinstance(curve, dict):
+    for e in archive.evaluations(candidate_id):
+        if not isinstance(e.curve, dict):
             continue
-        for series, values in curve.items():
+        for series, values in e.curve.items():
             if not isinstance(values, list):
                 continue
             for step, value in enumerate(values):
                 number = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-                out.append((r["suite"], r["config"], int(r["seed"]), str(series), step, number))
+                out.append((e.suite, e.config, e.seed, str(series), step, number))
     return pd.DataFrame(out, columns=["suite", "config", "seed", "series", "step", "value"])
 
 

@@ -19,9 +19,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from discovery import describe
 from discovery.archive import Archive
+from discovery.records import Candidate
+from sandbox.base import Status
 
-from . import data
+from . import data, graph_view
 
 REFRESH_SECONDS = 5.0
 """How often the run page re-reads the archive while its run is going."""
@@ -161,12 +164,12 @@ def leaderboard_page(db: str | Path) -> None:
         full = data.leaderboard(archive, task=task, run_id=run_id)
         present = sorted(full["status"].unique().tolist())
         statuses = c3.multiselect("Status", present, default=present, key="lb_status")
-        sort_by = c4.selectbox("Sort by", list(SORTABLE), format_func=SORTABLE.get, key="lb_sort")
+        sort_by = c4.selectbox("Sort by", list(SORTABLE), format_func=SORTABLE.__getitem__, key="lb_sort") or "rank"
         descending = c4.toggle("Descending", value=sort_by in {"fitness", "heldout_fitness", "evaluated_at"},
                                key=f"lb_desc_{sort_by}")
         df = data.leaderboard(archive, task=task, run_id=run_id, statuses=statuses, sort_by=sort_by,
                               descending=descending)
-        ok = df[df["status"] == "ok"]
+        ok = df[df["status"] == Status.OK.value]
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Candidates", len(df))
         m2.metric("Evaluated ok", len(ok))
@@ -200,7 +203,7 @@ def _leaderboard_table(df: pd.DataFrame) -> str:
     rows = []
     for r in df.itertuples():
         name = link(r.name, candidate=r.id) + (" · <b>baseline</b>" if r.baseline else "")
-        status = _cell(r.status) + (f"<br><small>{html.escape(_short(r.reason, 120))}</small>" if r.reason else "")
+        status = _cell(r.outcome) + (f"<br><small>{html.escape(_short(r.reason, 120))}</small>" if r.reason else "")
         rows.append([
             _cell(r.rank), name,
             html.escape(data.fmt_ci(r.fitness, r.fitness_ci_low, r.fitness_ci_high)), _cell(r.n_seeds),
@@ -234,6 +237,7 @@ def run_page(db: str | Path, run_id: str) -> None:
         st.fragment(_run_body, run_every=REFRESH_SECONDS)(db, run_id, True)
     else:
         _run_body(db, run_id, False)
+    graph_view.agent_graph()  # outside the live fragment: drawn once, not on every refresh
 
 
 def _run_body(db: str | Path, run_id: str, live: bool) -> None:
@@ -255,12 +259,12 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         tl = data.timeline(archive, run_id)
         usage = data.llm_usage(archive, run_id)
         statuses = run["statuses"]
-        n_failed = sum(n for s, n in statuses.items() if s not in ("ok", "pending", "evaluating"))
+        n_not_ok = sum(n for s, n in statuses.items() if Status(s).finished and s != Status.OK)
         m = st.columns(6)
         m[0].metric("Candidates", run["n_candidates"])
-        m[1].metric("Evaluated ok", statuses.get("ok", 0))
-        m[2].metric("Not ok", n_failed)
-        m[3].metric("In progress", statuses.get("pending", 0) + statuses.get("evaluating", 0))
+        m[1].metric("Evaluated ok", statuses.get(Status.OK, 0))
+        m[2].metric("Not ok", n_not_ok, help="failed, duplicate or culled")
+        m[3].metric("In progress", sum(n for s, n in statuses.items() if not Status(s).finished))
         m[4].metric("Best fitness", "-" if run.get("best_fitness") is None else f"{run['best_fitness']:.4f}")
         m[5].metric("LLM cost", f"${float(run.get('cost_usd') or 0):.4f}",
                     help=f"{int(usage['tokens'].sum()) if not usage.empty else 0} tokens in {len(usage)} calls")
@@ -285,7 +289,6 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         if fails.empty:
             st.success("No candidate failed.")
         else:
-            fails["label"] = [f"{s} ({g})" if g else s for s, g in zip(fails["status"], fails["stage"], strict=True)]
             st.altair_chart(alt.Chart(fails).mark_bar().encode(
                 x=alt.X("count:Q", title="candidates"), y=alt.Y("label:N", sort="-x", title=None),
                 tooltip=["status", "stage", "count", "example"]), width="stretch")
@@ -336,67 +339,62 @@ def candidate_page(db: str | Path, candidate_id: str) -> None:
     with archive_or_welcome(db) as archive:
         if archive is None:
             return
-        row = data.candidate(archive, candidate_id)
-        if row is None:
+        c = data.candidate(archive, candidate_id)
+        if c is None:
             st.warning(f"No candidate {candidate_id} in {db}.")
             _html(link("Back to the leaderboard"))
             return
-        _candidate(archive, row)
+        _candidate(archive, c)
 
 
-def _candidate(archive: Any, row: dict[str, Any]) -> None:
-    st.title(row["name"])
-    kind = "baseline" if row.get("is_baseline") else "candidate"
-    _html(f"{kind} <code>{html.escape(row['id'])}</code> · run {link(row['run_id'], run=row['run_id'])} · task "
-          f"{html.escape(str(row.get('task')))} · generation {row.get('generation')} · island {row.get('island')} · "
-          f"proposer {html.escape(str(row.get('proposer')))} · {link('leaderboard')}")
+def _candidate(archive: Any, c: Candidate) -> None:
+    st.title(c.name)
+    kind = "baseline" if c.is_baseline else "candidate"
+    _html(f"{kind} <code>{html.escape(c.id)}</code> · run {link(c.run_id, run=c.run_id)} · task "
+          f"{html.escape(c.task)} · generation {c.generation} · island {c.island} · "
+          f"proposer {html.escape(c.proposer)} · {link('leaderboard')}")
     m = st.columns([3, 1, 3, 2])
-    m[0].metric("Fitness (discover, 95% CI)", data.fmt_ci(row.get("fitness"), row.get("fitness_ci_low"),
-                                                         row.get("fitness_ci_high")))
-    m[1].metric("Seeds", row.get("n_seeds") or 0)
-    m[2].metric("Held-out fitness (95% CI)", data.fmt_ci(row.get("heldout_fitness"), row.get("heldout_ci_low"),
-                                                         row.get("heldout_ci_high")))
-    m[3].metric("Status", row["status"])
-    if row["status"] != "ok" and (row.get("reason") or row.get("failed_stage")):
-        where = f" at {row['failed_stage']}" if row.get("failed_stage") else ""
-        line = f" (line {row['error_line']})" if row.get("error_line") else ""
-        st.error(f"{row['status']}{where}{line}: {row.get('reason') or ''}")
-    if row.get("thought"):
+    m[0].metric("Fitness (discover, 95% CI)", data.fmt_ci(c.fitness, c.fitness_ci_low, c.fitness_ci_high))
+    m[1].metric("Seeds", c.n_seeds or 0)
+    m[2].metric("Held-out fitness (95% CI)", data.fmt_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high))
+    m[3].metric("Status", describe.status_label(c))
+    _outcome(c)
+    if c.thought:
         st.subheader("Thought")
-        st.text(row["thought"])
+        st.text(c.thought)
     st.subheader("Code")
-    st.code(row.get("code") or "", language="python", line_numbers=True)
+    st.code(c.code, language="python", line_numbers=True)
 
-    diffs = data.parent_diffs(archive, row)
+    diffs = data.parent_diffs(archive, c)
     if diffs:
         st.subheader("Diff against " + ("its parent" if len(diffs) == 1 else "its parents"))
         for parent, diff in diffs:
-            score = data.fmt_ci(parent.get("fitness"), parent.get("fitness_ci_low"), parent.get("fitness_ci_high"))
-            _html(f"parent {link(parent['name'], candidate=parent['id'])} (fitness {html.escape(score)})")
+            score = data.fmt_ci(parent.fitness, parent.fitness_ci_low, parent.fitness_ci_high)
+            _html(f"parent {link(parent.name, candidate=parent.id)} (fitness {html.escape(score)})")
             st.code(diff or "(same code)", language="diff")
 
     st.subheader("Lineage")
-    lin = data.lineage(archive, row["id"])
-    rows = [[str(r.depth), link(r.name, candidate=r.id), f"<code>{_cell(r.id)}</code>", _cell(r.status),
+    lin = data.lineage(archive, c.id)
+    rows = [[str(r.depth), link(r.name, candidate=r.id), f"<code>{_cell(r.id)}</code>", _cell(r.outcome),
              _cell(None if pd.isna(r.fitness) else f"{r.fitness:.4f}"), _cell(r.proposer), _cell(r.generation)]
             for r in lin.itertuples()]
     _html(_table(["depth", "name", "id", "status", "fitness", "proposer", "generation"], rows, "lineage", wrap=(1,)))
 
     st.subheader("Per configuration, against the baselines")
-    per = data.per_config_vs_baselines(archive, row)
+    per = data.per_config_vs_baselines(archive, c)
     if not per["who"].str.startswith("this: ").any():
         st.info("No per-configuration scores (the candidate did not finish a full evaluation).")
     else:
         st.altair_chart(per_config_chart(per), width="stretch")
         st.caption("Discover-suite fitness per configuration with its 95% CI over seeds, next to the baselines "
                    "of the same run.")
-    evals = data.evaluations(archive, row["id"])
+    evals = data.evaluations(archive, c.id)
     if not evals.empty:
         with st.expander(f"All {len(evals)} evaluations (configuration x seed)"):
             st.dataframe(evals, hide_index=True)
 
     st.subheader("Training curves")
-    curves = data.training_curves(archive, row["id"])
+    curves = data.training_curves(archive, c.id)
     if curves.empty:
         st.info("No training curves recorded.")
     else:
@@ -414,15 +412,28 @@ def _candidate(archive: Any, row: dict[str, Any]) -> None:
         st.caption("One line per (configuration, seed).")
 
     st.subheader("Feedback the proposer was shown")
-    if row.get("feedback_shown"):
-        st.code(row["feedback_shown"], language=None, wrap_lines=True)
+    if c.feedback_shown:
+        st.code(c.feedback_shown, language=None, wrap_lines=True)
     else:
         st.info("None: baselines and seeds are not proposed.")
-    for call in data.llm_calls_for(archive, row["id"]):
+    for call in data.llm_calls_for(archive, c.id):
         with st.expander(f"LLM call {call['id']} ({call['model']}, {call['created_at']})"):
             st.code(str(call.get("prompt") or ""), language=None, wrap_lines=True)
             st.markdown("**Reply**")
             st.code(str(call.get("reply") or call.get("error") or ""), language=None, wrap_lines=True)
+
+
+def _outcome(c: Candidate) -> None:
+    """Why a candidate is not ``ok``: status at stage, the error (class, line, message) or the reason,
+    the stored reason when it adds context, and a link to the original of a duplicate."""
+    if c.status is Status.OK or not c.status.finished:
+        return
+    text = describe.outcome_line(c)
+    extra = describe.extra_reason(c)
+    box = st.error if c.failed else st.warning  # culled and duplicate are the search's decisions, not errors
+    box(text + (f"\n\n{extra}" if extra else ""))
+    if c.duplicate_of:
+        _html(f"duplicate of {link(c.duplicate_of, candidate=c.duplicate_of)} (same normalized code; not evaluated)")
 
 
 def per_config_chart(per: pd.DataFrame) -> alt.LayerChart:

@@ -23,6 +23,7 @@ from discovery.export.identifiers import export_names, is_safe_identifier, uniqu
 from discovery.export.rename import HEADER_IMPORTS, MovedProgram, RenameError, move_program, original_docstring
 from discovery.export.select import Chosen, ExportError
 from discovery.tasks import Task
+from sandbox.base import Status
 
 HEADER_SOURCE = "import math\nimport torch\nimport torch.nn.functional as F\n"
 REGISTRY = "REGISTRY"
@@ -96,7 +97,7 @@ def _seeds(seeds: Sequence[int]) -> str:
 
 def _status(c: Chosen) -> list[str]:
     """The status line(s): ``ok``, or the status a candidate stopped at, its reason, and what that means."""
-    if c.status == "ok":
+    if c.status == Status.OK:
         return ["Status: ok (evaluated on the whole discover suite)"]
     reason = " ".join(clean_text(c.reason, 600).split()) or "no reason recorded"
     scores = "partial scores (the configurations and seeds it ran)" if c.fitness is not None else "no fitness"
@@ -111,7 +112,7 @@ def docstring(c: Chosen, export_name: str, task: Task, own_doc: str | None) -> s
     heldout = (f"{_fmt(c.heldout_fitness)}{_ci(c.heldout_ci)} over {_seeds(c.heldout_seeds)}"
                if c.heldout_fitness is not None else "not evaluated")
     n = len(c.seeds)
-    standard = c.status == "ok" and (list(task.suite("discover").with_seeds(n).seeds) == c.seeds if n else False)
+    standard = c.status == Status.OK and (list(task.suite("discover").with_seeds(n).seeds) == c.seeds if n else False)
     again = (f"discovery evaluate THIS_FILE --function {export_name} --task {c.task_ref} --seeds {n}"
              if standard else "")
     lines = [
@@ -195,9 +196,12 @@ def prepare(chosen: list[Chosen], task: Task, archive: str, skip_invalid: bool =
     for c, name in zip(usable, names, strict=True):
         tree = ast.parse(c.code)
         doc = docstring(c, name, task, original_docstring(tree, slot))
+
+        def helper_name(old: str, name: str = name) -> str:
+            return unique_identifier(f"_{name}__{old}", taken)
+
         try:
-            moved = move_program(tree, slot, name, lambda old, name=name: unique_identifier(f"_{name}__{old}", taken),
-                                 doc)
+            moved = move_program(tree, slot, name, helper_name, doc)
         except (RenameError, RecursionError) as exc:
             raise ExportError(f"candidate {c.id} cannot be exported: {exc}") from None
         items.append(Exported(name=name, chosen=c, program=moved, docstring=doc))

@@ -10,6 +10,7 @@ policy, contract check and sandbox as any candidate.
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 from discovery.export.select import ExportError
 
@@ -75,11 +76,13 @@ def _slot_wrapper(slot_name: str, signature: str, function: str, avoid: set[str]
         while name in avoid or name == slot_name:
             name += "_"
         params.append(name)
+    # Python 3.12 added FunctionDef.type_params
+    extra: dict[str, Any] = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
     return ast.FunctionDef(
         name=slot_name,
         args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None, kwonlyargs=[],
                            kw_defaults=[], kwarg=None, defaults=[]),
         body=[ast.Return(value=ast.Call(func=ast.Name(id=function, ctx=ast.Load()),
                                         args=[ast.Name(id=p, ctx=ast.Load()) for p in params], keywords=[]))],
-        decorator_list=[], returns=None, **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}),
+        decorator_list=[], returns=None, **extra,
     )

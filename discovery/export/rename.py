@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import ast
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from sandbox.static.syntax import (
+    COMPREHENSIONS,
+    alias_name,
+    binding_names,
+    comprehension_targets,
+    import_bindings,
+    outer_parts,
+    parameters,
+    scope_nodes,
+    set_docstring,
+)
 
 #: name -> module each header import binds; a candidate's identical import is dropped
 HEADER_IMPORTS: dict[str, str] = {"math": "math", "torch": "torch", "F": "torch.nn.functional"}
 
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
 _UNSUPPORTED = (ast.ClassDef, ast.AsyncFunctionDef, ast.Global, ast.Nonlocal)
 
 
@@ -40,26 +51,12 @@ class MovedProgram:
     mapping: dict[str, str]  # old top-level name -> new name
 
 
-def _import_bindings(stmt: ast.Import | ast.ImportFrom) -> Iterator[tuple[ast.alias, str, str]]:
-    """(alias, bound name, what it is bound to) for each alias of an import statement."""
-    for alias in stmt.names:
-        if isinstance(stmt, ast.Import):
-            if alias.asname:
-                yield alias, alias.asname, alias.name
-            else:
-                root = alias.name.split(".")[0]
-                yield alias, root, root
-        else:
-            module = "." * stmt.level + (stmt.module or "")
-            yield alias, alias.asname or alias.name, f"{module}.{alias.name}"
-
-
 def _top_level_bindings(tree: ast.Module) -> dict[str, list[str]]:
     """Each top-level name and what binds it (a module path for imports, ``""`` for anything else)."""
     bound: dict[str, list[str]] = {}
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            for alias, name, target in _import_bindings(stmt):
+            for alias, name, target in import_bindings(stmt):
                 if alias.name == "*":
                     raise RenameError("'import *' cannot be exported")
                 bound.setdefault(name, []).append(target)
@@ -67,8 +64,8 @@ def _top_level_bindings(tree: ast.Module) -> dict[str, list[str]]:
             bound.setdefault(stmt.name, []).append("")
         elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            for target in targets:
-                for node in ast.walk(target):
+            for assigned in targets:
+                for node in ast.walk(assigned):
                     if isinstance(node, ast.Name):
                         bound.setdefault(node.id, []).append("")
         elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) or isinstance(stmt, ast.Pass):
@@ -78,52 +75,22 @@ def _top_level_bindings(tree: ast.Module) -> dict[str, list[str]]:
     return bound
 
 
-def _args(args: ast.arguments) -> list[ast.arg]:
-    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
-    return [a for a in every if a is not None]
-
-
-def _outer_parts(fn: ast.FunctionDef | ast.Lambda) -> list[ast.AST]:
-    """The parts of a function evaluated in the enclosing scope: defaults, decorators, annotations."""
-    parts: list[ast.AST] = [*fn.args.defaults, *(d for d in fn.args.kw_defaults if d is not None)]
-    if isinstance(fn, ast.FunctionDef):
-        parts += fn.decorator_list
-        parts += [a.annotation for a in _args(fn.args) if a.annotation is not None]
-        if fn.returns is not None:
-            parts.append(fn.returns)
-    return parts
-
-
-def _comprehension_targets(node: ast.AST) -> set[str]:
-    return {n.id for gen in node.generators for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
-
-
 def local_names(fn: ast.FunctionDef | ast.Lambda) -> set[str]:
     """Names bound in ``fn``'s own scope: parameters, assignments, loop and ``with`` targets,
     nested function names, imports, exception names, walrus targets of its comprehensions."""
-    names = {a.arg for a in _args(fn.args)}
-    stack: list[ast.AST] = list(fn.body) if isinstance(fn, ast.FunctionDef) else [fn.body]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _UNSUPPORTED):
-            raise RenameError(f"'{type(node).__name__}' cannot be exported")
-        if isinstance(node, (ast.FunctionDef, ast.Lambda)):
-            if isinstance(node, ast.FunctionDef):
-                names.add(node.name)
-            stack.extend(_outer_parts(node))
-            continue
-        if isinstance(node, _COMPREHENSIONS):
+    nodes = list(scope_nodes(fn.body if isinstance(fn, ast.FunctionDef) else [fn.body]))
+    unsupported = [node for node in nodes if isinstance(node, _UNSUPPORTED)]
+    if unsupported:  # the last one in source order is the one this error has always named
+        raise RenameError(f"'{type(unsupported[-1]).__name__}' cannot be exported")
+    names = {a.arg for a in parameters(fn.args)}
+    for node in nodes:
+        if isinstance(node, COMPREHENSIONS):
             names.update(n.target.id for n in ast.walk(node)
                          if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name))
-            stack.append(node.generators[0].iter)
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            names.add(node.id)
         elif isinstance(node, ast.alias):
-            names.add(node.asname or node.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        stack.extend(ast.iter_child_nodes(node))
+            names.add(alias_name(node))
+        else:
+            names.update(binding_names(node))
     return names
 
 
@@ -137,14 +104,14 @@ def rename_references(node: ast.AST, mapping: dict[str, str], shadowed: frozense
     if isinstance(node, _UNSUPPORTED):
         raise RenameError(f"'{type(node).__name__}' cannot be exported")
     if isinstance(node, (ast.FunctionDef, ast.Lambda)):
-        for part in _outer_parts(node):
+        for part in outer_parts(node):
             rename_references(part, mapping, shadowed)
         inner = shadowed | local_names(node)
         for stmt in node.body if isinstance(node, ast.FunctionDef) else [node.body]:
             rename_references(stmt, mapping, inner)
         return
-    if isinstance(node, _COMPREHENSIONS):
-        inner = shadowed | _comprehension_targets(node)
+    if isinstance(node, COMPREHENSIONS):
+        inner = shadowed | set(comprehension_targets(node))
         rename_references(node.generators[0].iter, mapping, shadowed)
         for i, gen in enumerate(node.generators):
             rename_references(gen.target, mapping, inner)
@@ -179,7 +146,7 @@ def move_program(
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             aliases = []
-            for alias, name, _ in _import_bindings(stmt):
+            for alias, name, _ in import_bindings(stmt):
                 if name in keep:
                     continue
                 if isinstance(stmt, ast.Import) and not alias.asname and "." in alias.name:
@@ -199,17 +166,8 @@ def move_program(
         body.append(stmt)
     if function is None:
         raise RenameError(f"no top-level function named {slot!r}")
-    _set_docstring(function, docstring)
+    set_docstring(function, docstring)
     return MovedProgram(imports=imports, body=body, function=function, mapping=mapping)
-
-
-def _set_docstring(fn: ast.FunctionDef, text: str) -> None:
-    doc = ast.Expr(value=ast.Constant(value=text))
-    if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) \
-            and isinstance(fn.body[0].value.value, str):
-        fn.body[0] = doc
-    else:
-        fn.body.insert(0, doc)
 
 
 def original_docstring(tree: ast.Module, slot: str) -> str | None:

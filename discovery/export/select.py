@@ -1,4 +1,4 @@
-"""Which candidates to export, read from the archive (read-only) as plain records."""
+"""Which candidates to export, read from the archive (read-only): ``Candidate`` records reduced to plain ``Chosen``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from discovery import describe
 from discovery.archive import Archive, ArchiveError
+from discovery.records import Candidate
+from sandbox.base import Status
 
 
 class ExportError(Exception):
@@ -17,7 +20,8 @@ class ExportError(Exception):
 
 @dataclass
 class Chosen:
-    """One candidate to export: its archive row reduced to plain values (str, float, int, None)."""
+    """One candidate to export: its record reduced to plain values (str, float, int, None), ready to be
+    written into a module as literals."""
 
     id: str
     name: str
@@ -37,50 +41,43 @@ class Chosen:
     date: str = ""
     proposer: str = ""
     generation: int = 0
-    status: str = "ok"  # the archive's status: ok, or why it stopped (culled, contract, error, ...)
-    reason: str = ""  # the archive's one-line reason when not ok (with the stage it stopped at)
+    status: str = Status.OK.value  # the status's text: ok, or why it stopped (culled, invalid, error, ...)
+    reason: str = ""  # ``stage: reason`` when not ok
 
 
-def _real(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def _real(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _record(archive: Archive, row: dict[str, Any], run: dict[str, Any]) -> Chosen:
-    seeds = {s: sorted({int(e["seed"]) for e in archive.evaluations(row["id"], s) if e.get("fitness") is not None})
-             for s in ("discover", "heldout")}
+def _record(archive: Archive, c: Candidate, run: dict[str, Any]) -> Chosen:
+    seeds = {suite: sorted({e.seed for e in archive.evaluations(c.id, suite) if e.fitness is not None})
+             for suite in ("discover", "heldout")}
     parents = []
-    for pid in row.get("parents") or []:
-        parent = archive.get_candidate(str(pid))
-        parents.append((str(pid), _text(parent.get("name")) if parent else ""))
+    for pid in c.parents:
+        parent = archive.get_candidate(pid)
+        parents.append((pid, parent.name if parent else ""))
     return Chosen(
-        id=str(row["id"]), name=_text(row.get("name")), run_id=_text(row.get("run_id")), task=_text(run.get("task")),
-        task_ref=_text((run.get("config") or {}).get("task") or run.get("task")),
-        code=_text(row.get("code")), thought=_text(row.get("thought")), is_baseline=bool(row.get("is_baseline")),
-        fitness=_real(row.get("fitness")),
-        fitness_ci=(_real(row.get("fitness_ci_low")), _real(row.get("fitness_ci_high"))),
-        seeds=seeds["discover"], heldout_fitness=_real(row.get("heldout_fitness")),
-        heldout_ci=(_real(row.get("heldout_ci_low")), _real(row.get("heldout_ci_high"))),
-        heldout_seeds=seeds["heldout"], parents=parents,
-        date=_text(row.get("evaluated_at") or row.get("created_at")), proposer=_text(row.get("proposer")),
-        generation=int(row.get("generation") or 0), status=_text(row.get("status")) or "ok",
-        reason=_reason(row),
+        id=c.id, name=c.name, run_id=c.run_id, task=c.task,
+        task_ref=str((run.get("config") or {}).get("task") or c.task),
+        code=c.code, thought=c.thought, is_baseline=c.is_baseline,
+        fitness=_real(c.fitness), fitness_ci=(_real(c.fitness_ci_low), _real(c.fitness_ci_high)),
+        seeds=seeds["discover"], heldout_fitness=_real(c.heldout_fitness),
+        heldout_ci=(_real(c.heldout_ci_low), _real(c.heldout_ci_high)),
+        heldout_seeds=seeds["heldout"], parents=parents, date=c.evaluated_at or c.created_at, proposer=c.proposer,
+        generation=c.generation, status=c.status.value, reason=_reason(c),
     )
 
 
-def _reason(row: dict[str, Any]) -> str:
-    """``stage: reason`` of a candidate that is not ok (either part may be missing), else ""."""
-    if row.get("status") == "ok":
+def _reason(c: Candidate) -> str:
+    """``stage: reason`` of a candidate that is not ok (either part may be missing), else "".
+
+    The stored reason says the most (which configuration and seed, the code line); without one,
+    what the error fields say."""
+    if c.status is Status.OK:
         return ""
-    stage, reason = _text(row.get("failed_stage")).strip(), _text(row.get("reason")).strip()
-    return f"{stage}: {reason}" if stage and reason else stage or reason
+    stage = (c.failed_stage or "").strip()
+    detail = (c.reason or "").strip() or describe.failure_detail(c)
+    return f"{stage}: {detail}" if stage and detail else stage or detail
 
 
 def _open(db: str | Path) -> Archive:
@@ -120,18 +117,19 @@ def choose(
         if candidate_ids:
             return [_explicit(archive, db, cid, runs, run_id) for cid in dict.fromkeys(candidate_ids)]
         rows = archive.leaderboard(run_id=run_id, task=task, limit=1_000_000)
-        rows = [r for r in rows if not r.get("is_baseline") and r.get("code")]
-        tasks = sorted({r["task"] for r in rows})
+        rows = [c for c in rows if not c.is_baseline and c.code]
+        tasks = sorted({c.task for c in rows})
         if len(tasks) > 1:
             raise ExportError(f"the best candidates belong to several tasks ({', '.join(tasks)}); "
                               "pass --run or --task")
         chosen: list[Chosen] = []
         seen: set[str] = set()
-        for row in rows:
-            if row.get("code_hash") in seen:
+        for c in rows:
+            if c.code_hash in seen:
                 continue
-            seen.add(row.get("code_hash"))
-            chosen.append(_record(archive, row, runs[row["run_id"]]))
+            if c.code_hash is not None:
+                seen.add(c.code_hash)
+            chosen.append(_record(archive, c, runs[c.run_id]))
             if len(chosen) >= (top or 5):
                 break
     if not chosen:
@@ -141,11 +139,11 @@ def choose(
 
 
 def _explicit(archive: Archive, db: str | Path, cid: str, runs: dict[str, Any], run_id: str | None) -> Chosen:
-    row = archive.get_candidate(cid)
-    if row is None:
+    c = archive.get_candidate(cid)
+    if c is None:
         raise ExportError(f"no candidate {cid} in {db}")
-    if run_id is not None and row["run_id"] != run_id:
-        raise ExportError(f"candidate {cid} belongs to run {row['run_id']}, not {run_id}")
-    if not _text(row.get("code")).strip():
-        raise ExportError(f"candidate {cid} has no code (status {row.get('status')}); nothing to export")
-    return _record(archive, row, runs[row["run_id"]])
+    if run_id is not None and c.run_id != run_id:
+        raise ExportError(f"candidate {cid} belongs to run {c.run_id}, not {run_id}")
+    if not c.code.strip():
+        raise ExportError(f"candidate {cid} has no code (status {c.status.value}); nothing to export")
+    return _record(archive, c, runs[c.run_id])

@@ -1,34 +1,19 @@
 """What every proposer receives and returns.
 
 The loop selects parents and a bounded view of the archive, packs them into a
-:class:`ProposalContext`, and asks a proposer for one new program. Rows are archive
-candidate rows (dicts, JSON columns decoded: ``per_config``, ``curve``, ``parents``).
+:class:`~discovery.selection.ProposalContext` (typed :class:`~discovery.records.Candidate`
+records; importable from here too), and asks a proposer for one new program.
 """
 
 from __future__ import annotations
 
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from discovery.tasks import Task
+from discovery.selection import ProposalContext
 
-
-@dataclass
-class ProposalContext:
-    """A bounded view of the archive for one proposal. The held-out suite never appears here."""
-
-    task: Task
-    run_id: str
-    parent: dict[str, Any] | None  # the candidate to improve (None: start from the seed program)
-    second_parent: dict[str, Any] | None  # for crossover / blends
-    top: list[dict[str, Any]]  # best candidates of the parent's island, sorted ascending (best last)
-    diverse: list[dict[str, Any]]  # from other islands or the per-configuration Pareto front
-    failures: list[dict[str, Any]]  # recent failed candidates and unusable replies, newest last
-    reference: dict[str, Any] | None  # the reference baseline's row (e.g. DPO), for deltas
-    island: int
-    generation: int
-    rng: random.Random
+__all__ = ["ProposalContext", "Proposed", "Proposer", "ProposerUnavailable"]
 
 
 @dataclass
@@ -57,4 +42,10 @@ class Proposer(Protocol):
 
 
 class ProposerUnavailable(RuntimeError):
-    """The proposer cannot go on (the LLM stays unreachable, the cost budget is spent): stop the run."""
+    """The proposer cannot go on (the LLM stays unreachable, the cost budget is spent): stop the run.
+
+    ``records`` are the LLM attempts of the call that failed (``CallRecord``), for the archive."""
+
+    def __init__(self, message: str, records: Sequence[Any] = ()):
+        super().__init__(message)
+        self.records = list(records)

@@ -23,10 +23,9 @@ from __future__ import annotations
 import ast
 import hashlib
 
-__all__ = ["normalize_source", "normalized_hash"]
+from sandbox.static.syntax import comprehension_targets, is_docstring, parameters, scope_bindings
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+__all__ = ["normalize_source", "normalized_hash"]
 
 
 def _sha256(text: str) -> str:
@@ -64,7 +63,7 @@ class _StripDocs(ast.NodeTransformer):
             body = getattr(node, name, None)
             if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
                 continue
-            kept = [s for s in body if not _is_string_statement(s)]
+            kept = [s for s in body if not is_docstring(s)]
             if not kept and name == "body":
                 kept = [ast.Pass()]
             setattr(node, name, kept)
@@ -88,14 +87,6 @@ class _StripDocs(ast.NodeTransformer):
         return self.generic_visit(ast.Assign(targets=[node.target], value=node.value))
 
 
-def _is_string_statement(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Constant)
-        and isinstance(stmt.value.value, str)
-    )
-
-
 # --------------------------------------------------------------------------- constants
 
 
@@ -111,53 +102,6 @@ class _RoundConstants(ast.NodeTransformer):
 
 
 # --------------------------------------------------------------------------- local names
-
-
-def bound_names(body: list[ast.AST]) -> tuple[list[str], set[str]]:
-    """Names bound directly in a scope whose statements are ``body``, in order of appearance.
-
-    Nested functions, lambdas and comprehensions are not entered (their names belong to
-    them), but the parts they evaluate in this scope (defaults, decorators, the first
-    iterable of a comprehension) are. Returns (bound names, names declared global).
-    """
-    bound: list[str] = []
-    declared: set[str] = set()
-
-    def add(name: str) -> None:
-        if name not in bound:
-            bound.append(name)
-
-    stack: list[ast.AST] = list(reversed(body))
-    while stack:
-        node = stack.pop()
-        children: list[ast.AST] = []
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            add(node.name)
-            children = list(node.decorator_list)
-            if not isinstance(node, ast.ClassDef):
-                children += [d for d in node.args.defaults + node.args.kw_defaults if d is not None]
-        elif isinstance(node, ast.Lambda):
-            children = [d for d in node.args.defaults + node.args.kw_defaults if d is not None]
-        elif isinstance(node, _COMPREHENSIONS):
-            children = [node.generators[0].iter]
-        else:
-            if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-                add(node.id)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                for alias in node.names:
-                    if alias.name != "*":
-                        add(alias.asname or alias.name.split(".")[0])
-            elif isinstance(node, (ast.Global, ast.Nonlocal)):
-                declared.update(node.names)
-            elif isinstance(node, ast.ExceptHandler) and node.name:
-                add(node.name)
-            elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-                add(node.name)
-            elif isinstance(node, ast.MatchMapping) and node.rest:
-                add(node.rest)
-            children = list(ast.iter_child_nodes(node))
-        stack.extend(reversed(children))
-    return [n for n in bound if n not in declared], declared
 
 
 class _Scope:
@@ -208,18 +152,16 @@ class _Renamer(ast.NodeVisitor):
                 self.visit(decorator)
             if self.scope is not None:  # a nested def is a local of the enclosing function
                 node.name = self._lookup(node.name) or node.name
-        params = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
-        params += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
-        names, _ = bound_names(body)
+        params = [a.arg for a in parameters(args)]
+        names, _ = scope_bindings(body)  # annotations are gone: they bind nothing here
         top_level = self.scope is None and not isinstance(node, ast.Lambda)
         local = names + ([] if top_level else params)
         # top-level parameters are not renamed, but they still shadow nothing outside
         scope = _Scope([n for n in local if not (top_level and n in params)], self.scope)
         self.scope = scope
         if not top_level:
-            for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
-                if a is not None:
-                    a.arg = self._lookup(a.arg) or a.arg
+            for a in parameters(args):
+                a.arg = self._lookup(a.arg) or a.arg
         for stmt in body:
             self.visit(stmt)
         self.scope = scope.parent
@@ -241,12 +183,7 @@ class _Renamer(ast.NodeVisitor):
     def _visit_comprehension(self, node: ast.AST, elements: list[ast.AST]) -> None:
         generators: list[ast.comprehension] = node.generators  # type: ignore[attr-defined]
         self.visit(generators[0].iter)  # evaluated in the enclosing scope
-        targets: list[str] = []
-        for gen in generators:
-            for sub in ast.walk(gen.target):
-                if isinstance(sub, ast.Name) and sub.id not in targets:
-                    targets.append(sub.id)
-        scope = _Scope(targets, self.scope)
+        scope = _Scope(comprehension_targets(node), self.scope)
         self.scope = scope
         for i, gen in enumerate(generators):
             self.visit(gen.target)

@@ -6,16 +6,17 @@ failure so that the reason reaches the next prompt. When the model cannot be rea
 retry failed), refuses permanently (bad key, unknown model) or the cost budget is spent,
 :class:`~discovery.proposers.base.ProposerUnavailable` is raised and the run stops cleanly.
 
-The client's ``on_call`` hook (wired by the loop) persists every attempt; the successful
-attempt's :class:`~discovery.proposers.llm_client.CallRecord` is also returned in
-``Proposed.extra["call"]``.
+Every attempt of the call, failed or not, comes back as a
+:class:`~discovery.proposers.llm_client.CallRecord` in ``Proposed.extra["calls"]`` (the
+successful one also in ``extra["call"]``), or in ``ProposerUnavailable.records``: the caller
+stores them (the run's graph does, in its ``store`` node).
 """
 
 from __future__ import annotations
 
 from discovery.prompting import PromptLimits, messages_text, render_messages
 from discovery.proposers.base import ProposalContext, Proposed, ProposerUnavailable
-from discovery.proposers.llm_client import LLMClient, LLMError, ModelSpec
+from discovery.proposers.llm_client import CallRecord, LLMClient, LLMError, ModelSpec
 from discovery.proposers.reply_parser import ReplyError, parse_reply
 
 __all__ = ["LLMProposer"]
@@ -52,15 +53,16 @@ class LLMProposer:
         slot = self.slot_name or ctx.task.slot.name
         messages = render_messages(ctx, error_feedback, limits=self.limits)
         shown = messages_text(messages)
-        ids = [str(r["id"]) for r in (ctx.parent, ctx.second_parent) if r and r.get("id") is not None]
+        ids = [c.id for c in (ctx.parent, ctx.second_parent) if c is not None and c.id]
         parents = list(dict.fromkeys(ids))  # the parent, then the second parent the prompt showed
+        attempts: list[CallRecord] = []
         try:
-            record = self.client.complete(messages, model=self.model)
+            record = self.client.complete(messages, model=self.model, attempts=attempts)
         except LLMError as exc:
             kind = type(exc).__name__
-            raise ProposerUnavailable(f"{self.name}: {kind}: {exc.reason}") from exc
+            raise ProposerUnavailable(f"{self.name}: {kind}: {exc.reason}", records=exc.records) from exc
         proposer = f"llm:{record.model}"
-        extra = {"call": record, "model": record.model, "finish_reason": record.finish_reason}
+        extra = {"call": record, "calls": attempts, "model": record.model, "finish_reason": record.finish_reason}
         try:
             proposal = parse_reply(record.reply_text or "", slot)
         except ReplyError as exc:

@@ -536,19 +536,21 @@ class LLMClient:
         messages: str | Sequence[dict[str, Any]],
         *,
         model: ModelSpec | str | None = None,
+        attempts: list[CallRecord] | None = None,
     ) -> CallRecord:
         """Send ``messages`` (a string is one user message) and return the successful record.
 
         Raises :class:`BudgetExceeded` (before any attempt that would overrun the budget),
         :class:`LLMFatalError` (permanent error, not retried) or :class:`LLMUnavailable`
         (transient errors through every retry). Each exception carries ``records``: the
-        attempts of this call, which were also passed to ``on_call``.
+        attempts of this call, which were also passed to ``on_call``. ``attempts``, when
+        given, receives every attempt of this call too, in order, the successful one last.
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         msgs = [dict(m) for m in messages]
         spec = self._resolve_model(model)
-        records: list[CallRecord] = []
+        records: list[CallRecord] = [] if attempts is None else attempts
         for attempt in range(1, self.max_retries + 2):
             try:
                 record, exc = self._attempt(spec, msgs, attempt)

@@ -14,13 +14,13 @@ Both are deterministic functions of ``ctx.rng`` and keep no per-call state (thre
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from discovery import feedback
+from discovery.prompting import feedback
 from discovery.proposers.base import ProposalContext, Proposed
 from discovery.proposers.codehash import normalized_hash
 from discovery.proposers.mutations import OPERATORS, Mutant, crossover, gate_blend, mutate
+from discovery.records import Candidate
 from sandbox.text import one_line
 
 __all__ = ["MutationProposer", "RandomMutationProposer"]
@@ -30,12 +30,12 @@ LABEL_CHARS = 20
 STEP_ATTEMPTS = 5  # tries per step of a random chain to reach a program not yet visited
 
 
-def _label(row_or_name: Mapping[str, Any] | str | None, default: str = "seed") -> str:
+def _label(candidate_or_name: Candidate | str | None, default: str = "seed") -> str:
     """A short stem for names: ``dpo~swap_fn(...)~perturb(...)`` -> ``dpo``."""
-    if isinstance(row_or_name, Mapping):
-        name = str(row_or_name.get("name") or row_or_name.get("id") or default)
+    if isinstance(candidate_or_name, Candidate):
+        name = candidate_or_name.name or candidate_or_name.id or default
     else:
-        name = str(row_or_name or default)
+        name = str(candidate_or_name or default)
     stem = "".join(name.split()).split("~", 1)[0] or default
     return stem[:LABEL_CHARS]
 
@@ -44,16 +44,17 @@ def _clip_name(name: str) -> str:
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 3] + "..."
 
 
-def _usable(row: Mapping[str, Any] | None) -> bool:
-    return bool(row) and bool(row.get("code")) and row.get("status") not in feedback.FAILED_STATUSES
+def _usable(c: Candidate | None) -> bool:
+    """Whether ``c`` can be mutated: it has code and is not shown as a failure (duplicates included)."""
+    return c is not None and bool(c.code) and not feedback.shown_as_failed(c)
 
 
 def _seed_parents(ctx: ProposalContext, seed_code: str) -> list[str]:
-    """The reference row's id when it holds the seed program (lineage), else nothing."""
+    """The reference candidate's id when it holds the seed program (lineage), else nothing."""
     ref = ctx.reference
-    if ref and ref.get("id") is not None and ref.get("code"):
-        if normalized_hash(str(ref["code"])) == normalized_hash(seed_code):
-            return [str(ref["id"])]
+    if ref is not None and ref.id and ref.code:
+        if normalized_hash(ref.code) == normalized_hash(seed_code):
+            return [ref.id]
     return []
 
 
@@ -66,8 +67,8 @@ def _check_operators(operators: Sequence[str] | None) -> list[str] | None:
     return list(operators)
 
 
-def _shown_name(row: Mapping[str, Any]) -> str:
-    return one_line(row.get("name") or row.get("id") or "candidate", 60)
+def _shown_name(c: Candidate) -> str:
+    return one_line(c.name or c.id or "candidate", 60)
 
 
 def _failed(proposer: str, parents: list[str], why: str, shown: str) -> Proposed:
@@ -82,15 +83,15 @@ def _failed(proposer: str, parents: list[str], why: str, shown: str) -> Proposed
     )
 
 
-def _combine(a: Mapping[str, Any], b: Mapping[str, Any], rng: random.Random, slot: str, gate: bool) -> Mutant:
-    """A gate blend (falling back to a crossover) or a crossover of ``a`` and ``b``."""
-    code_a, code_b = str(a["code"]), str(b["code"])
+def _combine(a: tuple[str, str], b: tuple[str, str], rng: random.Random, slot: str, gate: bool) -> Mutant:
+    """A gate blend (falling back to a crossover) or a crossover of ``a`` and ``b``, each (code, label)."""
+    (code_a, label_a), (code_b, label_b) = a, b
     if gate:
         try:
-            return gate_blend(code_a, _label(a), code_b, _label(b), rng, slot)
+            return gate_blend(code_a, label_a, code_b, label_b, rng, slot)
         except ValueError:
             pass  # not the five preference arguments: a crossover instead
-    return crossover(code_a, _label(a), code_b, _label(b), rng, slot)
+    return crossover(code_a, label_a, code_b, label_b, rng, slot)
 
 
 class MutationProposer:
@@ -125,13 +126,13 @@ class MutationProposer:
         slot = self.slot_name or ctx.task.slot.name
         parent = ctx.parent if _usable(ctx.parent) else None
         second = ctx.second_parent if parent is not None and _usable(ctx.second_parent) else None
-        if second is not None and second.get("id") == parent.get("id"):  # type: ignore[union-attr]
+        if second is not None and parent is not None and second.id == parent.id:
             second = None
 
         if parent is not None and second is not None and rng.random() < self.crossover_rate:
             use_gate = rng.random() < self.gate_probability
             try:
-                mutant = _combine(parent, second, rng, slot, use_gate)
+                mutant = _combine((parent.code, _label(parent)), (second.code, _label(second)), rng, slot, use_gate)
             except ValueError:
                 mutant = None
             if mutant is not None:
@@ -139,7 +140,7 @@ class MutationProposer:
 
         if parent is not None:
             try:
-                mutant = mutate(str(parent["code"]), _label(parent), rng, slot, operators=self.operators)
+                mutant = mutate(parent.code, _label(parent), rng, slot, operators=self.operators)
                 return self._proposed(ctx, mutant, [parent], slot)
             except ValueError:
                 pass  # a parent no operator applies to: start again from the seed program
@@ -171,9 +172,9 @@ class MutationProposer:
         return f"Seed program:\n```python\n{feedback.clip_code(seed)}\n```"
 
     @staticmethod
-    def _proposed(ctx: ProposalContext, mutant: Mutant, rows: list[Mapping[str, Any]], slot: str) -> Proposed:
-        parent = rows[0]
-        based_on = " and ".join(f"`{_shown_name(r)}` ({feedback.fitness_text(r)})" for r in rows)
+    def _proposed(ctx: ProposalContext, mutant: Mutant, based: list[Candidate], slot: str) -> Proposed:
+        parent = based[0]
+        based_on = " and ".join(f"`{_shown_name(c)}` ({feedback.fitness_text(c)})" for c in based)
         what = f"Offline {mutant.operator} of {based_on}"
         parts = [
             f"{what}: {mutant.thought}",
@@ -181,17 +182,17 @@ class MutationProposer:
             "Parent trace:",
             feedback.candidate_trace(parent, None, ctx.reference, slot_name=slot),
         ]
-        if len(rows) > 1:
+        if len(based) > 1:
             parts += [
                 "",
                 "Second parent:",
-                feedback.candidate_trace(rows[1], None, ctx.reference, slot_name=slot, curves=False),
+                feedback.candidate_trace(based[1], None, ctx.reference, slot_name=slot, curves=False),
             ]
         return Proposed(
             code=mutant.code,
             name=_clip_name(mutant.name),
             thought=mutant.thought,
-            parents=[str(r["id"]) for r in rows if r.get("id") is not None],
+            parents=[c.id for c in based],
             proposer=f"mutation:{mutant.operator}",
             feedback_shown="\n".join(parts),
             extra={"operator": mutant.operator},
@@ -236,8 +237,7 @@ class RandomMutationProposer:
                 other_name, other_code = rng.choice(others)
                 use_gate = rng.random() < self.gate_probability
                 try:
-                    here, there = {"code": code, "name": label}, {"code": other_code, "name": other_name}
-                    mutant = _combine(here, there, rng, slot, use_gate)
+                    mutant = _combine((code, _label(label)), (other_code, _label(other_name)), rng, slot, use_gate)
                     return mutant, f"{mutant.operator} with baseline `{other_name}`: {mutant.thought}"
                 except ValueError:
                     pass

@@ -98,6 +98,51 @@ def check_per_example(out: Any, batch: int, dtype: Any, where: str, wrt: str) ->
         raise TrainingFailed(f"{where}: loss has no gradient with respect to {wrt}")
 
 
+def check_loss_contract(fn: Callable[..., Any], args: tuple[Any, ...], batch: int, wrt: str,
+                        watched: Mapping[str, Any], context: str = "") -> None:
+    """Call a per-example loss once on contract inputs and back-propagate its mean.
+
+    Raises ``ContractError`` unless it returns a finite float32 tensor of shape [batch] with a
+    graph, whose gradient reaches at least one tensor of ``watched`` (name -> leaf tensor) and
+    is finite wherever it does; ``wrt`` names the inputs the gradient should flow to, and
+    ``context`` (e.g. " (C = 5)") ends the message about a non-finite gradient.
+    """
+    import torch
+
+    try:
+        out = fn(*args)
+        check_per_example(out, batch, torch.float32, "contract", wrt)
+        out.mean().backward()
+    except TrainingFailed as exc:
+        raise ContractError(str(exc).removeprefix("contract: ")) from None
+    for name, tensor in watched.items():
+        if tensor.grad is not None and not torch.isfinite(tensor.grad).all():
+            raise ContractError(f"gradient with respect to {name} is NaN or infinite{context}")
+    if all(tensor.grad is None for tensor in watched.values()):
+        raise ContractError(f"loss does not depend on {wrt} (no gradient)")
+
+
+def descend(loss: Any, opt: Any, parameters: Iterable[Any], step: int, max_norm: float | None = None) -> Any:
+    """One optimizer step on ``loss``; returns the gradient's total norm (before clipping).
+
+    Zeroes the gradients, back-propagates, clips them to ``max_norm`` when given, and raises
+    ``TrainingFailed`` instead of stepping when the gradient is not finite.
+    """
+    import torch
+
+    params = list(parameters)
+    opt.zero_grad()
+    loss.backward()
+    if max_norm is None:
+        norm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not torch.isfinite(norm):
+        raise TrainingFailed(f"gradient is not finite at step {step}")
+    opt.step()
+    return norm
+
+
 def curves_from(outputs: Mapping[str, Any], names: Iterable[str]) -> dict[str, list[float]]:
     """The training curves ``curve_<name>`` of a sandbox's raw outputs, as plain lists keyed by name."""
     return {name: [float(v) for v in outputs[f"curve_{name}"]] for name in names if f"curve_{name}" in outputs}

@@ -78,7 +78,7 @@ class Session:
         self.channel = Channel(fds[0], fds[1], wait=self._wait, max_payload=max_payload)
         self.outcome: Outcome | None = None
         self.calls = 0
-        self._fds = fds
+        self._fds: tuple[int, ...] = fds
 
     # -- waiting --------------------------------------------------------------------------------
     def _wait(self, fd: int, for_write: bool, deadline: float) -> None:

@@ -38,7 +38,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 #: the name the rewritten code calls the guard by (double-underscore: no candidate can spell it)
 GETATTR_NAME = "__guard_getattr__"
@@ -390,7 +390,7 @@ def module_refusal(module: Any, name: str) -> str | None:
     return why
 
 
-def type_verdict(kind: type, name: str) -> bool | str | Callable[[Any], Any]:
+def type_verdict(kind: type, name: str) -> Literal[True] | str | Callable[[Any], Any]:
     """The guard's decision for reading ``name`` on an instance of ``kind`` (not a module): True,
     a reason for refusing, or a function that builds a checked replacement from the object."""
     import torch

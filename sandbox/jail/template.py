@@ -119,9 +119,9 @@ def serve(env: dict[str, str], uid: int) -> None:
                 break
             if pid == 0:
                 break
-            job_id = running.pop(pid, None)
-            if job_id is None:
+            if pid not in running:
                 continue
+            job_id = running.pop(pid)
             try:  # anything the child left behind in its group dies with it
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

@@ -27,6 +27,7 @@ from typing import Any
 
 from sandbox.jail import guard
 from sandbox.jail.guard import BLOCKED_ATTRIBUTES, FORBIDDEN_NAMES
+from sandbox.static.syntax import alias_name, all_bound_names, dotted, parameters, statement_names
 
 MAX_STRING_CHARS = 2000
 
@@ -118,22 +119,10 @@ def annotate(source: str, line: int, note: str) -> str:
     return "".join(parts)
 
 
-def _dotted(node: ast.expr) -> str | None:
-    """``a.b.c`` for a chain of attributes on a name, else None."""
-    names: list[str] = []
-    while isinstance(node, ast.Attribute):
-        names.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    names.append(node.id)
-    return ".".join(reversed(names))
-
-
 def _shown(node: ast.expr) -> str:
     """A short rendering of ``node`` for a reason: ``torch.utils``, ``x.view(-1).cuda``."""
     try:
-        text = _dotted(node) or ast.unparse(node)
+        text = dotted(node) or ast.unparse(node)
     except RecursionError:
         text = getattr(node, "attr", "expression")
     return text if len(text) <= 60 else "..." + text[-57:]
@@ -153,25 +142,6 @@ def _target_root(node: ast.expr) -> tuple[ast.expr, bool]:
 
 #: what :meth:`_Checker.static_value` returns for an expression whose object is not known statically
 _UNKNOWN = object()
-
-
-def _bound_names(tree: ast.AST) -> set[str]:
-    """Every name the source binds other than by importing (assignments, arguments, functions, ...)."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names.add(node.id)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-    return names
 
 
 def _is_dunder(name: str) -> bool:
@@ -201,7 +171,7 @@ class _Checker:
         self.imported: set[str] = set()  # every name bound by an import
         self.tainted: set[str] = set()  # names that may hold an imported object
         self.static: dict[str, Any] = {}  # names bound by a vetted import -> the object they hold
-        self.bound = _bound_names(tree)  # names the candidate binds other than by importing
+        self.bound = all_bound_names(tree)  # names the candidate binds other than by importing
 
     def add(self, node: ast.AST, reason: str) -> None:
         line = getattr(node, "lineno", 1) or 1
@@ -252,23 +222,10 @@ class _Checker:
             elif not isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass, *_REJECTED_ANYWHERE)):
                 kind = type(stmt).__name__.lower()
                 self.add(stmt, f"top-level '{kind}' statement is not allowed {_TOP_LEVEL_HELP}")
-            if slot in self.bound_names(stmt):
+            if not isinstance(stmt, ast.FunctionDef) and slot in statement_names(stmt):
                 self.add(stmt, f"top-level name '{slot}' is rebound; it must be the function only")
         if first_def is None:
             self.found.append(Violation(1, 0, f"no top-level function named '{slot}'"))
-
-    @staticmethod
-    def bound_names(stmt: ast.stmt) -> Iterator[str]:
-        """Names a top-level statement binds (other than a function definition's own name)."""
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            for alias in stmt.names:
-                yield alias.asname or alias.name.split(".")[0]
-        elif isinstance(stmt, (ast.ClassDef, ast.AsyncFunctionDef)):
-            yield stmt.name
-        elif not isinstance(stmt, ast.FunctionDef):
-            for node in ast.walk(stmt):
-                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                    yield node.id
 
     def check_constant_assignment(self, stmt: ast.Assign | ast.AnnAssign) -> None:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
@@ -296,8 +253,7 @@ class _Checker:
             )
         args = fn.args
         parts = [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
-        every_arg = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
-        parts += [a.annotation for a in every_arg if a is not None and a.annotation is not None]
+        parts += [a.annotation for a in parameters(args) if a.annotation is not None]
         if fn.returns is not None:
             parts.append(fn.returns)
         for part in parts:
@@ -356,7 +312,7 @@ class _Checker:
                 problem = self.path_problem(alias.name) or self.vetted_problem(alias.name)
                 if problem:
                     self.add(node, problem)
-                bound = alias.asname or alias.name.split(".")[0]
+                bound = alias_name(alias)
                 self.modules.add(bound)
                 self.imported.add(bound)
                 if not problem:
@@ -370,7 +326,7 @@ class _Checker:
             if alias.name == "*":
                 self.add(node, f"'from {module} import *' is not allowed (import names explicitly)")
                 continue
-            bound = alias.asname or alias.name
+            bound = alias_name(alias)
             self.imported.add(bound)
             problem = self.path_problem(f"{module}.{alias.name}")
             if problem and self.path_problem(module) is not None:

@@ -29,31 +29,32 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-BAD = {
-    "parse": ("def loss(a, b:\n    return a\n", "parse", "line 1"),
-    "missing": (HEAD + "def other(x):\n    return x\n", "policy", "no top-level function named 'loss'"),
-    "signature": (HEAD + "def loss(a, b):\n    return a - b\n", "contract", "must take 5 arguments"),
-    "scalar": (HEAD + SIG + H + "    return -F.logsigmoid(beta * h).mean()\n", "contract", "shape ()"),
-    "nan": (HEAD + SIG + H + "    return h * float('nan')\n", "contract", "NaN"),
-    "no_grad": (HEAD + SIG + H + "    return torch.zeros_like(h)\n", "contract", "no gradient"),
-    "raises": (HEAD + SIG + H + "    raise ValueError('boom')\n", "contract", "line 7"),
+BAD = {  # case -> (source, stage, status, fragment of the reason)
+    "parse": ("def loss(a, b:\n    return a\n", "parse", "parse", "line 1"),
+    "missing": (HEAD + "def other(x):\n    return x\n", "policy", "policy", "no top-level function named 'loss'"),
+    "signature": (HEAD + "def loss(a, b):\n    return a - b\n", "contract", "invalid", "must take 5 arguments"),
+    "scalar": (HEAD + SIG + H + "    return -F.logsigmoid(beta * h).mean()\n", "contract", "invalid", "shape ()"),
+    "nan": (HEAD + SIG + H + "    return h * float('nan')\n", "contract", "invalid", "NaN"),
+    "no_grad": (HEAD + SIG + H + "    return torch.zeros_like(h)\n", "contract", "invalid", "no gradient"),
+    # an exception raised during the contract check is an error at that stage, not a contract violation
+    "raises": (HEAD + SIG + H + "    raise ValueError('boom')\n", "contract", "error", "line 7"),
     "nan_in_training": (
         HEAD + SIG + H + "    scale = float('nan') if h.shape[0] > 10 else 1.0  # NaN only at training batch size\n"
         "    return -F.logsigmoid(beta * h) * scale\n",
-        "train", "NaN"),
+        "train", "invalid", "NaN"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_candidate_gives_one_line_and_nonzero_exit(case, tmp_path):
-    source, stage, fragment = BAD[case]
+    source, stage, status, fragment = BAD[case]
     path = tmp_path / f"{case}.py"
     path.write_text(source)
     proc = run_cli("evaluate", str(path), "--task", "preference")
     assert proc.returncode == 1, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"{stage} stage failed"), lines[0]
+    assert lines[0].startswith(f"{stage} stage failed ({status}): "), lines[0]
     assert fragment in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -156,3 +157,46 @@ def test_dashboard_stops_streamlit_on_sigterm(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# ---- show: the outcome of a candidate, read from an archive written through the Archive API ------
+
+
+def test_show_says_status_at_stage_the_error_and_the_original_of_a_duplicate(tmp_path):
+    from discovery.archive import Archive
+    from sandbox.base import Status
+
+    db = tmp_path / "runs.db"
+    code = HEAD + SIG + H + "    return -F.logsigmoid(beta * hx)\n"
+    with Archive(db) as archive:
+        run = archive.create_run("preference", {"task": "preference"})
+        original = archive.add_candidate(run, name="dpo", code=DPO, code_hash="dpo", proposer="baseline").id
+        archive.update_candidate(original, status=Status.OK, fitness=0.5, fitness_ci_low=0.4, fitness_ci_high=0.6,
+                                 n_seeds=2)
+        raised = archive.add_candidate(run, name="raises", code=code, code_hash="r", proposer="mutation",
+                                       parents=[original]).id
+        archive.update_candidate(raised, status=Status.ERROR, failed_stage="contract",
+                                 reason="NameError: name 'hx' is not defined (line 7: `return ...`)",
+                                 error_class="NameError", error_line=7, error_message="name 'hx' is not defined")
+        invalid = archive.add_candidate(run, name="scalar", code=code, code_hash="s", proposer="mutation").id
+        archive.update_candidate(invalid, status=Status.INVALID, failed_stage="contract",
+                                 reason="loss returns shape (), expected (10,)")
+        duplicate = archive.add_duplicate(run, original_id=original, code=DPO, code_hash="dpo", name="again",
+                                          proposer="mutation")
+    expected = {
+        raised: ["status: error at contract: NameError line 7 — name 'hx' is not defined",
+                 "reason: NameError: name 'hx' is not defined (line 7: `return ...`)",
+                 f"lineage: raises ({raised}) <- dpo ({original})"],
+        invalid: ["status: invalid at contract: loss returns shape (), expected (10,)"],
+        duplicate: [f"status: duplicate at dedup: same normalized syntax tree as {original} (dpo); not evaluated",
+                    f"duplicate of: {original} (discovery show {original} --db {db})"],
+        original: ["status: ok", "fitness (discover): 0.5000 ± 0.1000 over 2 seeds; held-out: -"],
+    }
+    for cid, lines in expected.items():
+        proc = subprocess.run(["discovery", "show", cid, "--db", str(db)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "COLUMNS": "300"})
+        assert proc.returncode == 0, proc.stderr
+        shown = proc.stdout.splitlines()
+        for line in lines:
+            assert line in shown, (line, proc.stdout)
+    assert not any(line.startswith("reason:") for line in shown)  # an ok candidate has none

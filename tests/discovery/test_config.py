@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from discovery import config_docs
-from discovery.config import ConfigError, ModelConfig, RunConfig, SandboxLimits, load_config, parse_model
+from discovery.config import ConfigError, ModelConfig, RunConfig, SandboxLimits, load_config, parse_model, tomllib
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 

@@ -19,6 +19,7 @@ from discovery.export.identifiers import is_safe_identifier
 from discovery.export.module import clean_text
 from discovery.export.rename import move_program
 from discovery.tasks import get_task
+from sandbox.base import Status
 from sandbox.static.policy import Policy, check_source
 
 HEAD = "import math\nimport torch\nimport torch.nn.functional as F\n\n"
@@ -197,38 +198,38 @@ def test_exported_module_imports_alone_and_reproduces_archived_fitness(short_run
     db = short_run_db("preference", 6)
     task = get_task("preference")
     with Archive.open_readonly(db) as archive:
-        rows = [r for r in archive.leaderboard(limit=100) if not r["is_baseline"]]
+        rows = [c for c in archive.leaderboard(limit=100) if not c.is_baseline]
         # a leader that got extra seeds, and the best candidate scored on the suite's own seeds
-        extra = max(rows, key=lambda r: (r["n_seeds"], r["fitness"]))
-        plain = next(r for r in rows if r["n_seeds"] == len(task.suite("discover").seeds))
-        stored = {r["id"]: {(e["config"], e["seed"]): e["fitness"] for e in archive.evaluations(r["id"], "discover")}
-                  for r in (extra, plain)}
-    assert extra["n_seeds"] > plain["n_seeds"]
+        extra = max(rows, key=lambda c: (c.n_seeds, c.fitness))
+        plain = next(c for c in rows if c.n_seeds == len(task.suite("discover").seeds))
+        stored = {c.id: {(e.config, e.seed): e.fitness for e in archive.evaluations(c.id, "discover")}
+                  for c in (extra, plain)}
+    assert extra.n_seeds > plain.n_seeds
     best = [extra, plain]  # exported in the order named
     out = tmp_path / "discovered_losses.py"
-    proc = run_cli("export", "--db", str(db), "--candidate", extra["id"], "--candidate", plain["id"], "--out", str(out))
+    proc = run_cli("export", "--db", str(db), "--candidate", extra.id, "--candidate", plain.id, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     _module_shape_is_plain(text)
     checked = _check_in_fresh_interpreter(out, tmp_path)
-    assert [m["meta"]["candidate"] for m in checked.values()] == [r["id"] for r in best]
+    assert [m["meta"]["candidate"] for m in checked.values()] == [c.id for c in best]
     for name, row in zip(checked, best, strict=True):
         meta = checked[name]["meta"]
-        assert meta["fitness"] == row["fitness"] and meta["name"] == row["name"]
-        assert f"{row['fitness']:.4f}" in checked[name]["doc"] and row["run_id"] in checked[name]["doc"]
-        seeds = sorted({s for _, s in stored[row["id"]]})
-        assert meta["seeds"] == seeds and len(seeds) == row["n_seeds"]
+        assert meta["fitness"] == row.fitness and meta["name"] == row.name
+        assert f"{row.fitness:.4f}" in checked[name]["doc"] and row.run_id in checked[name]["doc"]
+        seeds = sorted({s for _, s in stored[row.id]})
+        assert meta["seeds"] == seeds and len(seeds) == row.n_seeds
         assert seeds == list(task.suite("discover").with_seeds(len(seeds)).seeds)  # what --seeds N gives
         # every archived (configuration, seed), extra seeds included, from the exported function alone
         program = program_for_function(text, name, task.slot.name, task.slot.signature)
         redone = _reevaluate(program, [c.name for c in task.suite("discover").configs], seeds)
-        assert redone.keys() == stored[row["id"]].keys()
-        for key, value in stored[row["id"]].items():
+        assert redone.keys() == stored[row.id].keys()
+        for key, value in stored[row.id].items():
             assert abs(redone[key] - value) < 1e-6, (name, key, redone[key], value)
         fitness, _ = aggregate(task.suite("discover").with_seeds(len(seeds)),
                                [SeedMetrics(config=c, seed=s, fitness=f) for (c, s), f in redone.items()])
-        assert abs(fitness.mean - row["fitness"]) < 1e-6
-        assert abs(fitness.low - row["fitness_ci_low"]) < 1e-6 and abs(fitness.high - row["fitness_ci_high"]) < 1e-6
+        assert abs(fitness.mean - row.fitness) < 1e-6
+        assert abs(fitness.low - row.fitness_ci_low) < 1e-6 and abs(fitness.high - row.fitness_ci_high) < 1e-6
     # and through the command line: `discovery evaluate FILE --function NAME` (first seed, every configuration)
     name, row = next(iter(checked)), best[0]
     again = run_cli("evaluate", str(out), "--function", name, "--seeds", "1", "--json")
@@ -236,7 +237,7 @@ def test_exported_module_imports_alone_and_reproduces_archived_fitness(short_run
     report = json.loads(again.stdout)
     assert report["function"] == name and report["status"] == "ok"
     redone = {(c["config"], s["seed"]): s["fitness"] for c in report["configs"] for s in c["per_seed"]}
-    first = {key: value for key, value in stored[row["id"]].items() if key[1] == 0}
+    first = {key: value for key, value in stored[row.id].items() if key[1] == 0}
     assert redone.keys() == first.keys()
     assert all(abs(redone[key] - value) < 1e-6 for key, value in first.items()), (redone, first)
 
@@ -336,14 +337,14 @@ def test_export_of_named_candidates_including_a_baseline(short_run_db, tmp_path)
     db = short_run_db("preference", 6)
     with Archive.open_readonly(db) as archive:
         rows = archive.leaderboard(limit=100)
-    baseline = next(r for r in rows if r["is_baseline"])
-    other = next(r for r in rows if not r["is_baseline"])
+    baseline = next(c for c in rows if c.is_baseline)
+    other = next(c for c in rows if not c.is_baseline)
     out = tmp_path / "two.py"
-    proc = run_cli("export", "--db", str(db), "-c", baseline["id"], "-c", other["id"], "-c", baseline["id"],
+    proc = run_cli("export", "--db", str(db), "-c", baseline.id, "-c", other.id, "-c", baseline.id,
                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     checked = _check_in_fresh_interpreter(out, tmp_path)
-    assert [m["meta"]["candidate"] for m in checked.values()] == [baseline["id"], other["id"]]
+    assert [m["meta"]["candidate"] for m in checked.values()] == [baseline.id, other.id]
     assert "(a baseline)" in next(iter(checked.values()))["doc"]
 
 
@@ -383,7 +384,7 @@ def test_candidates_of_two_tasks_are_not_mixed(short_run_db, tmp_path):
     shutil.copy(short_run_db("preference", 6), copy)
     with Archive(copy) as archive:
         first = archive.list_runs()[0]["id"]
-        mine = archive.candidates(first, status="ok")[0]["id"]
+        mine = archive.candidates(first, status=Status.OK)[0].id
         other_run = archive.create_run("other_task", {"task": "other_task"})
         added = archive.add_candidate(other_run, name="x", code="def update(p):\n    return p\n", code_hash="o",
                                       proposer="test")
@@ -405,8 +406,12 @@ STATUSES = {  # name -> (status, fitness, failed stage, reason, extra line of co
     "culled_one": ("culled", 0.2, "cascade", "cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run",
                    "    h = h * 1.5\n"),
     "crashed_one": ("error", None, "train", "RuntimeError: NaN loss at step 3", "    h = h * 2.5\n"),
-    "bad_contract": ("contract", None, "contract", "loss returns shape (1,), expected (10,)", "    h = h * 3.5\n"),
+    "bad_contract": ("invalid", None, "contract", "loss returns shape (1,), expected (10,)", "    h = h * 3.5\n"),
+    "raised_one": ("error", None, "contract", "NameError: name 'hx' is not defined (line 8: `h = h * 4.5`)",
+                   "    h = h * 4.5\n"),
 }
+#: the structured error the jail reported, for the candidates that raised
+ERRORS = {"raised_one": {"error_class": "NameError", "error_line": 8, "error_message": "name 'hx' is not defined"}}
 
 
 def _status_archive(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -419,7 +424,8 @@ def _status_archive(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         for name, (status, fitness, stage, reason, extra) in STATUSES.items():
             code = HEAD + SIG + H + extra + "    return -F.logsigmoid(beta * h)\n"
             ids[name] = archive.add_candidate(run, name=name, code=code, code_hash=name, proposer="test").id
-            archive.update_candidate(ids[name], status=status, fitness=fitness, failed_stage=stage, reason=reason)
+            archive.update_candidate(ids[name], status=status, fitness=fitness, failed_stage=stage, reason=reason,
+                                     **ERRORS.get(name, {}))
         ids["no_code"] = archive.add_candidate(run, name="no_code", code="", code_hash="none", proposer="test").id
         archive.update_candidate(ids["no_code"], status="parse", reason="empty response")
         ids["sneaky"] = archive.add_candidate(run, name="sneaky", code=HEAD + SIG + "    import os\n    return os\n",
@@ -430,14 +436,15 @@ def _status_archive(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_a_named_candidate_exports_whatever_its_status(tmp_path):
     db, ids = _status_archive(tmp_path)
-    names = ["culled_one", "crashed_one", "bad_contract", "kept"]
+    names = ["culled_one", "crashed_one", "bad_contract", "raised_one", "kept"]
     text, chosen, skipped = export(db, candidate_ids=[ids[n] for n in names])
     assert [name for name, _ in chosen] == names and not skipped
     ns: dict = {}
     exec(compile(text, "exported.py", "exec"), ns)  # noqa: S102 - the module just exported
     args = [torch.randn(6) for _ in range(4)]
     h = (args[0] - args[2]) - (args[1] - args[3])
-    for name, scale in (("culled_one", 1.5), ("crashed_one", 2.5), ("bad_contract", 3.5), ("kept", 1.0)):
+    for name, scale in (("culled_one", 1.5), ("crashed_one", 2.5), ("bad_contract", 3.5), ("raised_one", 4.5),
+                        ("kept", 1.0)):
         assert torch.allclose(ns[name](*args, 0.1), -torch.nn.functional.logsigmoid(0.1 * h * scale))
         status, fitness, stage, reason, _ = STATUSES[name]
         doc = " ".join(ns[name].__doc__.split())

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed, check_per_example
+from discovery.tasks.base import check_per_example, descend
 from discovery.tasks.classification.data import Split, make_split
 
 
@@ -98,12 +98,7 @@ def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device:
         out = loss_fn(logits, targets)
         check_per_example(out, batch, logits.dtype, f"step {step}", "the logits")
         loss = out.mean()
-        opt.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.get_total_norm([q.grad for q in net.parameters() if q.grad is not None])
-        if not torch.isfinite(norm):
-            raise TrainingFailed(f"gradient is not finite at step {step}")
-        opt.step()
+        norm = descend(loss, opt, net.parameters(), step)
         if step % every == 0 or step == p.steps - 1:
             losses.append(float(loss.detach()))
             grad_norms.append(float(norm))

@@ -8,13 +8,12 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
-    ContractError,
     LibraryTask,
     SeedMetrics,
     Slot,
     Suite,
     SuiteConfig,
-    check_per_example,
+    check_loss_contract,
     curves_from,
     suite_config,
 )
@@ -22,7 +21,6 @@ from discovery.tasks.base import env_seed as base_env_seed
 from discovery.tasks.classification import baselines as library
 from discovery.tasks.classification.env import (
     EnvParams,
-    TrainingFailed,
     build_inputs,
     score_classifier,
     train_classifier,
@@ -105,16 +103,8 @@ class ClassificationTask(LibraryTask):
         for batch, classes in ((10, 5), (6, 2)):
             logits = (torch.randn(batch, classes, generator=g) * 3).requires_grad_(True)
             targets = torch.randint(0, classes, (batch,), generator=g)
-            try:
-                out = fn(logits, targets.clone())
-                check_per_example(out, batch, torch.float32, "contract", "the logits")
-                out.mean().backward()
-            except TrainingFailed as exc:
-                raise ContractError(str(exc).removeprefix("contract: ")) from None
-            if logits.grad is None:
-                raise ContractError("loss does not depend on the logits (no gradient)")
-            if not torch.isfinite(logits.grad).all():
-                raise ContractError(f"gradient with respect to the logits is NaN or infinite (C = {classes})")
+            check_loss_contract(fn, (logits, targets.clone()), batch, "the logits",
+                                {"the logits": logits}, context=f" (C = {classes})")
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""

@@ -384,6 +384,7 @@ class ScoringContext:
         if not all(torch.isfinite(v).all() for v in w.values()):
             return {"metric": math.inf}
         if p.synthetic:
+            assert self.problem is not None, "a synthetic problem's inputs always hold it"
             value = float(synthetic_loss(p, w["x"], self.problem))
             return {"metric": math.log10(value + 1e-12) if math.isfinite(value) else math.inf}
         out = forward(p, w, self.x_test)

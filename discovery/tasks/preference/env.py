@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed, cache_dir, check_per_example
+from discovery.tasks.base import cache_dir, check_per_example, descend
 
 ENV_VERSION = "pref-env-v1"
 #: what a preference loss must pass gradient to
@@ -241,12 +241,7 @@ def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str
         out = loss_fn(pc, pr, ref_c[idx], ref_r[idx], p.beta)
         check_per_example(out, p.batch, pc.dtype, f"step {step}", POLICY_LOGPS)
         loss = out.mean()
-        opt.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        if not torch.isfinite(norm):
-            raise TrainingFailed(f"gradient is not finite at step {step}")
-        opt.step()
+        norm = descend(loss, opt, policy.parameters(), step, max_norm=1.0)
         if step % every == 0 or step == p.steps - 1:
             losses.append(float(loss.detach()))
             grad_norms.append(float(norm))

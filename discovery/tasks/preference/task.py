@@ -9,13 +9,12 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
-    ContractError,
     LibraryTask,
     SeedMetrics,
     Slot,
     Suite,
     SuiteConfig,
-    check_per_example,
+    check_loss_contract,
     curves_from,
     env_seed,
     suite_config,
@@ -24,7 +23,6 @@ from discovery.tasks.preference import baselines as library
 from discovery.tasks.preference.env import (
     POLICY_LOGPS,
     EnvParams,
-    TrainingFailed,
     build_inputs,
     score_policy,
     train_policy,
@@ -101,17 +99,8 @@ class PreferenceTask(LibraryTask):
     def contract_check(self, fn: Callable[..., Any]) -> None:
         g = torch.Generator().manual_seed(1234)
         args = [(torch.randn(10, generator=g) * 3 - 10).requires_grad_(True) for _ in range(4)]
-        try:
-            out = fn(*args, 0.1)
-            check_per_example(out, 10, torch.float32, "contract", POLICY_LOGPS)
-            out.mean().backward()
-        except TrainingFailed as exc:
-            raise ContractError(str(exc).removeprefix("contract: ")) from None
-        for name, tensor in zip(("policy_chosen_logps", "policy_rejected_logps"), args, strict=False):
-            if tensor.grad is not None and not torch.isfinite(tensor.grad).all():
-                raise ContractError(f"gradient with respect to {name} is NaN or infinite")
-        if all(t.grad is None for t in args[:2]):
-            raise ContractError("loss does not depend on the policy log-probs (no gradient)")
+        watched = {"policy_chosen_logps": args[0], "policy_rejected_logps": args[1]}
+        check_loss_contract(fn, (*args, 0.1), 10, POLICY_LOGPS, watched)
 
     def export_adapter(self) -> str:
         """``DiscoveredDPOTrainer`` (a ``trl.DPOTrainer`` optimising a discovered loss, built on first use),

@@ -99,17 +99,17 @@ def test_click_from_leaderboard_into_candidate_and_watch_a_live_run(server, tmp_
             expect(board).to_be_visible()
             first = board.locator("tbody tr").first
             expect(first.locator("td").nth(0)).to_have_text("1")
-            expect(first.locator("td").nth(1)).to_contain_text(best["name"])
+            expect(first.locator("td").nth(1)).to_contain_text(best.name)
             expect(page.get_by_test_id("stMetricValue").first).to_have_text(str(len(archive_rows)))
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "leaderboard.png"))
 
-            first.get_by_role("link", name=best["name"], exact=True).click()
-            page.wait_for_url(re.compile(rf"\?candidate={best['id']}$"))
-            expect(page.locator("h1").first).to_have_text(best["name"])
-            fitness = data.fmt_ci(best["fitness"], best["fitness_ci_low"], best["fitness_ci_high"])
+            first.get_by_role("link", name=best.name, exact=True).click()
+            page.wait_for_url(re.compile(rf"\?candidate={best.id}$"))
+            expect(page.locator("h1").first).to_have_text(best.name)
+            fitness = data.fmt_ci(best.fitness, best.fitness_ci_low, best.fitness_ci_high)
             expect(page.get_by_test_id("stMetricValue").first).to_have_text(fitness)
-            code_line = next(line for line in best["code"].splitlines() if line.startswith("def "))
+            code_line = next(line for line in best.code.splitlines() if line.startswith("def "))
             expect(page.get_by_test_id("stCode").first).to_contain_text(code_line)
             expect(page.get_by_text("Per configuration, against the baselines")).to_be_visible()
             page.get_by_text("Per configuration, against the baselines").scroll_into_view_if_needed()
@@ -128,11 +128,20 @@ def test_click_from_leaderboard_into_candidate_and_watch_a_live_run(server, tmp_
                 writer.update_candidate(added.id, status="crashed", failed_stage="train", reason="boom at line 1")
                 expect(page.locator("table#run-candidates")).to_contain_text("arrived-while-watching")
                 expect(page.locator("table#run-candidates")).to_contain_text("boom at line 1")
+                expect(page.locator("table#run-candidates")).to_contain_text("crashed at train")  # status at stage
                 page.screenshot(path=str(shots / "run.png"))
+                # the agent graph, drawn by Streamlit's Mermaid from LangGraph's own text
+                graph = page.get_by_test_id("stMermaidChart").locator("img")
+                graph.scroll_into_view_if_needed()
+                expect(graph).to_be_visible()
+                expect(page.get_by_test_id("stMermaidError")).to_have_count(0)
+                drawn = graph.evaluate("img => img.complete ? [img.naturalWidth, decodeURIComponent(img.src)] : null")
+                assert drawn and drawn[0] > 200 and "record_failure" in drawn[1] and "extra_seeds" in drawn[1]
+                page.screenshot(path=str(shots / "graph.png"))
                 writer.finish_run(run["id"], "finished")
                 expect(page.locator("p", has_text="status finished")).to_be_visible()
                 expect(page.get_by_text("Live: this page re-reads the archive")).to_have_count(0)
         finally:
             browser.close()
-    for name in ("leaderboard", "candidate", "run"):
+    for name in ("leaderboard", "candidate", "run", "graph"):
         assert (shots / f"{name}.png").stat().st_size > 10_000

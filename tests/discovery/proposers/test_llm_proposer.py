@@ -20,7 +20,9 @@ from discovery.prompting import messages_text  # noqa: E402
 from discovery.proposers.base import ProposalContext, Proposed, ProposerUnavailable  # noqa: E402
 from discovery.proposers.llm import LLMProposer  # noqa: E402
 from discovery.proposers.llm_client import CallRecord, LLMClient, ModelSpec  # noqa: E402
+from discovery.records import Candidate  # noqa: E402
 from discovery.tasks.preference.task import TASK  # noqa: E402
+from sandbox.base import Status  # noqa: E402
 
 MODEL = "openai/test-model"
 
@@ -40,12 +42,13 @@ GOOD_REPLY = f"""<thought>Average the exponential and the logistic losses (CELL)
 </code>"""
 
 
-def parent_row(i: int, **kw) -> dict:
+def parent_row(i: int, **kw) -> Candidate:
     row = {
         "id": f"c-{i:04d}",
+        "run_id": "r-1",
         "name": f"cand_{i}",
         "code": TASK.baselines["dpo"],
-        "status": "ok",
+        "status": Status.OK,
         "fitness": 0.1 * i,
         "fitness_ci_low": 0.1 * i - 0.02,
         "fitness_ci_high": 0.1 * i + 0.02,
@@ -55,7 +58,7 @@ def parent_row(i: int, **kw) -> dict:
         "heldout_per_config": {"motif": {"fitness": 9.87}},
     }
     row.update(kw)
-    return row
+    return Candidate(**row)
 
 
 def make_ctx(second: bool = False) -> ProposalContext:

@@ -7,7 +7,9 @@ import pytest
 from discovery.proposers.base import ProposalContext, Proposed
 from discovery.proposers.codehash import normalized_hash
 from discovery.proposers.offline import MutationProposer, RandomMutationProposer
+from discovery.records import Candidate
 from discovery.tasks.preference.task import TASK
+from sandbox.base import Status
 from sandbox.static.policy import Policy, check_source
 
 POLICY = Policy(allowed_imports=TASK.slot.allowed_imports, slot_name=TASK.slot.name)
@@ -15,10 +17,11 @@ BASELINES = TASK.baselines
 NAMES = sorted(BASELINES)
 
 
-def row(name: str, i: int = 0, **kw) -> dict:
+def row(name: str, i: int = 0, **kw) -> Candidate:
     fit = 0.1 + 0.01 * i
     r = {
         "id": f"c-{name}-{i}",
+        "run_id": "r-1",
         "name": name,
         "code": BASELINES[name],
         "status": "ok",
@@ -31,7 +34,8 @@ def row(name: str, i: int = 0, **kw) -> dict:
         "heldout_per_config": {"motif": {"fitness": 9.87}},
     }
     r.update(kw)
-    return r
+    r["status"] = Status(r["status"])
+    return Candidate(**r)
 
 
 REFERENCE = row("dpo", 99, id="b-dpo")
@@ -88,7 +92,7 @@ def test_mutation_valid_programs():
         out = proposer.propose(ctx)
         if out.code is not None and not check_source(out.code, POLICY):
             valid += 1
-            parents = [r["code"] for r in (ctx.parent, ctx.second_parent) if r]
+            parents = [c.code for c in (ctx.parent, ctx.second_parent) if c is not None]
             assert all(normalized_hash(out.code) != normalized_hash(p) for p in parents)
     assert valid >= 95
 
@@ -97,7 +101,7 @@ def test_mutation_of_parent_records_what_it_was_based_on():
     parent = row("ipo", 3)
     out = MutationProposer().propose(ctx_for(1, parent=parent, second=None))
     assert out.code is not None and out.error is None
-    assert out.parents == [parent["id"]]
+    assert out.parents == [parent.id]
     operator = out.proposer.removeprefix("mutation:")
     assert out.proposer.startswith("mutation:") and operator in out.feedback_shown
     assert out.extra["operator"] == operator
@@ -113,7 +117,7 @@ def test_blends_with_second_parent():
     for seed in range(20):
         a, b = row("dpo", seed), row("hinge", seed + 1)
         out = proposer.propose(ctx_for(seed, parent=a, second=b))
-        assert out.parents == [a["id"], b["id"]]
+        assert out.parents == [a.id, b.id]
         assert "Second parent:" in out.feedback_shown
         operators.add(out.proposer)
     assert operators == {"mutation:crossover", "mutation:gate_blend"}
@@ -130,7 +134,7 @@ def test_no_parent_or_failed_parent_mutates_the_seed():
     assert out.parents == ["b-dpo"]  # the reference row holds the seed program
     assert "seed program" in out.feedback_shown
     assert out.name.startswith("dpo~")
-    failed = row("ipo", status="contract", reason="bad shape")
+    failed = row("ipo", status="invalid", failed_stage="contract", reason="bad shape")
     out = MutationProposer().propose(ctx_for(5, parent=failed, second=row("hinge")))
     assert out.parents == ["b-dpo"] and out.proposer.startswith("mutation:")
     no_ref = MutationProposer().propose(ctx_for(5, parent=None, second=None, reference=None))

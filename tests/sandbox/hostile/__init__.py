@@ -315,22 +315,22 @@ def loss(a, b, c, d, beta):
     # ------------------------------------------------------------------ contract
     Case("nan", program("""
         return (policy_chosen_logps - policy_rejected_logps) * float("nan")
-    """), ("contract",), reason_has=("NaN",)),
+    """), ("invalid",), reason_has=("NaN",)),
     Case("inf", program("""
         return (policy_chosen_logps - policy_rejected_logps).abs() + float("inf")
-    """), ("contract",), reason_has=("infinite",)),
+    """), ("invalid",), reason_has=("infinite",)),
     Case("float64", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
                                              "return -F.logsigmoid(beta * logits).double()")),
-         ("contract",), reason_has=("float64",)),
+         ("invalid",), reason_has=("float64",)),
     Case("int_dtype", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
                                                "return (-F.logsigmoid(beta * logits)).long()")),
-         ("contract",), reason_has=("int64",)),
+         ("invalid",), reason_has=("int64",)),
     Case("scalar", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
                                             "return -F.logsigmoid(beta * logits).mean()")),
-         ("contract",), reason_has=("shape ()",)),
+         ("invalid",), reason_has=("shape ()",)),
     Case("column", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
                                             "return -F.logsigmoid(beta * logits).unsqueeze(1)")),
-         ("contract",), reason_has=("shape (10, 1)",)),
+         ("invalid",), reason_has=("shape (10, 1)",)),
     Case("nan_in_training", program("""
         calls[0] += 1
         logits = policy_chosen_logps - policy_rejected_logps

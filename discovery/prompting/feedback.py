@@ -1,21 +1,25 @@
 """OPTO/Trace-style feedback: what a proposer is told about one evaluated candidate.
 
-Every function here takes archive candidate rows (plain dicts, JSON columns decoded) and
-returns plain text for a prompt. Missing fields are tolerated everywhere: a row still
-being evaluated, a baseline without curves or a failure without a line number all render.
+Every function here takes :class:`~discovery.records.Candidate` records and returns plain text
+for a prompt. Whatever is missing still renders: a candidate still being evaluated, a baseline
+without curves or a failure without a line.
 
 The held-out suite is never read: only the fields named below are used, so nothing
 ``heldout_*`` can leak into a prompt.
 
 * :func:`failure_digest` -- one line per failed candidate (recent failures in a prompt);
-* :func:`annotated_error` -- the candidate's source with ``<--- (ErrorClass) detail`` on the
+* :func:`annotated_error` -- the candidate's source with ``<--- (ErrorClass) message`` on the
   failing line (the form Trace's OptoPrime found most useful);
 * :func:`curve_digest` -- a compact line per configuration from the training curves;
 * :func:`config_deltas` -- per-configuration fitness with deltas against the parent and the
   reference baseline, and a directional summary ("better than DPO on 3/5 configs ...");
 * :func:`candidate_trace` -- all of the above for one candidate, as the parent's trace.
 
-Text the candidate or its proposer chose (names, thoughts, reasons, the log its process
+A failure is described by the candidate's structured fields (``error_class``, ``error_line``,
+``error_message``, as the jail or the checker knew them); ``reason`` is shown as the one line
+it is, never parsed.
+
+Text the candidate or its proposer chose (names, thoughts, reasons, messages, the log its process
 printed) goes through :mod:`discovery.untrusted`: bounded, cleaned of control characters and
 escapes, on one line or inside a fenced block labelled as data, never as a line of its own.
 """
@@ -28,6 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from discovery.records import Candidate
 from discovery.untrusted import (
     DATA_LABEL,
     LOG_TAIL_CHARS,
@@ -38,52 +43,31 @@ from discovery.untrusted import (
     one_line_untrusted,
     quote_untrusted,
 )
-from sandbox.static.policy import annotate
+from sandbox.base import FAILURES, Status
+from sandbox.text import one_line, where
 
 __all__ = [
+    "SHOWN_AS_FAILED",
     "annotated_error",
     "candidate_trace",
     "clip_code",
     "config_deltas",
     "config_summary",
     "curve_digest",
-    "error_class",
-    "error_line",
     "failure_digest",
     "fitness_text",
+    "shown_as_failed",
 ]
 
-FAILED_STATUSES = frozenset(
-    {"policy", "parse", "contract", "timeout", "memory", "output", "crashed", "invalid", "error", "duplicate"}
-)
+#: the statuses a proposer is shown as failures: the code failures, and duplicates (never evaluated;
+#: shown as failed so that the proposer does not offer the same program again)
+SHOWN_AS_FAILED = FAILURES | {Status.DUPLICATE}
 DIGEST_CHARS = 240  # one failure digest line at most
+MESSAGE_CHARS = 200  # the message on an annotated line
 MAX_CODE_LINES = 80  # code listing of a trace
 MAX_CODE_CHARS = 4000
 MAX_LINE_CHARS = 160
 EQUAL_TOL = 5e-4  # fitness differences smaller than this count as equal
-
-# An exception class at the start of a reason: "ZeroDivisionError: division by zero ..."
-_CLASS_PREFIX = re.compile(
-    r"^\s*([A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning|Exit|Interrupt|Failed))\s*:\s*"
-)
-# " (line 7: `return x / y`)" as added by the sandbox runner, anywhere in the reason
-_WHERE = re.compile(r"\s*\(line (\d+):\s*`[^`]*`\)")
-# "line 3: reason" as produced by the static policy
-_LINE_PREFIX = re.compile(r"^\s*line (\d+)\s*:\s*")
-_ANY_LINE = re.compile(r"\bline (\d+)\b")
-
-#: the error class shown for a status whose reason does not name one
-_STATUS_CLASS = {
-    "policy": "PolicyViolation",
-    "parse": "SyntaxError",
-    "contract": "ContractError",
-    "invalid": "TrainingFailed",
-    "memory": "MemoryError",
-    "timeout": "Timeout",
-    "output": "OutputLimit",
-    "crashed": "Crashed",
-    "duplicate": "Duplicate",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,10 +99,10 @@ def _signed(value: float, digits: int = 3) -> str:
     return f"{value:+.{digits}f}"
 
 
-def _name(row: Mapping[str, Any] | None, default: str = "candidate") -> str:
-    if not row:
+def _name(c: Candidate | None, default: str = "candidate") -> str:
+    if c is None:
         return default
-    return name_untrusted(row.get("name") or row.get("id") or default, 60)
+    return name_untrusted(c.name or c.id or default, 60)
 
 
 def _half_width(low: Any, high: Any) -> float | None:
@@ -128,22 +112,28 @@ def _half_width(low: Any, high: Any) -> float | None:
     return abs(hi - lo) / 2
 
 
-def fitness_text(row: Mapping[str, Any]) -> str:
-    """``0.412 ± 0.031 (3 seeds)``, ``0.412 (1 seed)`` or ``not evaluated``."""
-    fit = _num(row.get("fitness"))
+def _same(a: Candidate | None, b: Candidate | None) -> bool:
+    """Whether ``a`` and ``b`` are the same candidate (by id)."""
+    return a is not None and b is not None and bool(a.id) and a.id == b.id
+
+
+def shown_as_failed(c: Candidate) -> bool:
+    """Whether ``c`` is shown to a proposer as a failure (its status is in :data:`SHOWN_AS_FAILED`)."""
+    return c.status in SHOWN_AS_FAILED
+
+
+def fitness_text(c: Candidate) -> str:
+    """``0.412 ± 0.031 (3 seeds)``, ``0.412 (1 seed)``, ``not evaluated`` or ``failed (<status>)``."""
+    fit = _num(c.fitness)
     if fit is None:
-        status = row.get("status")
-        return "not evaluated" if status in (None, "pending", "evaluating", "ok") else f"failed ({status})"
-    half = _half_width(row.get("fitness_ci_low"), row.get("fitness_ci_high"))
-    n = row.get("n_seeds")
+        unscored = c.status in (Status.PENDING, Status.EVALUATING, Status.OK)
+        return "not evaluated" if unscored else f"failed ({c.status.value})"
+    half = _half_width(c.fitness_ci_low, c.fitness_ci_high)
+    n = c.n_seeds
     seeds = f" ({n} seed{'s' if n != 1 else ''})" if isinstance(n, int) and n > 0 else ""
     if half is None or (isinstance(n, int) and n < 2):
         return f"{_fmt(fit)}{seeds}"
     return f"{_fmt(fit)} ± {_fmt(half)}{seeds}"
-
-
-def _failed(row: Mapping[str, Any]) -> bool:
-    return row.get("status") in FAILED_STATUSES
 
 
 def clip_code(
@@ -194,51 +184,48 @@ def clip_code(
 # failures
 
 
-def error_line(row: Mapping[str, Any]) -> int | None:
-    """The failing line of a candidate: ``error_line`` if set, else parsed from ``reason``."""
-    line = row.get("error_line")
-    if isinstance(line, int) and not isinstance(line, bool) and line > 0:
-        return line
-    reason = str(row.get("reason") or "")
-    for pattern in (_WHERE, _LINE_PREFIX, _ANY_LINE):
-        m = pattern.search(reason)
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1))
-    return None
+def _error_line(c: Candidate) -> int | None:
+    """The candidate's own failing line, when one is known."""
+    return c.error_line if c.error_line is not None and c.error_line > 0 else None
 
 
-def error_class(row: Mapping[str, Any]) -> str:
-    """The exception class named by the reason, else one derived from the status."""
-    reason = str(row.get("reason") or "")
-    m = _CLASS_PREFIX.match(_LINE_PREFIX.sub("", reason, count=1))
-    if m:
-        return m.group(1)
-    status = str(row.get("status") or "error")
-    return _STATUS_CLASS.get(status, status.capitalize() or "Error")
+def _without_location(c: Candidate) -> str:
+    """``reason`` less the location that the marked line already shows.
 
-
-def _detail(row: Mapping[str, Any]) -> str:
-    """The reason without its location and class prefix: what went wrong, in one line."""
-    reason = str(row.get("reason") or "").strip()
-    reason = _WHERE.sub("", reason)
-    reason = _LINE_PREFIX.sub("", reason, count=1)
-    reason = _CLASS_PREFIX.sub("", reason, count=1)
-    return one_line_untrusted(reason, 200) or "no reason recorded"
-
-
-def failure_digest(row: Mapping[str, Any]) -> str:
-    """One line: ``<name> [<status>] <reason>``, e.g. ``ipo_variant [contract] loss returned shape ()``.
-
-    The reason keeps its location (``(line 7: `...`)``) when it has one; an unusable LLM reply
-    (no code) says so.
+    The jail appends `` (line N: `text`)`` (:func:`sandbox.text.where`) and the static policy
+    prefixes ``line N: ``; both are rebuilt here from ``error_line`` and dropped when the reason
+    carries exactly them. Nothing is read out of the reason.
     """
-    status = row.get("status") or "error"
-    stage = row.get("failed_stage")
-    tag = f"{status}" if not stage or stage == status else f"{status} at {stage}"
-    reason = str(row.get("reason") or "").strip() or "no reason recorded"
-    if not row.get("code") and status == "parse" and not reason.lower().startswith("unusable reply"):
-        reason = f"unusable reply: {reason}"
-    return one_line_untrusted(f"{_name(row)} [{tag}] {reason}", DIGEST_CHARS)
+    reason = (c.reason or "").strip()
+    line = _error_line(c)
+    if line is None:
+        return reason
+    suffix = one_line(where(c.code, line), len(reason))  # as the jail flattened it
+    if suffix and reason.endswith(suffix):
+        reason = reason[: -len(suffix)].rstrip()
+    return reason.removeprefix(f"line {line}: ")
+
+
+def _error_note(c: Candidate) -> str:
+    """``(ErrorClass) message`` for a candidate that raised; ``(status) what happened`` for one that did not."""
+    if c.error_class:
+        label = name_untrusted(c.error_class, 80)
+        message = one_line_untrusted(c.error_message or "", MESSAGE_CHARS)
+        return f"({label}) {message}" if message else f"({label})"
+    detail = one_line_untrusted(c.error_message or _without_location(c), MESSAGE_CHARS)
+    return f"({c.status.value}) {detail or 'no reason recorded'}"
+
+
+def failure_digest(c: Candidate) -> str:
+    """One line: ``<name> [<status>] <reason>``, e.g. ``ipo_variant [invalid at contract] loss returned shape ()``.
+
+    The reason is the stored one, its location (``(line 7: `...`)``) included when it has one.
+    """
+    stage = c.failed_stage
+    status = c.status.value
+    tag = status if not stage or stage == status else f"{status} at {stage}"
+    reason = (c.reason or "").strip() or "no reason recorded"
+    return one_line_untrusted(f"{_name(c)} [{tag}] {reason}", DIGEST_CHARS)
 
 
 def _slot_return_line(code: str, slot_name: str | None) -> int | None:
@@ -256,23 +243,40 @@ def _slot_return_line(code: str, slot_name: str | None) -> int | None:
     return max(r.lineno for r in returns) if returns else fns[-1].lineno
 
 
-def annotated_error(row: Mapping[str, Any], slot_name: str | None = "loss") -> str | None:
-    """The candidate's source with ``  <--- (ErrorClass) detail`` on its failing line.
+def _annotate(source: str, line: int, note: str) -> str:
+    """``source`` with ``  <--- note`` appended to line ``line`` (clamped into the source; lines as
+    :mod:`ast` counts them), newlines in ``note`` as spaces."""
+    parts = re.split(r"(\r\n|\r|\n)", source)  # line, separator, line, separator, ..., line
+    n_lines = (len(parts) + 1) // 2
+    if n_lines > 1 and parts[-1] == "":
+        n_lines -= 1  # a trailing newline does not start another line
+    index = 2 * (min(max(line, 1), n_lines) - 1)
+    parts[index] += "  <--- " + " ".join(note.splitlines())
+    return "".join(parts)
 
-    The line is the row's ``error_line`` or is parsed from its reason. A contract or training
-    failure without a line (wrong shape, NaN during training) is marked on the slot's last
-    ``return``, which produced the offending value. Returns None for a row that did not fail,
-    has no code, or whose failure cannot be placed (a timeout, a crash).
+
+def _marked_line(c: Candidate, slot_name: str | None) -> int | None:
+    """The line to mark: ``error_line``; for a contract violation without one (wrong shape, NaN), the
+    slot's last ``return``, which produced the offending value."""
+    line = _error_line(c)
+    if line is None and c.status is Status.INVALID:
+        line = _slot_return_line(c.code, slot_name)
+    return line
+
+
+def annotated_error(c: Candidate, slot_name: str | None = "loss") -> str | None:
+    """The candidate's source with ``  <--- (ErrorClass) message`` on its failing line.
+
+    A candidate that raised is marked with its exception's class and message; one that did not
+    (a policy violation, a timeout with a known line) with its status and reason. Returns None
+    for a candidate that did not fail, has no code, or whose failure has no line (a crash).
     """
-    code = row.get("code")
-    if not code or not _failed(row):
+    if not c.code or not shown_as_failed(c):
         return None
-    line = error_line(row)
-    if line is None and row.get("status") in ("contract", "invalid"):
-        line = _slot_return_line(str(code), slot_name)
+    line = _marked_line(c, slot_name)
     if line is None:
         return None
-    return annotate(str(code), line, f"({error_class(row)}) {_detail(row)}")
+    return _annotate(c.code, line, _error_note(c))
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,9 +369,10 @@ def _is_curve(value: Any) -> bool:
         isinstance(v, (list, tuple)) or k == "first_nan_step" for k, v in value.items())
 
 
-def curve_digest(curve: Mapping[str, Any] | None) -> str:
+def curve_digest(curve: Any) -> str:
     """One compact line per configuration: loss at start/25%/50%/75%/end, first NaN step,
-    grad-norm max and last value, and the margin's trend. Empty string without curves."""
+    grad-norm max and last value, and the margin's trend. ``curve`` is ``{configuration: {series:
+    values}}`` (or one such curve); anything else gives the empty string."""
     if not isinstance(curve, Mapping) or not curve:
         return ""
     if _is_curve(curve):  # a single curve, not keyed by configuration
@@ -380,13 +385,10 @@ def curve_digest(curve: Mapping[str, Any] | None) -> str:
 # per-configuration deltas
 
 
-def _per_config(row: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    if not row:
+def _per_config(c: Candidate | None) -> dict[str, Mapping[str, Any]]:
+    if c is None or not isinstance(c.per_config, Mapping):
         return {}
-    pc = row.get("per_config")
-    if not isinstance(pc, Mapping):
-        return {}
-    return {str(k): v for k, v in pc.items() if isinstance(v, Mapping)}
+    return {str(k): v for k, v in c.per_config.items() if isinstance(v, Mapping)}
 
 
 def _cfg_fit(entry: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
@@ -454,36 +456,32 @@ def _summary(label: str, deltas: list[tuple[str, float]], total: int) -> str:
     return ", ".join(parts)
 
 
-def config_summary(row: Mapping[str, Any] | None, digits: int = 2) -> str:
+def config_summary(c: Candidate | None, digits: int = 2) -> str:
     """Per-configuration fitness on one line: ``clean 0.41, noise20 0.22, noise40 0.30``."""
     parts = []
-    for cname, entry in _per_config(row).items():
+    for cname, entry in _per_config(c).items():
         fit, _ = _cfg_fit(entry)
         parts.append(f"{one_line_untrusted(cname, 30)} {_fmt(fit, digits)}")
     return ", ".join(parts)
 
 
 def config_deltas(
-    row: Mapping[str, Any],
-    parent: Mapping[str, Any] | None = None,
-    reference: Mapping[str, Any] | None = None,
+    c: Candidate,
+    parent: Candidate | None = None,
+    reference: Candidate | None = None,
 ) -> str:
     """Per configuration: fitness ± CI half-width, metrics, and the delta against ``parent`` and
     ``reference`` (each marked better/worse, and "within noise" when smaller than the combined
     half-widths); then one directional summary line per comparison, e.g.
     ``better than dpo on 3/5 configs (clean +0.12, noise40 +0.05, ...), worse on 2/5 (noise20 -0.08)``.
 
-    Returns "" when ``row`` has no per-configuration results.
+    Returns "" when ``c`` has no per-configuration results.
     """
-    own = _per_config(row)
+    own = _per_config(c)
     if not own:
         return ""
-    same_as_parent = parent is not None and parent.get("id") is not None and parent.get("id") == row.get("id")
-    same_as_ref = (
-        reference is not None and reference.get("id") is not None and reference.get("id") == row.get("id")
-    )
-    par = {} if same_as_parent else _per_config(parent)
-    ref = {} if same_as_ref else _per_config(reference)
+    par = {} if _same(parent, c) else _per_config(parent)
+    ref = {} if _same(reference, c) else _per_config(reference)
     par_label = f"parent {_name(parent, 'parent')}"
     ref_label = _name(reference, "reference")
     lines: list[str] = []
@@ -531,83 +529,88 @@ def _listing(code: str) -> str:
     return f"{fence}python\n{code}\n{fence}"
 
 
-def _overall(row: Mapping[str, Any], other: Mapping[str, Any] | None, label: str) -> str | None:
-    if not other or other.get("id") is not None and other.get("id") == row.get("id"):
+def _overall(c: Candidate, other: Candidate | None, label: str) -> str | None:
+    if other is None or _same(other, c):
         return None
-    fit, o_fit = _num(row.get("fitness")), _num(other.get("fitness"))
+    fit, o_fit = _num(c.fitness), _num(other.fitness)
     if fit is None or o_fit is None:
         return None
     noise = _noise(
-        _half_width(row.get("fitness_ci_low"), row.get("fitness_ci_high")),
-        _half_width(other.get("fitness_ci_low"), other.get("fitness_ci_high")),
+        _half_width(c.fitness_ci_low, c.fitness_ci_high),
+        _half_width(other.fitness_ci_low, other.fitness_ci_high),
     )
     delta = fit - o_fit
     return f"{label} {_fmt(o_fit)} ({_signed(delta)}, {_verdict(delta, noise)})"
 
 
+def _failed_trace(
+    c: Candidate, slot_name: str | None, max_code_lines: int, max_code_chars: int, log_tail: str
+) -> list[str]:
+    stage = one_line_untrusted(c.failed_stage or "", 20)
+    reason = one_line_untrusted(c.reason or "no reason recorded", REASON_CHARS)
+    lines = [f"Status: FAILED [{c.status.value}]" + (f" at stage {stage}" if stage else ""),
+             quote_untrusted(reason, REASON_CHARS, label=f"Reason, {DATA_LABEL}")]
+    if log_tail:
+        lines.append(quote_untrusted(log_tail, LOG_TAIL_CHARS, label=LOG_LABEL, tail=True))
+    annotated = annotated_error(c, slot_name)
+    if annotated is not None:
+        focus = _marked_line(c, slot_name)
+        lines += ["Source, with the failing line marked:",
+                  _listing(clip_code(annotated, max_code_lines, max_code_chars, focus=focus))]
+    elif c.code:
+        lines += ["Source:", _listing(clip_code(c.code, max_code_lines, max_code_chars))]
+    else:
+        lines.append("(no code was extracted from the reply)")
+    return lines
+
+
 def candidate_trace(
-    row: Mapping[str, Any],
-    parent: Mapping[str, Any] | None = None,
-    reference: Mapping[str, Any] | None = None,
+    c: Candidate,
+    parent: Candidate | None = None,
+    reference: Candidate | None = None,
     *,
     slot_name: str | None = "loss",
     max_code_lines: int = MAX_CODE_LINES,
     max_code_chars: int = MAX_CODE_CHARS,
     curves: bool = True,
+    log_tail: str = "",
 ) -> str:
-    """Everything known about ``row`` as text: its code and results, compared with ``parent``
-    and ``reference``; for a failed row its status, stage, reason (and the tail of its log, when the
-    row carries one as ``log_tail``) and annotated source. ``curves=False`` leaves out the
+    """Everything known about ``c`` as text: its code and results, compared with ``parent`` and
+    ``reference``; for a failed candidate its status, stage, reason (and ``log_tail``, the last lines
+    its process printed, when given) and annotated source. ``curves=False`` leaves out the
     training-curve digest. The thought, the reason and the log are quoted as data blocks."""
-    head = f"Candidate `{_name(row)}`"
-    if row.get("id"):
-        head += f" (id {name_untrusted(row['id'])})"
+    head = f"Candidate `{_name(c)}`"
+    if c.id:
+        head += f" (id {name_untrusted(c.id)})"
     lines = [head]
-    thought = one_line_untrusted(row.get("thought") or "", THOUGHT_CHARS)
+    thought = one_line_untrusted(c.thought, THOUGHT_CHARS)
     if thought:
         lines.append(quote_untrusted(thought, THOUGHT_CHARS, label=IDEA_LABEL))
-    code = str(row.get("code") or "")
-    if _failed(row):
-        stage = one_line_untrusted(row.get("failed_stage") or "", 20)
-        reason = one_line_untrusted(row.get("reason") or "no reason recorded", REASON_CHARS)
-        status = one_line_untrusted(row.get("status"), 20)
-        lines.append(f"Status: FAILED [{status}]" + (f" at stage {stage}" if stage else ""))
-        lines.append(quote_untrusted(reason, REASON_CHARS, label=f"Reason, {DATA_LABEL}"))
-        log_tail = row.get("log_tail")
-        if log_tail:
-            lines.append(quote_untrusted(log_tail, LOG_TAIL_CHARS, label=LOG_LABEL, tail=True))
-        annotated = annotated_error(row, slot_name)
-        if annotated is not None:
-            lines += ["Source, with the failing line marked:",
-                      _listing(clip_code(annotated, max_code_lines, max_code_chars, focus=error_line(row)))]
-        elif code:
-            lines += ["Source:", _listing(clip_code(code, max_code_lines, max_code_chars))]
-        else:
-            lines.append("(no code was extracted from the reply)")
+    if shown_as_failed(c):
+        lines += _failed_trace(c, slot_name, max_code_lines, max_code_chars, log_tail)
         return "\n".join(lines)
 
-    if code:
-        lines.append(_listing(clip_code(code, max_code_lines, max_code_chars)))
-    status = row.get("status")
-    if status in ("pending", "evaluating"):
-        lines.append(f"Status: {status} (no results yet)")
+    if c.code:
+        lines.append(_listing(clip_code(c.code, max_code_lines, max_code_chars)))
+    if not c.status.finished:
+        lines.append(f"Status: {c.status.value} (no results yet)")
         return "\n".join(lines)
-    overall = f"Fitness: {fitness_text(row)}"
+    overall = f"Fitness: {fitness_text(c)}"
     comparisons = [
-        c
-        for c in (
-            _overall(row, parent, f"parent `{_name(parent, 'parent')}`"),
-            _overall(row, reference, _name(reference, "reference")),
+        text
+        for text in (
+            _overall(c, parent, f"parent `{_name(parent, 'parent')}`"),
+            _overall(c, reference, _name(reference, "reference")),
         )
-        if c
+        if text
     ]
     if comparisons:
         overall += "; " + "; ".join(comparisons)
     lines.append(overall)
-    deltas = config_deltas(row, parent, reference)
+    deltas = config_deltas(c, parent, reference)
     if deltas:
         lines += ["Per configuration (fitness ± CI half-width; deltas; metrics):", deltas]
-    digest = curve_digest(row.get("curve")) if curves else ""
+    digest = curve_digest(c.curve) if curves else ""
     if digest:
         lines += [
             "Training curves (loss at 0/25/50/75/100% of training; grad-norm; other recorded series as trends):",

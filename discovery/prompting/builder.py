@@ -1,7 +1,7 @@
 """Render a :class:`ProposalContext` into the chat messages an LLM proposer sends.
 
 The prompts live in Jinja2 templates under ``prompts/`` at the repository root, shipped in
-the wheel as the package ``discovery.prompts`` and read through :mod:`importlib.resources`
+the wheel as the package ``discovery.prompting.templates`` and read through :mod:`importlib.resources`
 (``system.j2``: the task, the slot, the fitness definition, the rules and the answer format;
 ``propose.j2``: a bounded view of the archive and the parent's OPTO-style trace). This module
 only prepares plain values for them and keeps the result bounded:
@@ -12,7 +12,7 @@ only prepares plain values for them and keeps the result bounded:
 * a total budget (24,000 characters): over it, the weakest listings are dropped first, then
   diverse members and failures, then code listings are shortened.
 
-Only named fields of a row are read, so nothing held out (``heldout_*``) can reach a prompt.
+Only named fields of a candidate are read, so nothing held out (``heldout_*``) can reach a prompt.
 What a candidate or an LLM chose (names, thoughts, reasons, the parser's complaint about the last
 reply) reaches the templates only through :mod:`discovery.untrusted`: bounded, cleaned, and
 quoted as data (code listings get a fence longer than any backtick run inside them).
@@ -24,33 +24,37 @@ import functools
 import importlib.resources
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from discovery import feedback
-from discovery.proposers.base import ProposalContext
+from discovery.prompting import feedback
+from discovery.records import Candidate
+from discovery.selection import ProposalContext
 from discovery.untrusted import fence_for, name_untrusted, one_line_untrusted
 
 __all__ = [
     "PROMPTS_DIR",
     "PromptLimits",
     "messages_text",
+    "missing_templates",
     "render_feedback_text",
     "render_messages",
 ]
 
+TEMPLATES_PACKAGE = "discovery.prompting.templates"
+
 
 def _prompts_dir() -> Path:
-    """The templates' directory: the ``discovery.prompts`` package (the checkout's top-level
-    ``prompts/``, mapped there by pyproject.toml, or its copy inside an installed wheel)."""
+    """The templates' directory: the ``discovery.prompting.templates`` package (the checkout's
+    top-level ``prompts/``, mapped there by pyproject.toml, or its copy inside an installed wheel)."""
     try:
-        return Path(str(importlib.resources.files("discovery.prompts")))
+        return Path(str(importlib.resources.files(TEMPLATES_PACKAGE)))
     except ModuleNotFoundError:  # a checkout on sys.path without an install
-        return Path(__file__).resolve().parents[1] / "prompts"
+        return Path(__file__).resolve().parents[2] / "prompts"
 
 
 PROMPTS_DIR = _prompts_dir()
@@ -104,54 +108,50 @@ def _render(template: str, **values: Any) -> str:
 # values for the templates
 
 
-def _fitness_key(row: Mapping[str, Any]) -> float:
-    try:
-        value = float(row.get("fitness"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return -math.inf
-    return value if math.isfinite(value) else -math.inf
+def _fitness_key(c: Candidate) -> float:
+    value = c.fitness
+    return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _name(row: Mapping[str, Any]) -> str:
-    return name_untrusted(row.get("name") or row.get("id") or "unnamed", 60)
+def _name(c: Candidate) -> str:
+    return name_untrusted(c.name or c.id or "unnamed", 60)
 
 
-def _item(row: Mapping[str, Any], limits: PromptLimits, shown_below: dict[str, str]) -> dict[str, str]:
-    rid = row.get("id")
-    see = shown_below.get(rid) if rid is not None else None
-    code = "" if see else feedback.clip_code(str(row.get("code") or ""), limits.code_lines, limits.code_chars)
+def _item(c: Candidate, limits: PromptLimits, shown_below: dict[str, str]) -> dict[str, str]:
+    see = shown_below.get(c.id)
+    code = "" if see else feedback.clip_code(c.code, limits.code_lines, limits.code_chars)
     return {
-        "name": _name(row),
-        "fitness": feedback.fitness_text(row),
-        "configs": feedback.config_summary(row),
+        "name": _name(c),
+        "fitness": feedback.fitness_text(c),
+        "configs": feedback.config_summary(c),
         "code": code,
         "fence": fence_for(code),
         "see": see or "",
     }
 
 
-def _unique(rows: Sequence[Mapping[str, Any]] | None, exclude: set[Any]) -> list[Mapping[str, Any]]:
+def _unique(candidates: Iterable[Candidate] | None, exclude: set[str]) -> list[Candidate]:
+    """The candidates with code, each once (by id), less those in ``exclude``."""
     out, seen = [], set(exclude)
-    for row in rows or ():
-        if not isinstance(row, Mapping) or not row.get("code"):
+    for c in candidates or ():
+        if not c.code:
             continue
-        key = row.get("id") or row.get("code_hash") or row.get("code")
+        key = c.id or c.code_hash or c.code
         if key in seen:
             continue
         seen.add(key)
-        out.append(row)
+        out.append(c)
     return out
 
 
-def _failure_lines(rows: Sequence[Mapping[str, Any]] | None, limit: int) -> list[str]:
+def _failure_lines(candidates: Iterable[Candidate] | None, limit: int) -> list[str]:
     """One digest per recent failure, newest last; repeats of the same digest are counted once."""
     if limit <= 0:
         return []
     counts: dict[str, int] = {}
-    for row in rows or ():
-        if isinstance(row, Mapping):
-            line = feedback.failure_digest(row)
-            counts[line] = counts.pop(line, 0) + 1  # re-insert: the order follows the newest repeat
+    for c in candidates or ():
+        line = feedback.failure_digest(c)
+        counts[line] = counts.pop(line, 0) + 1  # re-insert: the order follows the newest repeat
     lines = [line if n == 1 else f"{line} (x{n})" for line, n in counts.items()]
     return lines[-limit:]
 
@@ -160,28 +160,28 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
     task = ctx.task
     slot = task.slot.name
     parent, second, reference = ctx.parent, ctx.second_parent, ctx.reference
-    if parent and second and parent.get("id") is not None and second.get("id") == parent.get("id"):
-        second = None  # the same row twice: show it once
+    if parent is not None and second is not None and parent.id == second.id:
+        second = None  # the same candidate twice: show it once
     shown_below: dict[str, str] = {}
-    if parent and parent.get("id") is not None:
-        shown_below[parent["id"]] = "as the program to improve"
-    if second and second.get("id") is not None:
-        shown_below.setdefault(second["id"], "as the second parent")
+    if parent is not None:
+        shown_below[parent.id] = "as the program to improve"
+    if second is not None:
+        shown_below.setdefault(second.id, "as the second parent")
 
     top = sorted(_unique(ctx.top, set()), key=_fitness_key)[-limits.top_k :] if limits.top_k > 0 else []
-    top_ids = {r.get("id") for r in top if r.get("id") is not None}
+    top_ids = {c.id for c in top}
     diverse = _unique(ctx.diverse, top_ids)[: limits.diverse] if limits.diverse > 0 else []
     failures = _failure_lines(ctx.failures, limits.failures)
 
     ref_item = None
-    if reference:
-        listed = {r.get("id") for r in [*top, *diverse]}
+    if reference is not None:
+        listed = {c.id for c in [*top, *diverse]}
         ref_item = _item(reference, limits, {})
-        if reference.get("id") in listed or reference.get("id") in shown_below:
+        if reference.id in listed or reference.id in shown_below:
             ref_item["code"] = ""  # already shown elsewhere
 
     parent_trace = second_trace = ""
-    if parent:
+    if parent is not None:
         parent_trace = feedback.candidate_trace(
             parent,
             None,
@@ -190,7 +190,7 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
             max_code_lines=limits.parent_code_lines,
             max_code_chars=limits.parent_code_chars,
         )
-    if second:
+    if second is not None:
         second_trace = feedback.candidate_trace(
             second,
             None,
@@ -200,7 +200,7 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
             max_code_lines=limits.parent_code_lines,
             max_code_chars=limits.parent_code_chars,
         )
-    seed_code = "" if parent else feedback.clip_code(
+    seed_code = "" if parent is not None else feedback.clip_code(
         task.seed_program, limits.parent_code_lines, limits.parent_code_chars)
     system = {
         "task_name": task.name,
@@ -217,7 +217,7 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
         "diverse": [_item(r, limits, shown_below) for r in diverse],
         "failures": failures,
         "parent_trace": parent_trace,
-        "parent_failed": bool(parent) and parent.get("status") in feedback.FAILED_STATUSES,
+        "parent_failed": parent is not None and feedback.shown_as_failed(parent),
         "second_trace": second_trace,
         "seed_code": seed_code,
         "seed_fence": fence_for(seed_code),
