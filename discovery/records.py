@@ -88,7 +88,7 @@ class Candidate:
     heldout_ci_high: float | None = None
     heldout_n_seeds: int | None = None
     heldout_per_config: dict[str, Any] | None = None
-    curve: list[Any] | None = None
+    curve: dict[str, Any] | None = None  # training curves by configuration
     seconds: float | None = None
     created_at: str = ""
     evaluated_at: str | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
@@ -13,14 +12,13 @@ from sandbox.base import Status
 
 
 def candidate(id: str, fitness: float | None = None, *, island: int = 0, status: str = "ok",
-              per_config: dict[str, float] | None = None) -> Any:
+              per_config: dict[str, float] | None = None) -> Candidate:
     """What selection is given for one candidate; the tests compare selection's answers with these
     objects, so only this function knows their type."""
-    record = Candidate(
+    return Candidate(
         id=id, run_id="run", name=id, code="", status=Status(status), island=island, fitness=fitness,
         per_config={c: {"fitness": f} for c, f in per_config.items()} if per_config is not None else None,
     )
-    return record
 
 
 class Draws(random.Random):
@@ -91,7 +89,7 @@ def test_pareto_front_compares_only_shared_configurations():
     assert pareto_front([a, other, better_on_x]) == [other, better_on_x]
 
 
-def archive() -> dict[str, Any]:
+def archive() -> dict[str, Candidate]:
     """Two islands, failures and undecided candidates, in the order they were stored."""
     return {
         "a": candidate("a", 0.9, island=0, per_config={"x": 0.9, "y": 0.1}),

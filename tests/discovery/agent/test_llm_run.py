@@ -49,20 +49,20 @@ def test_every_reply_kind_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch)
         prompts = [json.dumps(r.json) for r in server.chat_requests]
     assert result.status == "finished", result.message
     with Archive.open_readonly(tmp_path / "runs.db") as archive:
-        rows = [r for r in archive.candidates(result.run_id, order_by_fitness=False) if not r["is_baseline"]]
+        rows = [r for r in archive.candidates(result.run_id, order_by_fitness=False) if not r.is_baseline]
         calls = archive.llm_calls(result.run_id)
     assert len(rows) == 7
-    by_name = {r["name"]: r for r in rows}
+    by_name = {r.name: r for r in rows}
     for name in ("soft_hinge", "dpo_x15", "ipo_half", "exp_loss"):
-        assert by_name[name]["status"] in ("ok", "culled"), by_name[name]
-        assert by_name[name]["proposer"] == "llm:openai/test-model"
-        assert "def loss(policy_chosen_logps" in by_name[name]["feedback_shown"]
-    unusable = [r for r in rows if r["failed_stage"] == "reply"]
+        assert by_name[name].status in ("ok", "culled"), by_name[name]
+        assert by_name[name].proposer == "llm:openai/test-model"
+        assert "def loss(policy_chosen_logps" in by_name[name].feedback_shown
+    unusable = [r for r in rows if r.failed_stage == "reply"]
     assert len(unusable) == 2
-    assert any("no code block" in r["reason"] for r in unusable)
-    assert any("does not parse" in r["reason"] for r in unusable)
-    assert by_name["scalar_dpo"]["status"] == "contract"
-    assert "shape ()" in by_name["scalar_dpo"]["reason"]
+    assert any("no code block" in r.reason for r in unusable)
+    assert any("does not parse" in r.reason for r in unusable)
+    assert by_name["scalar_dpo"].status == "invalid" and by_name["scalar_dpo"].failed_stage == "contract"
+    assert "shape ()" in by_name["scalar_dpo"].reason
     # every attempt is in the archive, failed ones with their error
     errors = [c["error"] for c in calls if c["error"]]
     assert len(calls) == len(prompts) == 10

@@ -57,30 +57,30 @@ def test_offline_run_records_everything(tmp_path):
         assert run["config"]["budget"] == 6
         assert any("bubblewrap" in note for note in run["isolation"])
         rows = archive.candidates(run["id"], order_by_fitness=False)
-        baselines = [r for r in rows if r["is_baseline"]]
-        proposed = [r for r in rows if not r["is_baseline"]]
-        assert [b["name"] for b in baselines] == ["dpo"] and baselines[0]["status"] == "ok"
+        baselines = [r for r in rows if r.is_baseline]
+        proposed = [r for r in rows if not r.is_baseline]
+        assert [b.name for b in baselines] == ["dpo"] and baselines[0].status == "ok"
         assert len(proposed) == 6
-        assert all(r["status"] not in ("pending", "evaluating") for r in rows)
+        assert all(r.status not in ("pending", "evaluating") for r in rows)
         for r in proposed:
-            assert r["proposer"].startswith("mutation:")
-            assert r["feedback_shown"]
-            if r["status"] != "ok":
-                assert r["reason"], r
-        ok = [r for r in rows if r["status"] == "ok"]
+            assert r.proposer.startswith("mutation:")
+            assert r.feedback_shown
+            if r.status != "ok":
+                assert r.reason, r
+        ok = [r for r in rows if r.status == "ok"]
         for r in ok:
-            assert r["n_seeds"] >= 3 and r["fitness_ci_low"] <= r["fitness"] <= r["fitness_ci_high"]
-            assert set(r["per_config"]) == {"clean", "noise20", "noise40", "small_data", "beta05_len8"}
+            assert r.n_seeds >= 3 and r.fitness_ci_low <= r.fitness <= r.fitness_ci_high
+            assert set(r.per_config) == {"clean", "noise20", "noise40", "small_data", "beta05_len8"}
         # the reference and the best proposed candidate were scored on the held-out suite
-        assert baselines[0]["heldout_fitness"] is not None
-        best = max((r for r in proposed if r["status"] == "ok"), key=lambda r: r["fitness"], default=None)
+        assert baselines[0].heldout_fitness is not None
+        best = max((r for r in proposed if r.status == "ok"), key=lambda r: r.fitness, default=None)
         if best is not None:
-            assert best["heldout_n_seeds"] == 3
+            assert best.heldout_n_seeds == 3
     keys = [(r[1], r[2], r[3], r[4]) for r in evaluation_rows(db)]
     assert len(keys) == len(set(keys))
     board = cli("leaderboard", "--db", str(db))
     assert board.returncode == 0 and "dpo" in board.stdout
-    shown = cli("show", baselines[0]["id"], "--db", str(db))
+    shown = cli("show", baselines[0].id, "--db", str(db))
     assert shown.returncode == 0 and "def loss" in shown.stdout and "clean" in shown.stdout
 
 
@@ -126,8 +126,8 @@ def test_resume_after_sigkill_keeps_every_finished_evaluation_once(tmp_path):
         run = archive.get_run(run_id)
         assert run["status"] == "finished"
         rows = archive.candidates(run_id, order_by_fitness=False)
-        assert len([r for r in rows if not r["is_baseline"]]) == 8
-        assert all(r["status"] not in ("pending", "evaluating") for r in rows)
+        assert len([r for r in rows if not r.is_baseline]) == 8
+        assert all(r.status not in ("pending", "evaluating") for r in rows)
 
 
 def file_digest(path: Path) -> str:
@@ -245,13 +245,13 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         (run,) = archive.list_runs()
         assert run["status"] == "stopped"
         rows = archive.candidates(run["id"], order_by_fitness=False)
-        assert all(r["status"] not in ("pending", "evaluating") for r in rows)  # running ones finished
-        assert len([r for r in rows if not r["is_baseline"]]) < 6
+        assert all(r.status not in ("pending", "evaluating") for r in rows)  # running ones finished
+        assert len([r for r in rows if not r.is_baseline]) < 6
     resumed = cli("run", "--resume", run["id"], "--db", str(db), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with Archive.open_readonly(db) as archive:
         assert archive.get_run(run["id"])["status"] == "finished"
-        assert len([r for r in archive.candidates(run["id"]) if not r["is_baseline"]]) == 6
+        assert len([r for r in archive.candidates(run["id"]) if not r.is_baseline]) == 6
 
 
 def test_second_ctrl_c_aborts_at_once_and_resume_finishes(tmp_path):
@@ -271,8 +271,8 @@ def test_second_ctrl_c_aborts_at_once_and_resume_finishes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     with Archive.open_readonly(db) as archive:
         assert archive.get_run(run["id"])["status"] == "finished"
-        rows = [r for r in archive.candidates(run["id"], order_by_fitness=False) if not r["is_baseline"]]
-        assert len(rows) == 4 and all(r["status"] not in ("pending", "evaluating") for r in rows)
+        rows = [r for r in archive.candidates(run["id"], order_by_fitness=False) if not r.is_baseline]
+        assert len(rows) == 4 and all(r.status not in ("pending", "evaluating") for r in rows)
 
 
 def test_internal_errors_in_a_row_fail_the_run(tmp_path, monkeypatch):
@@ -291,4 +291,4 @@ def test_internal_errors_in_a_row_fail_the_run(tmp_path, monkeypatch):
     assert "RuntimeError: a bug in the pipeline" in result.message
     with Archive.open_readonly(str(tmp_path / "r.db")) as archive:
         rows = archive.candidates(archive.list_runs()[0]["id"], order_by_fitness=False)
-        assert len(rows) < 8 and all(r["status"] == "error" for r in rows)
+        assert len(rows) < 8 and all(r.status == "error" for r in rows)

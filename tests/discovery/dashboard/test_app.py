@@ -177,7 +177,7 @@ def test_run_page_shows_the_agent_graph_the_code_draws(run_db, facts, monkeypatc
     body = drawn.split("graph TD;", 1)[1]  # Streamlit puts its alt-text comment before the diagram type
     charts = [m.value for m in at.markdown if m.value.startswith("````mermaid\n")]
     assert len(charts) == 1 and body in charts[0] and "store -. &nbsp;retry&nbsp; .-> propose;" in charts[0]
-    assert any(c.value == drawn for c in at.code)  # and the source, in an expander
+    assert any(c.value.strip() == drawn.strip() for c in at.code)  # and the source, in an expander
 
 
 def test_run_page_shows_llm_cost_and_tokens_over_time(run_db, facts, monkeypatch, tmp_path):

@@ -135,8 +135,8 @@ def test_click_from_leaderboard_into_candidate_and_watch_a_live_run(server, tmp_
                 graph.scroll_into_view_if_needed()
                 expect(graph).to_be_visible()
                 expect(page.get_by_test_id("stMermaidError")).to_have_count(0)
-                drawn = graph.evaluate("img => img.complete ? [img.naturalWidth, decodeURIComponent(img.src)] : null")
-                assert drawn and drawn[0] > 200 and "record_failure" in drawn[1] and "extra_seeds" in drawn[1]
+                drawn = graph.evaluate("async img => [img.naturalWidth, await (await fetch(img.src)).text()]")
+                assert drawn[0] > 200 and "record_failure" in drawn[1] and "extra_seeds" in drawn[1]  # the SVG
                 page.screenshot(path=str(shots / "graph.png"))
                 writer.finish_run(run["id"], "finished")
                 expect(page.locator("p", has_text="status finished")).to_be_visible()
