@@ -9,8 +9,10 @@ by a killed run) enters at ``reopen``. The conditional edges are the decisions:
 * ``static_check`` and ``contract_check`` -> ``record_failure`` -> END when the code is
   rejected (policy, parse, contract); ``cascade`` and ``full`` too when training fails.
 * ``cascade`` -> ``cull`` -> END when the cheap stage scores too far below the best.
-* ``full`` -> ``extra_seeds``, which loops one seed per round while the candidate stays among
-  the ``leaders`` and seeds remain (``extra_seeds`` of the config), then END.
+* ``full`` -> ``extra_seeds`` when the candidate is among the ``leaders`` after its full
+  suite; ``extra_seeds`` loops one seed per round (each round stored before the next starts)
+  until the config's ``extra_seeds`` are done or a round fails, then END. Leadership is
+  decided once, after ``full``, as the fixed "top-k get more seeds" rule always did.
 
 The drawing (``discovery.agent.graph_drawing``) is LangGraph's own, of this graph; the
 routers are pure functions of the state, so what it shows is what runs.
@@ -75,6 +77,8 @@ class Failure(TypedDict):
     failed_stage: str
     reason: str
     error_line: int | None
+    error_class: str | None  # the exception's class, when the candidate raised one
+    error_message: str | None
     seconds: float
 
 
@@ -236,7 +240,8 @@ def evaluate_missing(rt: Runtime, cid: str, code: str, suite: str, configs: list
 
 def _failure(report: EvaluationReport | Outcome, default_stage: str = "train") -> Failure:
     return Failure(status=report.status.value, failed_stage=report.stage or default_stage, reason=report.reason,
-                   error_line=report.line, seconds=report.seconds)
+                   error_line=report.line, error_class=report.error_class or None,
+                   error_message=report.message or None, seconds=report.seconds)
 
 
 # -- nodes ----------------------------------------------------------------------------------------
@@ -343,9 +348,9 @@ def cull(rt: Runtime, state: CandidateState) -> CandidateState:
     return {}
 
 
-def _wants_more_seeds(rt: Runtime, cid: str, rounds: int) -> bool:
+def _is_leader(rt: Runtime, cid: str) -> bool:
     cfg = rt.config
-    return cfg.leaders > 0 and rounds < cfg.extra_seeds and cid in [r.id for r in ranked(rt)[: cfg.leaders]]
+    return cfg.leaders > 0 and cfg.extra_seeds > 0 and cid in [r.id for r in ranked(rt)[: cfg.leaders]]
 
 
 def full(rt: Runtime, state: CandidateState) -> CandidateState:
@@ -357,11 +362,13 @@ def full(rt: Runtime, state: CandidateState) -> CandidateState:
     if report is not None and not report.ok:
         return {"failure": _failure(report)}
     summarize(rt, cid, "discover", status="ok")
-    return {"extra_rounds": 0, "more_seeds": _wants_more_seeds(rt, cid, 0)}
+    return {"extra_rounds": 0, "more_seeds": _is_leader(rt, cid)}
 
 
 def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
-    """One more seed for a leader: scores are noisy, and the best so far deserves a tighter interval."""
+    """One more seed for a leader: scores are noisy, and the best so far deserves a tighter interval.
+
+    Loops (one round per seed) until the config's ``extra_seeds`` are evaluated or a round fails."""
     cid, cfg = state["candidate_id"], rt.config
     rounds = state.get("extra_rounds", 0) + 1
     base = rt.task.suite("discover").with_seeds(cfg.seeds)
@@ -372,14 +379,15 @@ def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
     if failed and report is not None:  # noisy on new seeds: keep the scores it has, say why
         rt.archive.update_candidate(cid, reason=f"extra seeds failed: {report.one_line()}")
     summarize(rt, cid, "discover", status="ok")
-    return {"extra_rounds": rounds, "more_seeds": not failed and _wants_more_seeds(rt, cid, rounds)}
+    return {"extra_rounds": rounds, "more_seeds": not failed and rounds < cfg.extra_seeds}
 
 
 def record_failure(rt: Runtime, state: CandidateState) -> CandidateState:
     """Store the failure a check or a stage found: status, stage, reason, line."""
     f = state["failure"]
     rt.archive.update_candidate(state["candidate_id"], status=f["status"], failed_stage=f["failed_stage"],
-                                reason=f["reason"], error_line=f["error_line"], seconds=f["seconds"])
+                                reason=f["reason"], error_line=f["error_line"], error_class=f["error_class"],
+                                error_message=f["error_message"], seconds=f["seconds"])
     return {}
 
 
@@ -409,7 +417,7 @@ def _after_full(state: CandidateState) -> str:
 
 
 def _after_extra(state: CandidateState) -> str:
-    return "still leader" if state.get("more_seeds") else "done"
+    return "seeds left" if state.get("more_seeds") else "done"
 
 
 NODES = {"propose": propose, "store": store, "reopen": reopen, "static_check": static_check,
@@ -434,7 +442,7 @@ def pipeline_graph(rt: Runtime | None) -> StateGraph:
     graph.add_edge("cull", END)
     graph.add_conditional_edges("full", _after_full,
                                 {"leader": "extra_seeds", "not leader": END, "failed": "record_failure"})
-    graph.add_conditional_edges("extra_seeds", _after_extra, {"still leader": "extra_seeds", "done": END})
+    graph.add_conditional_edges("extra_seeds", _after_extra, {"seeds left": "extra_seeds", "done": END})
     graph.add_edge("record_failure", END)
     return graph
 

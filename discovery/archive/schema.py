@@ -174,8 +174,9 @@ _KEPT_V3_COLUMNS = (
 )
 
 #: the exception class at the front of a v3 reason ("NameError: name 'x' is not defined (line 3: `...`)")
-_V3_CLASS = re.compile(r"^(?:recursion without end: )?([A-Za-z_][A-Za-z0-9_.]*(?:Error|Exception|Exit|Interrupt|Warning))"
-                       r"(?::\s*(.*))?$")
+_V3_CLASS = re.compile(
+    r"^(?:recursion without end: )?([A-Za-z_][A-Za-z0-9_.]*(?:Error|Exception|Exit|Interrupt|Warning))(?::\s*(.*))?$"
+)
 _V3_WHERE = re.compile(r"\s*\(line \d+:\s*`[^`]*`\)\s*$")
 
 

@@ -42,11 +42,12 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError
 
+from discovery.records import Ancestor, Candidate, Evaluation
+from sandbox.base import Status
+
 from . import schema
 from .codec import decode_row, now, to_json, to_real
 from .errors import ArchiveError, from_sqlite
-from discovery.records import Ancestor, Candidate, Evaluation
-from sandbox.base import Status
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for a lock held by another connection before giving up."""
@@ -452,7 +453,9 @@ class Archive:
         points at the original through ``duplicate_of``. Returns the new candidate's id.
         """
         with self._writing("add a duplicate") as db:
-            row = db.execute("SELECT name FROM candidates WHERE id = ? AND run_id = ?", [original_id, run_id]).fetchone()
+            row = db.execute(
+                "SELECT name FROM candidates WHERE id = ? AND run_id = ?", [original_id, run_id]
+            ).fetchone()
             if row is None:
                 raise ArchiveError(f"unknown candidate {original_id} of run {run_id} in {self.path}")
             return self._insert_candidate(

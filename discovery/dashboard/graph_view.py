@@ -1,8 +1,8 @@
 """The agent graph on the run page: LangGraph's Mermaid drawing of the candidate pipeline.
 
 The text is :func:`discovery.agent.graph_drawing.mermaid`, the same as in
-``docs/architecture.md``; Streamlit renders it in the browser (``st.mermaid_chart``) and the
-source sits in an expander below it.
+``docs/architecture.md``; Streamlit renders it in the browser (``st.mermaid_chart``, with the
+labels' ``&nbsp;`` padding as spaces) and the exact source sits in an expander below it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,18 @@ def _mermaid() -> str:
     return mermaid()
 
 
+def for_streamlit(text: str) -> str:
+    """``text`` with LangGraph's ``&nbsp;`` label padding as plain spaces (same diagram, readable labels)."""
+    return text.replace("&nbsp;", " ")
+
+
 def agent_graph() -> None:
     """A subheader, the rendered graph, a caption, and the Mermaid source in an expander."""
     text = _mermaid()
     st.subheader("The agent graph")
-    st.mermaid_chart(text, alt="The candidate pipeline: propose, store, checks, cascade, full suite, extra seeds")
+    # LangGraph pads edge labels with &nbsp;, which Streamlit's Mermaid (SVG labels) prints verbatim
+    st.mermaid_chart(for_streamlit(text),
+                     alt="The candidate pipeline: propose, store, checks, cascade, full suite, extra seeds")
     st.caption(CAPTION)
     with st.expander("Mermaid source"):
         st.code(text, language="text")
