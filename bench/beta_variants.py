@@ -5,6 +5,7 @@
 Prints each variant's fitness and its paired difference to DPO per seed (mean, 95% CI) and the
 per-configuration deltas: the check behind the `rescale_scalar` mutation operator.
 """
+
 import sys
 
 from discovery.evaluation import Evaluator

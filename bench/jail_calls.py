@@ -77,8 +77,14 @@ def session_cpu(box: LocalSandbox, spec: JailSpec, body: Callable[[Any], Any] | 
     return result, float(exited.get("cpu_seconds") or 0.0), session.calls
 
 
-def jailed(box: LocalSandbox, spec: JailSpec, make: Callable[[Any], Callable[[], Any]], calls: int,
-           repeats: int, empty_cpu: float) -> Timing:
+def jailed(
+    box: LocalSandbox,
+    spec: JailSpec,
+    make: Callable[[Any], Callable[[], Any]],
+    calls: int,
+    repeats: int,
+    empty_cpu: float,
+) -> Timing:
     """``per_call`` of ``make(session)()`` in its own session, with the jail's CPU per request (the
     session's CPU time less an empty session's, over the requests it answered)."""
     timing, cpu, requests = session_cpu(box, spec, lambda session: per_call(make(session), calls, repeats))
@@ -100,15 +106,22 @@ def loss_args() -> tuple[list[torch.Tensor], float]:
 
 def header(repeats: int, calls: int) -> None:
     print(f"µs per call, median of {repeats} blocks x {calls} calls; CPU: this process / the jail")
-    print(f"{'call':44} {'in-process':>10} {'jailed':>9} {'overhead':>9} {'ratio':>6}   "
-          f"{'CPU in-process':>14} {'CPU jailed: here + jail':>24}")
+    print(
+        f"{'call':44} {'in-process':>10} {'jailed':>9} {'overhead':>9} {'ratio':>6}   "
+        f"{'CPU in-process':>14} {'CPU jailed: here + jail':>24}"
+    )
 
 
 def row(name: str, local: Timing, jail: Timing) -> None:
-    cpu = f"{jail.cpu:8.1f} + {jail.jail_cpu:6.1f} = {jail.cpu + jail.jail_cpu:6.1f}" if jail.jail_cpu is not None \
+    cpu = (
+        f"{jail.cpu:8.1f} + {jail.jail_cpu:6.1f} = {jail.cpu + jail.jail_cpu:6.1f}"
+        if jail.jail_cpu is not None
         else f"{jail.cpu:8.1f} (no jail)"
-    print(f"{name:44} {local.wall:10.1f} {jail.wall:9.1f} {jail.wall - local.wall:9.1f} "
-          f"{jail.wall / local.wall:5.1f}x   {local.cpu:14.1f} {cpu:>24}")
+    )
+    print(
+        f"{name:44} {local.wall:10.1f} {jail.wall:9.1f} {jail.wall - local.wall:9.1f} "
+        f"{jail.wall / local.wall:5.1f}x   {local.cpu:14.1f} {cpu:>24}"
+    )
 
 
 def empty_session_cpu(box: LocalSandbox, spec: JailSpec) -> float:
@@ -121,8 +134,9 @@ def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
     tensors, beta = loss_args()
     weights = torch.linspace(0.5, 1.5, BATCH)
     local = local_function(source, task.slot.name)
-    spec = JailSpec(source=source, slot=task.slot.name, kind=DIFFERENTIABLE,
-                    allowed_imports=tuple(task.slot.allowed_imports))
+    spec = JailSpec(
+        source=source, slot=task.slot.name, kind=DIFFERENTIABLE, allowed_imports=tuple(task.slot.allowed_imports)
+    )
 
     def step(fn: Callable[..., Any], mean: bool = True) -> None:
         for t in tensors[:2]:
@@ -148,6 +162,7 @@ def bench_loss(box: LocalSandbox, calls: int, repeats: int) -> None:
         def make(session: Any) -> Callable[[], None]:
             fn = JailedFunction(session)
             return lambda: step(fn, mean)
+
         return make
 
     mean = jailed(box, spec, stepper(True), calls, repeats, empty)
@@ -164,8 +179,9 @@ def bench_update(box: LocalSandbox, calls: int, repeats: int) -> None:
     params = [torch.randn(*s, generator=g) * 0.1 for s in PARAM_SHAPES]
     grads = [torch.randn(*s, generator=g) * 0.01 for s in PARAM_SHAPES]
     local = LocalUpdateRule(local_function(source, task.slot.name))
-    spec = JailSpec(source=source, slot=task.slot.name, kind=UPDATE_RULE,
-                    allowed_imports=tuple(task.slot.allowed_imports))
+    spec = JailSpec(
+        source=source, slot=task.slot.name, kind=UPDATE_RULE, allowed_imports=tuple(task.slot.allowed_imports)
+    )
 
     def stepper(rule: Any) -> Callable[[], list[Any]]:
         rule.reset(0)
@@ -218,8 +234,12 @@ def pipe_floor_us(calls: int, repeats: int) -> float:
 
 def bench_sessions(box: LocalSandbox, sessions: int) -> None:
     task = get_task("preference")
-    spec = JailSpec(source=task.baselines["dpo"], slot=task.slot.name, kind=DIFFERENTIABLE,
-                    allowed_imports=tuple(task.slot.allowed_imports))
+    spec = JailSpec(
+        source=task.baselines["dpo"],
+        slot=task.slot.name,
+        kind=DIFFERENTIABLE,
+        allowed_imports=tuple(task.slot.allowed_imports),
+    )
     tensors, beta = loss_args()
     opened, closed, first = [], [], []
     for i in range(sessions + 3):
@@ -236,11 +256,15 @@ def bench_sessions(box: LocalSandbox, sessions: int) -> None:
             first.append(t2 - t1)
             closed.append(t3 - t2)
     open_ms = statistics.median(opened) * 1000
-    print(f"(c) session open (fork + walls + load, until ready): median {open_ms:.1f} ms, "
-          f"min {min(opened) * 1000:.1f}, max {max(opened) * 1000:.1f} over {sessions} (goal < 50 ms)")
-    print(f"    first call in a fresh session: median {statistics.median(first) * 1000:.2f} ms; "
-          f"close (kill, reap, wipe): median {statistics.median(closed) * 1000:.1f} ms; "
-          f"open + close: {(statistics.median(opened) + statistics.median(closed)) * 1000:.1f} ms")
+    print(
+        f"(c) session open (fork + walls + load, until ready): median {open_ms:.1f} ms, "
+        f"min {min(opened) * 1000:.1f}, max {max(opened) * 1000:.1f} over {sessions} (goal < 50 ms)"
+    )
+    print(
+        f"    first call in a fresh session: median {statistics.median(first) * 1000:.2f} ms; "
+        f"close (kill, reap, wipe): median {statistics.median(closed) * 1000:.1f} ms; "
+        f"open + close: {(statistics.median(opened) + statistics.median(closed)) * 1000:.1f} ms"
+    )
 
 
 def main() -> None:

@@ -67,8 +67,15 @@ def confirm(code: str, reference: str) -> dict[str, float]:
 
     pa, pb = per_seed(a), per_seed(b)
     diff = mean_ci([pa[s] - pb[s] for s in CONFIRM_SEEDS])
-    return {"candidate": a.fitness.mean, "candidate_ci": a.fitness.half_width, "dpo": b.fitness.mean,
-            "dpo_ci": b.fitness.half_width, "diff": diff.mean, "diff_low": diff.low, "diff_high": diff.high}
+    return {
+        "candidate": a.fitness.mean,
+        "candidate_ci": a.fitness.half_width,
+        "dpo": b.fitness.mean,
+        "dpo_ci": b.fitness.half_width,
+        "diff": diff.mean,
+        "diff_low": diff.low,
+        "diff_high": diff.high,
+    }
 
 
 def main() -> None:
@@ -92,35 +99,73 @@ def main() -> None:
             ok = [c for c in archive.candidates(result.run_id, status=Status.OK) if c.fitness is not None]
             ranked = sorted((c for c in ok if not c.is_baseline), key=lambda c: c.fitness, reverse=True)
             ref = next(c for c in ok if c.is_baseline)
-            statuses = dict(Counter(c.status.value for c in archive.candidates(result.run_id, order_by_fitness=False)
-                                    if not c.is_baseline))
+            statuses = dict(
+                Counter(
+                    c.status.value
+                    for c in archive.candidates(result.run_id, order_by_fitness=False)
+                    if not c.is_baseline
+                )
+            )
         best = ranked[0]
         results[proposer] = {
-            "run": result.run_id, "status": result.status, "curve": curve, "statuses": statuses,
-            "best": _fields(best, "id", "name", "fitness", "fitness_ci_low", "fitness_ci_high", "n_seeds",
-                            "heldout_fitness", "heldout_ci_low", "heldout_ci_high", "code"),
-            "dpo": _fields(ref, "fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low",
-                           "heldout_ci_high"),
+            "run": result.run_id,
+            "status": result.status,
+            "curve": curve,
+            "statuses": statuses,
+            "best": _fields(
+                best,
+                "id",
+                "name",
+                "fitness",
+                "fitness_ci_low",
+                "fitness_ci_high",
+                "n_seeds",
+                "heldout_fitness",
+                "heldout_ci_low",
+                "heldout_ci_high",
+                "code",
+            ),
+            "dpo": _fields(
+                ref,
+                "fitness",
+                "fitness_ci_low",
+                "fitness_ci_high",
+                "heldout_fitness",
+                "heldout_ci_low",
+                "heldout_ci_high",
+            ),
             "confirm": confirm(best.code, get_task("preference").baselines["dpo"]),
             # the runners-up too, so a reader sees whether the winner's result is typical of the top
-            "runners_up": [{**_fields(c, "name", "fitness", "heldout_fitness"),
-                            "confirm": confirm(c.code, get_task("preference").baselines["dpo"])}
-                           for c in ranked[1:3]],
+            "runners_up": [
+                {
+                    **_fields(c, "name", "fitness", "heldout_fitness"),
+                    "confirm": confirm(c.code, get_task("preference").baselines["dpo"]),
+                }
+                for c in ranked[1:3]
+            ],
         }
         print(f"== {proposer}: run {result.run_id} {result.status}; statuses {statuses}")
-        print("best so far after n proposals: " + ", ".join(
-            f"{n}:{v:.3f}" for n, v in curve if n % 10 == 0 and v is not None))
+        print(
+            "best so far after n proposals: "
+            + ", ".join(f"{n}:{v:.3f}" for n, v in curve if n % 10 == 0 and v is not None)
+        )
         b, c = results[proposer]["best"], results[proposer]["confirm"]
-        print(f"winner {b['name']} ({b['id']}): search fitness {b['fitness']:.3f} "
-              f"[{b['fitness_ci_low']:.3f}, {b['fitness_ci_high']:.3f}] over {b['n_seeds']} seeds; "
-              f"held-out {b['heldout_fitness']}")
-        print(f"confirmation on seeds 10-19: winner {c['candidate']:.3f} ± {c['candidate_ci']:.3f}, "
-              f"DPO {c['dpo']:.3f} ± {c['dpo_ci']:.3f}, paired difference {c['diff']:+.3f} "
-              f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]")
+        print(
+            f"winner {b['name']} ({b['id']}): search fitness {b['fitness']:.3f} "
+            f"[{b['fitness_ci_low']:.3f}, {b['fitness_ci_high']:.3f}] over {b['n_seeds']} seeds; "
+            f"held-out {b['heldout_fitness']}"
+        )
+        print(
+            f"confirmation on seeds 10-19: winner {c['candidate']:.3f} ± {c['candidate_ci']:.3f}, "
+            f"DPO {c['dpo']:.3f} ± {c['dpo_ci']:.3f}, paired difference {c['diff']:+.3f} "
+            f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]"
+        )
         for r in results[proposer]["runners_up"]:
             c = r["confirm"]
-            print(f"  runner-up {r['name']}: search {r['fitness']:.3f}, held-out {r['heldout_fitness']}, "
-                  f"paired difference on seeds 10-19 {c['diff']:+.3f} [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]")
+            print(
+                f"  runner-up {r['name']}: search {r['fitness']:.3f}, held-out {r['heldout_fitness']}, "
+                f"paired difference on seeds 10-19 {c['diff']:+.3f} [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]"
+            )
     (out / "summary.json").write_text(json.dumps(results, indent=1))
 
 

@@ -76,6 +76,7 @@ def main() -> None:
         def run() -> None:
             outcome = run_job(box, job, job_inputs, task)
             assert outcome.ok, outcome.reason
+
         return run
 
     in_process_train()  # warm this process's lazy imports, as the template does
@@ -91,27 +92,36 @@ def main() -> None:
         fresh_t = timed(checked(fresh, train, inputs), 3)
     rows.append(("contract job (1 session)", in_c, warm_c, fresh_c))
     rows.append((f"one training ({config.name}, seed {seed}; 2 sessions)", in_t, warm_t, fresh_t))
-    print(f"{'job':40} {'in-process':>11} {'warm fork':>10} {'overhead':>9} {'ratio':>6} {'fresh python':>13} "
-          f"{'overhead':>9}")
+    print(
+        f"{'job':40} {'in-process':>11} {'warm fork':>10} {'overhead':>9} {'ratio':>6} {'fresh python':>13} "
+        f"{'overhead':>9}"
+    )
     for name, a, b, c in rows:
-        print(f"{name:40} {a * 1000:9.1f}ms {b * 1000:8.1f}ms {(b - a) * 1000:7.1f}ms {b / a:5.2f}x "
-              f"{c * 1000:11.1f}ms {(c - a) * 1000:7.1f}ms")
-    print("fixed overhead per session (contract job), warm template: "
-          f"{(warm_c - in_c) * 1000:.1f} ms (goal < 50 ms); fresh interpreter: {(fresh_c - in_c) * 1000:.0f} ms")
+        print(
+            f"{name:40} {a * 1000:9.1f}ms {b * 1000:8.1f}ms {(b - a) * 1000:7.1f}ms {b / a:5.2f}x "
+            f"{c * 1000:11.1f}ms {(c - a) * 1000:7.1f}ms"
+        )
+    print(
+        "fixed overhead per session (contract job), warm template: "
+        f"{(warm_c - in_c) * 1000:.1f} ms (goal < 50 ms); fresh interpreter: {(fresh_c - in_c) * 1000:.0f} ms"
+    )
 
     for workers in (1, 2):
         with make_pool("local", workers) as pool:
             pool.submit(lambda box: evaluator.evaluate(source, box, "discover")).result()  # warm up
             t0 = time.perf_counter()
             with ThreadPoolExecutor(workers) as ex:
-                futures = [ex.submit(lambda: pool.submit(
-                    lambda box: evaluator.evaluate(source, box, "discover")).result())
-                    for _ in range(args.throughput)]
+                futures = [
+                    ex.submit(lambda: pool.submit(lambda box: evaluator.evaluate(source, box, "discover")).result())
+                    for _ in range(args.throughput)
+                ]
                 reports = [f.result() for f in futures]
             elapsed = time.perf_counter() - t0
             assert all(r.ok for r in reports), [r.one_line() for r in reports if not r.ok]
-        print(f"throughput, {workers} worker(s): {args.throughput / elapsed * 60:.1f} discover-suite "
-              f"evaluations per minute ({elapsed / args.throughput:.2f} s each)")
+        print(
+            f"throughput, {workers} worker(s): {args.throughput / elapsed * 60:.1f} discover-suite "
+            f"evaluations per minute ({elapsed / args.throughput:.2f} s each)"
+        )
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 

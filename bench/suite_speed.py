@@ -32,8 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="preference")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="sandbox threads (default: all cores; 1 = passive OpenMP wait, for a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="sandbox threads (default: all cores; 1 = passive OpenMP wait, for a busy machine)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the in-process reference suite")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} cores")
@@ -82,12 +86,16 @@ def main() -> None:
                 task.score(config, seed, inputs, outputs, "cpu")
             refs.append(time.perf_counter() - t0)
         reference = statistics.median(refs)
-        print(f"reference: the same suite trained and scored in this process, no jail: median {reference:.2f} s "
-              f"over {args.repeats}")
+        print(
+            f"reference: the same suite trained and scored in this process, no jail: median {reference:.2f} s "
+            f"over {args.repeats}"
+        )
     median = statistics.median(runs)
     ratio = f"; {median / reference:.2f}x the reference, +{median - reference:.2f} s" if reference else ""
-    print(f"discover suite, one candidate, warm sandbox ({n} trainings, {threads} threads): "
-          f"median {median:.2f} s over {args.repeats} (target <= {TARGET_SECONDS.get(task.name, 20)} s){ratio}")
+    print(
+        f"discover suite, one candidate, warm sandbox ({n} trainings, {threads} threads): "
+        f"median {median:.2f} s over {args.repeats} (target <= {TARGET_SECONDS.get(task.name, 20)} s){ratio}"
+    )
     print(f"  of which training + scoring per (config, seed), summed: {train:.2f} s")
     print(f"first evaluation in a fresh process (template start, cold caches in memory): {cold:.2f} s")
     print(f"load average {os.getloadavg()[0]:.2f} at end")

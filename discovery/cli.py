@@ -18,8 +18,9 @@ from rich.table import Table
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
     from discovery.evaluation import EvaluationReport
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LLM-driven discovery of losses and optimizers.")
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_enable=False, help="LLM-driven discovery of losses and optimizers."
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -34,11 +35,23 @@ SandboxOpt = Annotated[str, typer.Option("--sandbox", help="local | docker")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="Evaluations in parallel.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and logs.")]
 ImageOpt = Annotated[str | None, typer.Option("--docker-image", help="Image for --sandbox docker.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto: CUDA when a GPU "
-                                               "is visible). With cuda and --workers N each worker owns one GPU.")]
-TrainingSecondsOpt = Annotated[float | None, typer.Option(
-    "--training-seconds", min=0.001, help="Wall-clock limit of one (configuration, seed) training (default: the "
-    "task's, 60 s for the built-in tasks).")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="auto | cpu | cuda | cuda:N (auto: CUDA when a GPU "
+        "is visible). With cuda and --workers N each worker owns one GPU.",
+    ),
+]
+TrainingSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--training-seconds",
+        min=0.001,
+        help="Wall-clock limit of one (configuration, seed) training (default: the "
+        "task's, 60 s for the built-in tasks).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -51,8 +64,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """LLM-driven discovery of losses and optimizers."""
 
@@ -75,8 +89,12 @@ def _evaluator(task, device: str, training_seconds: float | None):  # noqa: ANN0
     from discovery.evaluation import Evaluator
     from sandbox.base import Limits
 
-    return Evaluator(task, device=device, limits=Limits(training_seconds=training_seconds or 0.0),
-                     heldout_secret=os.environ.get(HELDOUT_SECRET_VARIABLE, ""))
+    return Evaluator(
+        task,
+        device=device,
+        limits=Limits(training_seconds=training_seconds or 0.0),
+        heldout_secret=os.environ.get(HELDOUT_SECRET_VARIABLE, ""),
+    )
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -119,8 +137,11 @@ def _exported_names(source: str) -> list[str]:
     except (SyntaxError, ValueError):
         return []
     for stmt in tree.body:
-        if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "REGISTRY" for t in stmt.targets)
-                and isinstance(stmt.value, ast.Dict)):
+        if (
+            isinstance(stmt, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "REGISTRY" for t in stmt.targets)
+            and isinstance(stmt.value, ast.Dict)
+        ):
             return [k.value for k in stmt.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
     return []
 
@@ -144,17 +165,30 @@ def print_report(report, title: str) -> None:  # noqa: ANN001
     table.add_column("seeds", justify="right")
     table.add_column("time (s)", justify="right")
     for c in report.configs:
-        table.add_row(c.name, _fmt(c.fitness), *[_fmt(c.metrics.get(m)) for m in metric_names],
-                      str(c.fitness.n), f"{c.seconds:.2f}")
+        table.add_row(
+            c.name,
+            _fmt(c.fitness),
+            *[_fmt(c.metrics.get(m)) for m in metric_names],
+            str(c.fitness.n),
+            f"{c.seconds:.2f}",
+        )
     console.print(table)
-    console.print(f"overall fitness: [bold]{_fmt(report.fitness)}[/] (mean over configurations; 95% CI over "
-                  f"{report.fitness.n if report.fitness else 0} seeds) in {report.seconds:.1f} s")
+    console.print(
+        f"overall fitness: [bold]{_fmt(report.fitness)}[/] (mean over configurations; 95% CI over "
+        f"{report.fitness.n if report.fitness else 0} seeds) in {report.seconds:.1f} s"
+    )
 
 
 @app.command()
 def tasks(
-    task: Annotated[str | None, typer.Option("--task", "-t", help="Show one task (a name or a task file's path) "
-                                             "in full: slot, contract, fitness, suites, baselines.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            "-t",
+            help="Show one task (a name or a task file's path) in full: slot, contract, fitness, suites, baselines.",
+        ),
+    ] = None,
 ) -> None:
     """List the built-in tasks and their slots, or show one task in full."""
     from discovery.tasks import task_names
@@ -163,8 +197,10 @@ def tasks(
         loaded = _load_task(name)
         console.print(f"[bold]{escape(loaded.name)}[/]: {escape(loaded.description)}", highlight=False)
         console.print(f"  slot: {escape(loaded.slot.signature)}", highlight=False)
-        console.print("  suites: " + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)"
-                                               for s in loaded.suites().values()))
+        console.print(
+            "  suites: "
+            + ", ".join(f"{s.name} ({len(s.configs)} configs x {len(s.seeds)} seeds)" for s in loaded.suites().values())
+        )
         if task:
             console.print(f"  baselines: {', '.join(loaded.baselines)}", highlight=False)
             console.print(f"\ncontract:\n{escape(loaded.slot.contract)}", highlight=False)
@@ -182,8 +218,12 @@ def evaluate(
     sandbox: SandboxOpt = "local",
     docker_image: ImageOpt = None,
     verbose: VerboseOpt = False,
-    function: Annotated[str | None, typer.Option("--function", help="Evaluate this function of the file as the "
-                                                 "slot (e.g. one of an exported module).")] = None,
+    function: Annotated[
+        str | None,
+        typer.Option(
+            "--function", help="Evaluate this function of the file as the slot (e.g. one of an exported module)."
+        ),
+    ] = None,
     device: DeviceOpt = None,
     training_seconds: TrainingSecondsOpt = None,
 ) -> None:
@@ -195,8 +235,10 @@ def evaluate(
     t = _load_task(task)
     exported = _exported_names(source) if function is None else []
     if exported:
-        fail(f"{path} is an exported module: choose one of its functions with --function NAME "
-             f"({', '.join(exported[:8])})")
+        fail(
+            f"{path} is an exported module: choose one of its functions with --function NAME "
+            f"({', '.join(exported[:8])})"
+        )
     if function is not None:
         from discovery.export import ExportError, program_for_function
 
@@ -222,8 +264,12 @@ def evaluate(
         print_report(report, f"{path}{':' + function if function else ''} on {t.name}/{suite}")
     if not report.ok:
         if not as_json:
-            err.print(f"[bold red]{report.stage} stage failed[/] ({report.status.value}): {escape(report.reason)}",
-                      highlight=False, soft_wrap=True, markup=True)
+            err.print(
+                f"[bold red]{report.stage} stage failed[/] ({report.status.value}): {escape(report.reason)}",
+                highlight=False,
+                soft_wrap=True,
+                markup=True,
+            )
         if verbose and report.log_tail:
             err.print(report.log_tail, highlight=False, markup=False)
         raise typer.Exit(1)
@@ -264,15 +310,15 @@ def baselines(
     with _pool(sandbox, workers, docker_image, resolved) as pool:
         futures = {
             (s, name): pool.submit(lambda box, src=src, s=s: evaluator.evaluate(src, box, s, seeds))
-            for s in suites for name, src in library.items()
+            for s in suites
+            for name, src in library.items()
         }
         for (s, name), fut in futures.items():
             results[s][name] = fut.result()
     elapsed = time.monotonic() - started
     out: dict[str, Any] = {"task": t.name, "seconds": elapsed, "device": resolved, "suites": {}}
     for s in suites:
-        ranked = sorted(results[s].items(),
-                        key=lambda kv: _fitness_mean(kv[1]), reverse=True)
+        ranked = sorted(results[s].items(), key=lambda kv: _fitness_mean(kv[1]), reverse=True)
         out["suites"][s] = [{"name": n, **r.to_dict()} for n, r in ranked]
         if not as_json:
             table = Table(title=f"{t.name} baselines on {s}", title_justify="left")
@@ -283,20 +329,29 @@ def baselines(
                 table.add_column(c, justify="right")
             for i, (name, rep) in enumerate(ranked, 1):
                 per = {c.name: c.fitness for c in rep.configs}
-                table.add_row(str(i), name, _fmt(rep.fitness) if rep.ok else rep.one_line()[:40],
-                              *[_fmt(per.get(c)) for c in config_names])
+                table.add_row(
+                    str(i),
+                    name,
+                    _fmt(rep.fitness) if rep.ok else rep.one_line()[:40],
+                    *[_fmt(per.get(c)) for c in config_names],
+                )
             console.print(table)
     if len(suites) == 2:
         names = [n for n in library if results["discover"][n].ok and results["heldout"][n].ok]
-        rho = spearman([_fitness_mean(results["discover"][n]) for n in names],
-                       [_fitness_mean(results["heldout"][n]) for n in names])
+        rho = spearman(
+            [_fitness_mean(results["discover"][n]) for n in names],
+            [_fitness_mean(results["heldout"][n]) for n in names],
+        )
         out["spearman_discover_heldout"] = None if rho != rho else rho
         if not as_json and rho == rho:
-            console.print(f"Spearman rank correlation, discover vs held-out: [bold]{rho:.3f}[/] "
-                          f"over {len(names)} baselines")
+            console.print(
+                f"Spearman rank correlation, discover vs held-out: [bold]{rho:.3f}[/] over {len(names)} baselines"
+            )
         elif not as_json:
-            console.print(f"Spearman rank correlation: not computed ({len(names)} baselines scored on both suites; "
-                          "a rank correlation needs at least 3)")
+            console.print(
+                f"Spearman rank correlation: not computed ({len(names)} baselines scored on both suites; "
+                "a rank correlation needs at least 3)"
+            )
     if as_json:
         print(json.dumps(out))
     else:
@@ -306,8 +361,10 @@ def baselines(
 @app.command()
 def run(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Built-in task name or task file.")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m",
-                     help="LLM (litellm name), optionally name@weight; repeat for several.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="LLM (litellm name), optionally name@weight; repeat for several."),
+    ] = None,
     api_base: Annotated[str | None, typer.Option("--api-base", help="OpenAI-compatible server URL.")] = None,
     budget: Annotated[int | None, typer.Option("--budget", help="Candidates to propose.")] = None,
     max_cost: Annotated[float | None, typer.Option("--max-cost", help="USD limit, counting calls in flight.")] = None,
@@ -320,10 +377,17 @@ def run(
     docker_image: ImageOpt = None,
     device: DeviceOpt = None,
     training_seconds: TrainingSecondsOpt = None,
-    job_seconds: Annotated[float | None, typer.Option("--job-seconds", min=1, help="Wall-clock limit of one whole "
-                           "sandboxed job (default: 60 s + training seconds per training).")] = None,
-    memory_mb: Annotated[int | None, typer.Option("--memory-mb", min=256, help="Memory limit of a CPU job, MB "
-                         "(default 6144).")] = None,
+    job_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--job-seconds",
+            min=1,
+            help="Wall-clock limit of one whole sandboxed job (default: 60 s + training seconds per training).",
+        ),
+    ] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", min=256, help="Memory limit of a CPU job, MB (default 6144).")
+    ] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue the run with this id.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
 ) -> None:
@@ -337,13 +401,23 @@ def run(
     try:
         models = [parse_model(m, api_base).model_dump() for m in model] if model else None
         limits = {"training_seconds": training_seconds, "job_seconds": job_seconds, "memory_mb": memory_mb}
-        overrides = {"task": task, "models": models, "budget": budget, "max_cost": max_cost, "workers": workers,
-                     "db": db, "seed": seed, "proposer": proposer, "sandbox": sandbox, "docker_image": docker_image,
-                     "device": device, "limits": {k: v for k, v in limits.items() if v is not None} or None}
+        overrides = {
+            "task": task,
+            "models": models,
+            "budget": budget,
+            "max_cost": max_cost,
+            "workers": workers,
+            "db": db,
+            "seed": seed,
+            "proposer": proposer,
+            "sandbox": sandbox,
+            "docker_image": docker_image,
+            "device": device,
+            "limits": {k: v for k, v in limits.items() if v is not None} or None,
+        }
         cfg = load_config(config, overrides)
         if api_base and not model:
-            cfg = cfg.model_copy(update={"models": [m.model_copy(update={"api_base": api_base})
-                                                    for m in cfg.models]})
+            cfg = cfg.model_copy(update={"models": [m.model_copy(update={"api_base": api_base}) for m in cfg.models]})
         from discovery.tasks import TaskNotFound
 
         try:
@@ -355,9 +429,12 @@ def run(
         fail(str(exc))
     except Exception as exc:  # e.g. the sandbox cannot start: one line, not a traceback
         fail(f"{type(exc).__name__}: {exc}")
-    console.print(f"run [bold]{runner.run_id}[/] on task {runner.task.name}: budget {runner.config.budget}, "
-                  f"{runner.config.workers} worker(s), device {runner.config.device}, proposer "
-                  f"{type(runner.proposer).__name__}, archive {runner.config.db}", highlight=False)
+    console.print(
+        f"run [bold]{runner.run_id}[/] on task {runner.task.name}: budget {runner.config.budget}, "
+        f"{runner.config.workers} worker(s), device {runner.config.device}, proposer "
+        f"{type(runner.proposer).__name__}, archive {runner.config.db}",
+        highlight=False,
+    )
     for note in runner.pool.isolation_notes:
         console.print(f"  sandbox: {note}", highlight=False)
 
@@ -375,11 +452,15 @@ def run(
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
     _print_leaderboard(result.db, run_id=result.run_id, task_name=None, limit=10)
-    console.print(f"run {result.run_id} {result.status}{': ' + result.message if result.message else ''}",
-                  highlight=False)
-    console.print(f"archive: {Path(result.db).resolve()}  (discovery leaderboard --db {result.db}; "
-                  f"discovery show CANDIDATE --db {result.db}; resume: {resume_hint})", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"run {result.run_id} {result.status}{': ' + result.message if result.message else ''}", highlight=False
+    )
+    console.print(
+        f"archive: {Path(result.db).resolve()}  (discovery leaderboard --db {result.db}; "
+        f"discovery show CANDIDATE --db {result.db}; resume: {resume_hint})",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.status == "failed":
         raise typer.Exit(EXIT_FAILED)
     if result.status == "stopped":
@@ -394,8 +475,10 @@ def _run_with_progress(runner, quiet: bool):  # noqa: ANN001, ANN202
     def line(p) -> str:  # noqa: ANN001
         best = f"{p.best:.4f} ({p.best_name})" if p.best is not None else "-"
         fails = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()) if k != Status.OK) or "none"
-        return (f"[{p.phase}] {p.finished}/{p.budget} done, {p.proposed} proposed | best {best} | "
-                f"{p.rate_per_minute:.1f}/min | not ok: {fails} | cost ${p.cost:.4f}")
+        return (
+            f"[{p.phase}] {p.finished}/{p.budget} done, {p.proposed} proposed | best {best} | "
+            f"{p.rate_per_minute:.1f}/min | not ok: {fails} | cost ${p.cost:.4f}"
+        )
 
     if quiet or not console.is_terminal:
         last = [0.0]
@@ -473,24 +556,36 @@ def show(
     except ArchiveError as exc:
         fail(str(exc))
     run_config = run_row.get("config") or {}
-    console.print(f"[bold]{escape(c.name)}[/] ({c.id}), run {c.run_id}, generation {c.generation}, island "
-                  f"{c.island}, proposer {escape(c.proposer)}", highlight=False)
-    console.print(f"trained on: {run_config.get('device', 'cpu')} ({run_config.get('sandbox', 'local')} sandbox)",
-                  highlight=False)
+    console.print(
+        f"[bold]{escape(c.name)}[/] ({c.id}), run {c.run_id}, generation {c.generation}, island "
+        f"{c.island}, proposer {escape(c.proposer)}",
+        highlight=False,
+    )
+    console.print(
+        f"trained on: {run_config.get('device', 'cpu')} ({run_config.get('sandbox', 'local')} sandbox)", highlight=False
+    )
     console.print(f"status: {escape(describe.outcome_line(c))}", highlight=False, soft_wrap=True)
     if describe.extra_reason(c):
         console.print(f"reason: {escape(describe.extra_reason(c))}", highlight=False, soft_wrap=True)
     if c.duplicate_of:
-        console.print(f"duplicate of: {c.duplicate_of} (discovery show {c.duplicate_of} --db {db})",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"duplicate of: {c.duplicate_of} (discovery show {c.duplicate_of} --db {db})",
+            highlight=False,
+            soft_wrap=True,
+        )
     fitness = _ci(c.fitness, c.fitness_ci_low, c.fitness_ci_high)
-    console.print(f"fitness (discover): {fitness} over {c.n_seeds or 0} seeds; held-out: "
-                  f"{_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)}", highlight=False)
+    console.print(
+        f"fitness (discover): {fitness} over {c.n_seeds or 0} seeds; held-out: "
+        f"{_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)}",
+        highlight=False,
+    )
     if c.per_config:
         _print_per_config(c.per_config)
     if len(lineage) > 1:
-        console.print("lineage: " + " <- ".join(f"{escape(a.candidate.name)} ({a.candidate.id})" for a in lineage),
-                      highlight=False)
+        console.print(
+            "lineage: " + " <- ".join(f"{escape(a.candidate.name)} ({a.candidate.id})" for a in lineage),
+            highlight=False,
+        )
     if c.thought:
         console.print(f"thought: {escape(c.thought)}", highlight=False)
     if c.code:
@@ -509,8 +604,12 @@ def _print_per_config(per_config: dict[str, dict]) -> None:
         table.add_column(col)
     for name, v in per_config.items():
         m = v.get("metrics", {})
-        table.add_row(name, _ci(v["fitness"], v.get("ci_low"), v.get("ci_high")), str(v.get("n")),
-                      *[f"{m[k]:.3f}" if k in m else "-" for k in shown])
+        table.add_row(
+            name,
+            _ci(v["fitness"], v.get("ci_low"), v.get("ci_high")),
+            str(v.get("n")),
+            *[f"{m[k]:.3f}" if k in m else "-" for k in shown],
+        )
     console.print(table)
 
 
@@ -520,8 +619,10 @@ def export_cmd(
     db: Annotated[str, typer.Option("--db", help="SQLite archive.")] = "runs.db",
     run_id: Annotated[str | None, typer.Option("--run", help="Only candidates of this run.")] = None,
     top: Annotated[int | None, typer.Option("--top", "-k", help="The K best evaluated candidates (default 5).")] = None,
-    candidate: Annotated[list[str] | None, typer.Option("--candidate", "-c",
-                         help="Export this candidate (repeat for several); a baseline may be named.")] = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option("--candidate", "-c", help="Export this candidate (repeat for several); a baseline may be named."),
+    ] = None,
     task: Annotated[str | None, typer.Option("--task", "-t", help="Only candidates of this task.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="py (a module needing only torch) | json")] = "py",
 ) -> None:
@@ -543,26 +644,51 @@ def export_cmd(
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
-    err.print(f"wrote {len(chosen)} function(s) to {out} ({fmt}): "
-              + ", ".join(f"{name} ({c.id}, " + (f"fitness {c.fitness:.4f})" if c.fitness is not None
-                                                 else f"status {c.status}, no fitness)") for name, c in chosen),
-              highlight=False, markup=False, soft_wrap=True)
+    err.print(
+        f"wrote {len(chosen)} function(s) to {out} ({fmt}): "
+        + ", ".join(
+            f"{name} ({c.id}, "
+            + (f"fitness {c.fitness:.4f})" if c.fitness is not None else f"status {c.status}, no fitness)")
+            for name, c in chosen
+        ),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def dashboard_command(db: str, host: str, port: int) -> list[str]:
     """The ``streamlit run`` command line that serves the dashboard over ``db``."""
     from discovery.dashboard import entry_script
 
-    return [sys.executable, "-m", "streamlit", "run", str(entry_script()), "--server.address", host,
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--", "--db", str(Path(db).expanduser().resolve())]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry_script()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--",
+        "--db",
+        str(Path(db).expanduser().resolve()),
+    ]
 
 
 @app.command()
 def dashboard(
     db: Annotated[str, typer.Option("--db", help="SQLite archive (read-only; need not exist yet).")] = "runs.db",
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = (
-        "127.0.0.1"),
+        "127.0.0.1"
+    ),
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
 ) -> None:
     """Serve the leaderboard dashboard (Streamlit) over an archive, read-only."""
@@ -614,8 +740,12 @@ def main() -> None:
             import traceback
 
             traceback.print_exc()
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}"
-                  " (DISCOVERY_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}"
+            " (DISCOVERY_DEBUG=1 shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(EXIT_FAILED)
 
 

@@ -28,8 +28,9 @@ class ModelConfig(BaseModel):
     name: str = Field(description="litellm model name, e.g. openai/gpt-4o, anthropic/claude-sonnet-4-5")
     weight: float = Field(1.0, gt=0, description="relative probability of this model for each proposal")
     api_base: str | None = Field(None, description="OpenAI-compatible server URL (vLLM, llama.cpp, Ollama)")
-    api_key_env: str | None = Field(None, description="environment variable holding the key (default: the "
-                                    "provider's, e.g. OPENAI_API_KEY)")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the key (default: the provider's, e.g. OPENAI_API_KEY)"
+    )
     temperature: float = Field(1.0, ge=0, le=2, description="sampling temperature")
     max_tokens: int = Field(2048, gt=0, description="largest reply, in tokens")
     price_in: float | None = Field(None, ge=0, description="USD per 1M prompt tokens, if litellm does not know")
@@ -42,17 +43,29 @@ class SandboxLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     training_seconds: float | None = Field(
-        None, gt=0, description="wall-clock seconds one (configuration, seed) training may take; "
-        "default: the task's (60 for the built-in tasks)")
+        None,
+        gt=0,
+        description="wall-clock seconds one (configuration, seed) training may take; "
+        "default: the task's (60 for the built-in tasks)",
+    )
     job_seconds: float | None = Field(
-        None, gt=0, description="wall-clock seconds of one whole job (start, contract check, all its "
-        "trainings); default: 60 + training_seconds for each training")
-    memory_mb: int = Field(6144, ge=256, description="address-space limit of a CPU job, MB (a CUDA job "
-                           "is bounded by its GPU instead; Docker: the container's memory)")
-    cpu_seconds: int | None = Field(None, gt=0, description="CPU seconds of one job; default: its wall "
-                                    "seconds x its threads")
-    file_mb: int = Field(64, gt=0, description="largest file a job may write, MB (its scratch directory "
-                         "holds at most 4x this)")
+        None,
+        gt=0,
+        description="wall-clock seconds of one whole job (start, contract check, all its "
+        "trainings); default: 60 + training_seconds for each training",
+    )
+    memory_mb: int = Field(
+        6144,
+        ge=256,
+        description="address-space limit of a CPU job, MB (a CUDA job "
+        "is bounded by its GPU instead; Docker: the container's memory)",
+    )
+    cpu_seconds: int | None = Field(
+        None, gt=0, description="CPU seconds of one job; default: its wall seconds x its threads"
+    )
+    file_mb: int = Field(
+        64, gt=0, description="largest file a job may write, MB (its scratch directory holds at most 4x this)"
+    )
 
     def to_limits(self) -> Limits:
         """The sandbox's :class:`~sandbox.base.Limits` (walls and CPU time are set per job)."""
@@ -64,12 +77,15 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field("preference", description="built-in task (preference, classification, optimizer) or "
-                      "the path of a task file")
-    models: list[ModelConfig] = Field(default_factory=list, description="LLMs ([[run.models]] tables); none: "
-                                      "the offline mutation proposer")
+    task: str = Field(
+        "preference", description="built-in task (preference, classification, optimizer) or the path of a task file"
+    )
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="LLMs ([[run.models]] tables); none: the offline mutation proposer"
+    )
     proposer: Literal["auto", "llm", "mutation", "random"] = Field(
-        "auto", description="auto: llm when models are given, else mutation; random: unguided mutation")
+        "auto", description="auto: llm when models are given, else mutation; random: unguided mutation"
+    )
     budget: int = Field(24, gt=0, description="candidates proposed (unusable replies count)")
     max_cost: float | None = Field(None, gt=0, description="USD, counting calls in flight")
     workers: int = Field(2, gt=0, description="evaluations in parallel (one sandbox, and one GPU, each)")
@@ -77,13 +93,17 @@ class RunConfig(BaseModel):
     seed: int = Field(0, description="seed of the proposer and selection (suites have their own fixed seeds)")
     sandbox: Literal["local", "docker"] = Field("local", description="local (bubblewrap) | docker")
     docker_image: str = Field("discovery-sandbox:test", description="image for sandbox = docker")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto | cpu | cuda | cuda:N; stored resolved (auto becomes cpu or cuda)")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto | cpu | cuda | cuda:N; stored resolved (auto becomes cpu or cuda)",
+    )
     limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits per job")
     seeds: int | None = Field(None, gt=0, description="seeds per discover configuration (default: the suite's)")
     islands: int = Field(2, gt=0, description="sub-populations that evolve apart")
     baselines: Literal["reference", "all"] = Field(
-        "reference", description="baselines scored at the start: the reference only, or the whole library")
+        "reference", description="baselines scored at the start: the reference only, or the whole library"
+    )
     cascade_configs: list[str] | None = Field(None, description="cheap first stage (default: the task's)")
     cascade_seeds: int = Field(1, gt=0, description="seeds of the cascade stage")
     cascade_margin: float = Field(0.25, ge=0, description="promote when cascade >= best cascade - margin")

@@ -16,42 +16,69 @@ from discovery.config import ModelConfig, RunConfig, SandboxLimits
 
 #: command-line options that set a key (the rest are set in a TOML file only)
 CLI_OPTIONS = {
-    "task": "--task", "models": "--model NAME[@WEIGHT] (with --api-base)", "proposer": "--proposer",
-    "budget": "--budget", "max_cost": "--max-cost", "workers": "--workers", "db": "--db", "seed": "--seed",
-    "sandbox": "--sandbox", "docker_image": "--docker-image", "device": "--device",
-    "limits.training_seconds": "--training-seconds", "limits.job_seconds": "--job-seconds",
+    "task": "--task",
+    "models": "--model NAME[@WEIGHT] (with --api-base)",
+    "proposer": "--proposer",
+    "budget": "--budget",
+    "max_cost": "--max-cost",
+    "workers": "--workers",
+    "db": "--db",
+    "seed": "--seed",
+    "sandbox": "--sandbox",
+    "docker_image": "--docker-image",
+    "device": "--device",
+    "limits.training_seconds": "--training-seconds",
+    "limits.job_seconds": "--job-seconds",
     "limits.memory_mb": "--memory-mb",
 }
 
 #: environment variables the tool reads, with what they do
 ENVIRONMENT = [
-    ("OPENAI_API_KEY", "key for `openai/...` models and for OpenAI-compatible servers given with `--api-base` "
-     "(a local server that needs no key accepts any value)"),
+    (
+        "OPENAI_API_KEY",
+        "key for `openai/...` models and for OpenAI-compatible servers given with `--api-base` "
+        "(a local server that needs no key accepts any value)",
+    ),
     ("ANTHROPIC_API_KEY", "key for `anthropic/...` models"),
     ("GEMINI_API_KEY", "key for `gemini/...` models (Google AI Studio)"),
     ("AZURE_API_KEY, AZURE_API_BASE, AZURE_API_VERSION", "key, endpoint and API version for `azure/...` models"),
-    ("MISTRAL_API_KEY, GROQ_API_KEY, DEEPSEEK_API_KEY, OPENROUTER_API_KEY, TOGETHERAI_API_KEY",
-     "keys of other litellm providers (`mistral/`, `groq/`, `deepseek/`, `openrouter/`, `together_ai/`); "
-     "any provider litellm supports works, with the variable litellm documents for it"),
+    (
+        "MISTRAL_API_KEY, GROQ_API_KEY, DEEPSEEK_API_KEY, OPENROUTER_API_KEY, TOGETHERAI_API_KEY",
+        "keys of other litellm providers (`mistral/`, `groq/`, `deepseek/`, `openrouter/`, `together_ai/`); "
+        "any provider litellm supports works, with the variable litellm documents for it",
+    ),
     ("a model's `api_key_env`", "read instead of the provider's default variable for that model"),
-    ("DISCOVERY_CACHE", "directory of trusted, derived artefacts (reference policies, reference scores); "
-     "default `~/.cache/discovery`; `off` disables the cache"),
-    ("DISCOVERY_THREADS_PER_JOB", "CPU threads of each jailed function server (default 1; never more than the "
-     "workers' share of the cores)"),
-    ("DISCOVERY_HELDOUT_SECRET", "the held-out secret of `evaluate` and `baselines` outside a run (a run uses "
-     "its archive's own; unset: the held-out environments are the public ones)"),
+    (
+        "DISCOVERY_CACHE",
+        "directory of trusted, derived artefacts (reference policies, reference scores); "
+        "default `~/.cache/discovery`; `off` disables the cache",
+    ),
+    (
+        "DISCOVERY_THREADS_PER_JOB",
+        "CPU threads of each jailed function server (default 1; never more than the workers' share of the cores)",
+    ),
+    (
+        "DISCOVERY_HELDOUT_SECRET",
+        "the held-out secret of `evaluate` and `baselines` outside a run (a run uses "
+        "its archive's own; unset: the held-out environments are the public ones)",
+    ),
     ("DISCOVERY_DEBUG", "`1`: an internal error prints its traceback besides the one-line reason"),
     ("DISCOVERY_DB", "the archive the dashboard opens when started without `--db` (`streamlit run app.py`)"),
-    ("DISCOVERY_VENV", "where `scripts/install.sh` creates the virtual environment (default `.venv` in the "
-     "checkout; an active virtual environment is used as it is)"),
+    (
+        "DISCOVERY_VENV",
+        "where `scripts/install.sh` creates the virtual environment (default `.venv` in the "
+        "checkout; an active virtual environment is used as it is)",
+    ),
     ("PYTHON", "the interpreter `scripts/install.sh` creates the virtual environment with (default `python3`)"),
     ("CUDA_VISIBLE_DEVICES", "the GPUs `--device cuda` hands out to the workers, one each, round-robin"),
     ("LITELLM_LOCAL_MODEL_COST_MAP", "set to `True` by discovery (litellm's bundled price list, no download)"),
 ]
 
 #: never passed to a candidate: the sandbox's environment is built from scratch (docs/sandbox.md)
-SANDBOX_NOTE = ("None of these variables reaches a candidate: every jail gets a scrubbed environment "
-                "(PATH, HOME, LANG and thread counts only; no GPU).")
+SANDBOX_NOTE = (
+    "None of these variables reaches a candidate: every jail gets a scrubbed environment "
+    "(PATH, HOME, LANG and thread counts only; no GPU)."
+)
 
 EXAMPLE = "examples/run.toml"
 
@@ -81,8 +108,10 @@ def _table(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         cli = CLI_OPTIONS.get(key, "")
-        rows.append(f"| `{key}` | {_type(field)} | {_default(field)} | {f'`{cli}`' if cli else ''} | "
-                    f"{(field.description or '').replace('|', '/')} |")
+        rows.append(
+            f"| `{key}` | {_type(field)} | {_default(field)} | {f'`{cli}`' if cli else ''} | "
+            f"{(field.description or '').replace('|', '/')} |"
+        )
     return rows
 
 
@@ -122,8 +151,10 @@ def render() -> str:
         "",
         "| variable | meaning |",
         "| --- | --- |",
-        *[f"| `{name}` | {meaning} |" if not name.startswith("a ") else f"| {name} | {meaning} |"
-          for name, meaning in ENVIRONMENT],
+        *[
+            f"| `{name}` | {meaning} |" if not name.startswith("a ") else f"| {name} | {meaning} |"
+            for name, meaning in ENVIRONMENT
+        ],
         "",
         SANDBOX_NOTE,
         "",

@@ -39,8 +39,10 @@ def resolve_device(spec: str, gpus: int | None = None) -> str:
     if not match:
         raise DeviceError(f"unknown device {spec!r} (choose {DEVICE_CHOICES})")
     if count == 0:
-        raise DeviceError(f"device {spec!r} asked for, but no CUDA GPU is visible here "
-                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+        raise DeviceError(
+            f"device {spec!r} asked for, but no CUDA GPU is visible here "
+            "(torch.cuda.is_available() is False); use --device cpu or auto"
+        )
     if match.group(1) is not None and int(match.group(1)) >= count:
         raise DeviceError(f"device {spec!r} asked for, but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
     return text

@@ -73,12 +73,15 @@ def signature_problem(source: str, slot_name: str, signature: str) -> tuple[int,
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef) and node.name == slot_name:
             got = _positional_params(node)
-            required_kwonly = [a.arg for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)
-                               if d is None]
+            required_kwonly = [
+                a.arg for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True) if d is None
+            ]
             if len(got) != len(expected) or required_kwonly:
-                return node.lineno, (f"{slot_name} must take {len(expected)} arguments "
-                                     f"({', '.join(expected)}), it takes {len(got)} ({', '.join(got)})"
-                                     + (f" and requires {', '.join(required_kwonly)}" if required_kwonly else ""))
+                return node.lineno, (
+                    f"{slot_name} must take {len(expected)} arguments "
+                    f"({', '.join(expected)}), it takes {len(got)} ({', '.join(got)})"
+                    + (f" and requires {', '.join(required_kwonly)}" if required_kwonly else "")
+                )
             return None
     return 1, f"no top-level function named {slot_name!r}"
 
@@ -156,13 +159,15 @@ def aggregate(suite: Suite, per_seed: list[SeedMetrics]) -> tuple[Estimate, list
         if not rows:
             continue
         keys = sorted({k for r in rows for k in r.metrics})
-        configs.append(ConfigResult(
-            name=cfg.name,
-            fitness=mean_ci([r.fitness for r in rows]),
-            metrics={k: mean_ci([r.metrics[k] for r in rows if k in r.metrics]) for k in keys},
-            seeds=rows,
-            seconds=sum(r.seconds for r in rows),
-        ))
+        configs.append(
+            ConfigResult(
+                name=cfg.name,
+                fitness=mean_ci([r.fitness for r in rows]),
+                metrics={k: mean_ci([r.metrics[k] for r in rows if k in r.metrics]) for k in keys},
+                seeds=rows,
+                seconds=sum(r.seconds for r in rows),
+            )
+        )
     seeds = sorted({m.seed for m in per_seed})
     weights = {cfg.name: cfg.weight for cfg in suite.configs}
     per_seed_overall = []
@@ -176,8 +181,15 @@ def aggregate(suite: Suite, per_seed: list[SeedMetrics]) -> tuple[Estimate, list
 class Evaluator:
     """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
 
-    def __init__(self, task: Task, device: str = "cpu", limits: Limits | None = None,
-                 job_seconds: float | None = None, cpu_seconds: int | None = None, heldout_secret: str = ""):
+    def __init__(
+        self,
+        task: Task,
+        device: str = "cpu",
+        limits: Limits | None = None,
+        job_seconds: float | None = None,
+        cpu_seconds: int | None = None,
+        heldout_secret: str = "",
+    ):
         """``device``: resolved (``cpu``, ``cuda``, ``cuda:N``; see :mod:`discovery.devices`).
         ``limits``: per job; its ``training_seconds`` defaults to the task's. ``job_seconds``: the
         wall of a whole job, else JOB_OVERHEAD_SECONDS + training_seconds per training;
@@ -210,14 +222,19 @@ class Evaluator:
             if problem is None:
                 return None
             line, reason = problem
-            return EvaluationReport(task=self.task.name, suite="", status=Status.INVALID, stage="contract",
-                                    reason=reason, line=line)
+            return EvaluationReport(
+                task=self.task.name, suite="", status=Status.INVALID, stage="contract", reason=reason, line=line
+            )
         first = violations[0]
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
         syntax = first.reason.startswith("syntax error")
         return EvaluationReport(
-            task=self.task.name, suite="", status=Status.PARSE if syntax else Status.POLICY,
-            stage="parse" if syntax else "policy", reason=first.one_line() + more, line=first.line,
+            task=self.task.name,
+            suite="",
+            status=Status.PARSE if syntax else Status.POLICY,
+            stage="parse" if syntax else "policy",
+            reason=first.one_line() + more,
+            line=first.line,
         )
 
     def inputs_for(self, suite: Suite, config: str, seed: int) -> dict[str, Any]:
@@ -246,12 +263,18 @@ class Evaluator:
         suite = self.suite(suite_name).with_seeds(n_seeds)
         config_names = configs or [c.name for c in suite.configs]
         seed_list = seeds or list(suite.seeds)
-        inputs = {
-            input_key(c, s): self.inputs_for(suite, c, s) for c in config_names for s in seed_list
-        }
+        inputs = {input_key(c, s): self.inputs_for(suite, c, s) for c in config_names for s in seed_list}
         # the suite may have grown seeds beyond its definition: the sandbox needs the same suite
-        job = Job(task=self.task_ref, source=source, stage="train", suite=suite_name, configs=config_names,
-                  seeds=seed_list, device=self.device, limits=self.limits_for(len(inputs)))
+        job = Job(
+            task=self.task_ref,
+            source=source,
+            stage="train",
+            suite=suite_name,
+            configs=config_names,
+            seeds=seed_list,
+            device=self.device,
+            limits=self.limits_for(len(inputs)),
+        )
         outcome = self.run(job, sandbox, inputs, suite)
         report = self._score(outcome, suite, config_names, seed_list, inputs)
         report.seconds = time.monotonic() - start
@@ -262,8 +285,9 @@ class Evaluator:
         suite = self.task.suite(name)
         return suite.salted(self.heldout_secret) if name == "heldout" else suite
 
-    def run(self, job: Job, sandbox: Sandbox, inputs: dict[str, Any] | None = None,
-            suite: Suite | None = None) -> Outcome:
+    def run(
+        self, job: Job, sandbox: Sandbox, inputs: dict[str, Any] | None = None, suite: Suite | None = None
+    ) -> Outcome:
         """``job`` trained here, on this worker's device, with the candidate's function jailed in ``sandbox``
         (``suite``: the one its configurations come from, salted where held out)."""
         from sandbox.host.pool import visible_gpus
@@ -288,10 +312,17 @@ class Evaluator:
     def _score(
         self, outcome: Outcome, suite: Suite, configs: list[str], seeds: list[int], inputs: dict[str, Any]
     ) -> EvaluationReport:
-        report = EvaluationReport(task=self.task.name, suite=suite.name, status=outcome.status,
-                                  stage=outcome.stage, reason=outcome.reason, line=outcome.line,
-                                  error_class=outcome.error_class, message=outcome.message,
-                                  log_tail=outcome.stderr_tail)
+        report = EvaluationReport(
+            task=self.task.name,
+            suite=suite.name,
+            status=outcome.status,
+            stage=outcome.stage,
+            reason=outcome.reason,
+            line=outcome.line,
+            error_class=outcome.error_class,
+            message=outcome.message,
+            log_tail=outcome.stderr_tail,
+        )
         if not outcome.ok:
             if not report.stage:
                 report.stage = "train"
@@ -318,8 +349,7 @@ class Evaluator:
                     report.reason = f"{config} seed {seed}: unusable outputs ({type(exc).__name__}: {exc})"[:300]
                     return report
                 train_seconds = raw.get("train_seconds")
-                metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (
-                    time.monotonic() - t0)
+                metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (time.monotonic() - t0)
                 per_seed.append(metrics)
         report.fitness, report.configs = aggregate(suite, per_seed)
         return report

@@ -13,8 +13,9 @@ class SandboxUnavailable(RuntimeError):
     """The requested backend cannot run here (one-line message)."""
 
 
-def make_pool(kind: str = "local", workers: int = 1, docker_image: str | None = None,
-              device: str = "cpu") -> SandboxPool:
+def make_pool(
+    kind: str = "local", workers: int = 1, docker_image: str | None = None, device: str = "cpu"
+) -> SandboxPool:
     """A pool of ``workers`` sandboxes of backend ``kind``. With a CUDA ``device`` (resolved, see
     :mod:`discovery.devices`) each worker owns one GPU, round-robin over the visible ones
     (``cuda``) or the one named (``cuda:N``); with ``cpu`` no job sees a GPU. Local workers, when

@@ -75,7 +75,12 @@ def tournament(pool: list[Candidate], rng: random.Random, size: int = 3) -> Cand
 
 
 def choose(
-    candidates: list[Candidate], island: int, rng: random.Random, top_k: int, n_diverse: int, n_failures: int,
+    candidates: list[Candidate],
+    island: int,
+    rng: random.Random,
+    top_k: int,
+    n_diverse: int,
+    n_failures: int,
 ) -> tuple[Candidate | None, Candidate | None, list[Candidate], list[Candidate], list[Candidate]]:
     """(parent, second parent, top ascending, diverse, recent failures) for one proposal.
 

@@ -49,8 +49,15 @@ def _reply_tensor(value: Any, like: torch.Tensor, what: str) -> torch.Tensor:
 class _Call:
     """What one forward call left for its backward: the session, the speculative gradients."""
 
-    def __init__(self, session: Session, inputs: list[torch.Tensor], seed: float, grads: list[Any] | None,
-                 serial: int, owner: JailedFunction):
+    def __init__(
+        self,
+        session: Session,
+        inputs: list[torch.Tensor],
+        seed: float,
+        grads: list[Any] | None,
+        serial: int,
+        owner: JailedFunction,
+    ):
         self.session, self.inputs, self.seed, self.grads = session, inputs, seed, grads
         self.serial, self.owner = serial, owner
 
@@ -91,8 +98,10 @@ class JailedFunction:
         wire = [_wire(a) for a in args]
         grad = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
         want_graph = bool(grad) and torch.is_grad_enabled()
-        reply = self.session.request({"op": "call", "args": wire, "grad": grad if want_graph else [],
-                                      "seed": "mean" if want_graph else None}, self.call_seconds)
+        reply = self.session.request(
+            {"op": "call", "args": wire, "grad": grad if want_graph else [], "seed": "mean" if want_graph else None},
+            self.call_seconds,
+        )
         self.serial += 1
         out = reply.get("out")
         if not isinstance(out, torch.Tensor):
@@ -121,13 +130,21 @@ class JailedUpdateRule:
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, step: int) -> list[Any]:
         """The rule's new value of every parameter (validated by the task against the old one)."""
-        reply = self.session.request({"op": "update", "params": [_wire(p) for p in params],
-                                      "grads": [_wire(g) for g in grads], "lr": float(lr), "step": int(step)},
-                                     self.call_seconds)
+        reply = self.session.request(
+            {
+                "op": "update",
+                "params": [_wire(p) for p in params],
+                "grads": [_wire(g) for g in grads],
+                "lr": float(lr),
+                "step": int(step),
+            },
+            self.call_seconds,
+        )
         new = reply.get("params")
         if not isinstance(new, list) or len(new) != len(params):
-            raise TrainingFailed(f"step {step}: the sandbox returned {type(new).__name__} instead of "
-                                 f"{len(params)} new parameters")
+            raise TrainingFailed(
+                f"step {step}: the sandbox returned {type(new).__name__} instead of {len(params)} new parameters"
+            )
         return [v.to(p.device) if isinstance(v, torch.Tensor) else v for v, p in zip(new, params, strict=True)]
 
 

@@ -37,8 +37,7 @@ def _receive(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())  # noqa: S301 - between the agent and its own trusted child
 
 
-def _run(box: Sandbox, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str,
-         suite: Any) -> Outcome:
+def _run(box: Sandbox, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str, suite: Any) -> Outcome:
     """In the child: the job trained here, the candidate jailed in this process's sandbox."""
     from discovery.devices import trainer_device
     from discovery.tasks import get_task
@@ -108,8 +107,16 @@ class TrainerProcess(Sandbox):
     def _start(self) -> list[str]:
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
-        cmd = [sys.executable, "-m", "discovery.trainer_process", str(to_child), str(from_child),
-               self.gpu or "", str(self.threads or 1), str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "discovery.trainer_process",
+            str(to_child),
+            str(from_child),
+            self.gpu or "",
+            str(self.threads or 1),
+            str(os.getpid()),
+        ]
         self._proc = subprocess.Popen(cmd, pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL)
         os.close(to_child)
         os.close(from_child)
@@ -123,8 +130,9 @@ class TrainerProcess(Sandbox):
     def session(self, spec: Any, seconds: float, max_payload: int = 1 << 28) -> Any:
         raise NotImplementedError("a TrainerProcess runs whole jobs (run_job), not single sessions")
 
-    def run_job(self, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str,
-                suite: Any = None) -> Outcome:
+    def run_job(
+        self, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str, suite: Any = None
+    ) -> Outcome:
         """``job`` trained in the child (on its worker's device for ``run_device``); its outcome."""
         with self._lock:
             try:
@@ -134,8 +142,9 @@ class TrainerProcess(Sandbox):
                 status, value = _receive(self._replies)
             except (EOFError, OSError):
                 self.kill()
-                return Outcome(Status.CRASHED, "the worker's trusted trainer process died during the job",
-                               stage="train")
+                return Outcome(
+                    Status.CRASHED, "the worker's trusted trainer process died during the job", stage="train"
+                )
         if status == "error":
             raise value
         return value

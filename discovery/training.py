@@ -42,8 +42,14 @@ def to_device(value: Any, device: str) -> Any:
 
 def jail_spec(job: Job, task: Task) -> JailSpec:
     """What the jail is told of ``job``: the source and the slot, nothing about the task's data."""
-    return JailSpec(source=job.source, slot=task.slot.name, kind=task.slot.kind,
-                    allowed_imports=tuple(task.slot.allowed_imports), limits=job.limits, guarded=job.guarded)
+    return JailSpec(
+        source=job.source,
+        slot=task.slot.name,
+        kind=task.slot.kind,
+        allowed_imports=tuple(task.slot.allowed_imports),
+        limits=job.limits,
+        guarded=job.guarded,
+    )
 
 
 def _session_limits(job: Job, seconds: float) -> Any:
@@ -69,8 +75,15 @@ def _training_reason(outcome: Outcome, config: str, seed: int, limit: str) -> Ou
     return _ended(outcome, "train", f"{config} seed {seed}")
 
 
-def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: Task | None = None,
-            device: str = "cpu", call_seconds: float = 0.0, suite: Suite | None = None) -> Outcome:
+def run_job(
+    box: Sandbox,
+    job: Job,
+    inputs: dict[str, Any] | None = None,
+    task: Task | None = None,
+    device: str = "cpu",
+    call_seconds: float = 0.0,
+    suite: Suite | None = None,
+) -> Outcome:
     """Check the candidate's contract and (for ``stage="train"``) train it on every (configuration,
     seed) of ``job``: the trainer here, the candidate's function in ``box``. Never raises for a
     bad candidate: its outcome says what went wrong, on one line. ``inputs`` maps
@@ -101,11 +114,18 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
                 key = input_key(config_name, seed)
                 t0 = time.monotonic()
                 seconds = min(training, job_deadline - t0)
-                limit = (f"training exceeded the per-training limit of {training:g} s" if seconds == training
-                         else f"wall-clock limit of {job.limits.wall_seconds:g} s exceeded")
+                limit = (
+                    f"training exceeded the per-training limit of {training:g} s"
+                    if seconds == training
+                    else f"wall-clock limit of {job.limits.wall_seconds:g} s exceeded"
+                )
                 if seconds <= 0:
-                    return Outcome(Status.TIMEOUT, one_line(f"{config_name} seed {seed}: {limit}"), stage="train",
-                                   seconds=t0 - started)
+                    return Outcome(
+                        Status.TIMEOUT,
+                        one_line(f"{config_name} seed {seed}: {limit}"),
+                        stage="train",
+                        seconds=t0 - started,
+                    )
                 try:
                     with box.session(replace(spec, limits=_session_limits(job, seconds)), seconds) as session:
                         fn = jailed_slot(task.slot.kind, session, call_seconds)
@@ -117,12 +137,21 @@ def run_job(box: Sandbox, job: Job, inputs: dict[str, Any] | None = None, task: 
                 except JailEnded as ended:
                     return _training_reason(ended.outcome, config_name, seed, limit)
                 except TrainingFailed as exc:
-                    return Outcome(Status.INVALID, one_line(f"{config_name} seed {seed}: {exc}"), stage="train",
-                                   seconds=time.monotonic() - started)
+                    return Outcome(
+                        Status.INVALID,
+                        one_line(f"{config_name} seed {seed}: {exc}"),
+                        stage="train",
+                        seconds=time.monotonic() - started,
+                    )
                 except Exception as exc:  # noqa: BLE001 - the trainer choked on what the jail returned
-                    return Outcome(Status.INVALID, one_line(f"{config_name} seed {seed}: training failed on the "
-                                                            f"candidate's values ({type(exc).__name__}: {exc})"),
-                                   stage="train", seconds=time.monotonic() - started)
+                    return Outcome(
+                        Status.INVALID,
+                        one_line(
+                            f"{config_name} seed {seed}: training failed on the "
+                            f"candidate's values ({type(exc).__name__}: {exc})"
+                        ),
+                        stage="train",
+                        seconds=time.monotonic() - started,
+                    )
                 outputs[key]["train_seconds"] = time.monotonic() - t0
-    return Outcome(Status.OK, stage=job.stage, outputs=outputs, seconds=time.monotonic() - started,
-                   stderr_tail=tail)
+    return Outcome(Status.OK, stage=job.stage, outputs=outputs, seconds=time.monotonic() - started, stderr_tail=tail)

@@ -97,15 +97,19 @@ def name_untrusted(text: object, limit: int = NAME_CHARS) -> str:
     return one_line_untrusted(str(text if text is not None else "").replace("`", "'"), limit)
 
 
-def quote_untrusted(text: object, limit: int = LOG_TAIL_CHARS, *, label: str | None = DATA_LABEL,
-                    tail: bool = False) -> str:
+def quote_untrusted(
+    text: object, limit: int = LOG_TAIL_CHARS, *, label: str | None = DATA_LABEL, tail: bool = False
+) -> str:
     """``text`` as a quoted data block: a label line (unless ``label`` is None), then the text
     cleaned and bounded to ``limit`` characters (its end with ``tail``, as for a log; its start
     otherwise), in a ```` ```text ```` fence that nothing inside can close."""
     body = _bounded(text, limit, tail).strip("\n")
     if len(body) > limit:
-        body = (f"[... cut to its last {limit} characters]\n" + body[-limit:].lstrip("\n")) if tail else (
-            body[:limit] + f"\n[... cut after {limit} characters]")
+        body = (
+            (f"[... cut to its last {limit} characters]\n" + body[-limit:].lstrip("\n"))
+            if tail
+            else (body[:limit] + f"\n[... cut after {limit} characters]")
+        )
     lines = [f"{label}:"] if label else []
     return "\n".join([*lines, "```text", body or "(empty)", "```"])
 

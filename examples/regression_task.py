@@ -38,21 +38,29 @@ BASELINES = {
     "mse": IMPORTS + "\n\n\ndef loss(pred, target):\n    return (pred - target) ** 2\n",
     "mae": IMPORTS + "\n\n\ndef loss(pred, target):\n    return (pred - target).abs()\n",
     "huber": IMPORTS + "\n\n\ndef loss(pred, target):\n"
-             "    return F.huber_loss(pred, target, reduction='none', delta=1.0)\n",
+    "    return F.huber_loss(pred, target, reduction='none', delta=1.0)\n",
     "log_cosh": IMPORTS + "\n\n\ndef loss(pred, target):\n    r = pred - target\n"
-                "    return r + F.softplus(-2.0 * r) - math.log(2.0)\n",
+    "    return r + F.softplus(-2.0 * r) - math.log(2.0)\n",
 }
 
 # -- the suites: named configurations, each run with every seed ---------------------------------
-DISCOVER = Suite("discover", (
-    SuiteConfig("clean", {"data": "diabetes", "outliers": 0.0}),
-    SuiteConfig("outliers10", {"data": "diabetes", "outliers": 0.1}),
-    SuiteConfig("outliers30", {"data": "diabetes", "outliers": 0.3}),
-), seeds=(0, 1, 2))
-HELDOUT = Suite("heldout", (  # another dataset and another kind of corruption, its own seeds
-    SuiteConfig("friedman_outliers20", {"data": "friedman", "outliers": 0.2}),
-    SuiteConfig("diabetes_heavy_tail", {"data": "diabetes", "outliers": 0.0, "student_t": 1.5}),
-), seeds=(100, 101, 102))
+DISCOVER = Suite(
+    "discover",
+    (
+        SuiteConfig("clean", {"data": "diabetes", "outliers": 0.0}),
+        SuiteConfig("outliers10", {"data": "diabetes", "outliers": 0.1}),
+        SuiteConfig("outliers30", {"data": "diabetes", "outliers": 0.3}),
+    ),
+    seeds=(0, 1, 2),
+)
+HELDOUT = Suite(
+    "heldout",
+    (  # another dataset and another kind of corruption, its own seeds
+        SuiteConfig("friedman_outliers20", {"data": "friedman", "outliers": 0.2}),
+        SuiteConfig("diabetes_heavy_tail", {"data": "diabetes", "outliers": 0.0, "student_t": 1.5}),
+    ),
+    seeds=(100, 101, 102),
+)
 
 STEPS, LR = 300, 0.05
 
@@ -81,8 +89,12 @@ def _dataset(config: SuiteConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor
     if "student_t" in p:
         y_tr = y_tr + 0.5 * rng.standard_t(p["student_t"], len(y_tr))
     f = torch.float32
-    return (torch.tensor(x_tr, dtype=f), torch.tensor(y_tr, dtype=f), torch.tensor(x_te, dtype=f),
-            torch.tensor(y_te, dtype=f))
+    return (
+        torch.tensor(x_tr, dtype=f),
+        torch.tensor(y_tr, dtype=f),
+        torch.tensor(x_te, dtype=f),
+        torch.tensor(y_te, dtype=f),
+    )
 
 
 def _model(n_features: int) -> torch.nn.Module:
@@ -98,8 +110,8 @@ class RobustRegressionTask(Task):
         name="loss",
         signature="def loss(pred, target) -> torch.Tensor",
         contract="pred and target are float32 tensors of shape [B] (standardised targets, some of them gross "
-                 "outliers). Return per-example losses, float32 [B], finite and differentiable in pred; the "
-                 "trainer minimises their mean with Adam.",
+        "outliers). Return per-example losses, float32 [B], finite and differentiable in pred; the "
+        "trainer minimises their mean with Adam.",
     )
     fitness_doc = "Per (configuration, seed): R^2 of the trained model on clean test targets (1 is perfect)."
     reference_baseline = "mse"
@@ -132,8 +144,9 @@ class RobustRegressionTask(Task):
         # CPU tensors whatever `device` is: the transport moves them onto the job's device
         return {"x": x_tr, "y": y_tr, "seed": torch.tensor(env_seed(config, seed))}
 
-    def train(self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any],
-              device: str = "cpu") -> dict[str, Any]:
+    def train(
+        self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
+    ) -> dict[str, Any]:
         x, y = inputs["x"].to(device), inputs["y"].to(device)
         torch.manual_seed(int(inputs["seed"]))
         model = _model(x.shape[1]).to(device)  # initialised on the CPU: the same weights on every device
@@ -152,11 +165,14 @@ class RobustRegressionTask(Task):
             if step % 30 == 0 or step == STEPS - 1:
                 curve.append(float(value.detach()))
         # raw outputs go back to the trusted side through a file: CPU tensors
-        return {"weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "curve_loss": torch.tensor(curve)}
+        return {
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "curve_loss": torch.tensor(curve),
+        }
 
-    def score(self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any],
-              device: str = "cpu") -> SeedMetrics:
+    def score(
+        self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
+    ) -> SeedMetrics:
         _, _, x_te, y_te = _dataset(config, seed)  # scored on the CPU: a linear model needs no GPU
         model = _model(x_te.shape[1])
         model.load_state_dict(outputs["weights"])  # untrusted tensors: shapes are checked by torch
@@ -165,8 +181,13 @@ class RobustRegressionTask(Task):
         mse = float(((pred - y_te) ** 2).mean())
         r2 = 1.0 - mse / float(y_te.var(unbiased=False))
         r2 = max(r2, -1.0) if r2 == r2 else -1.0  # a blown-up model scores -1, not -inf or NaN
-        return SeedMetrics(config=config.name, seed=seed, fitness=r2, metrics={"r2": r2, "test_mse": mse},
-                           curve={"loss": [float(v) for v in outputs["curve_loss"]]})
+        return SeedMetrics(
+            config=config.name,
+            seed=seed,
+            fitness=r2,
+            metrics={"r2": r2, "test_mse": mse},
+            curve={"loss": [float(v) for v in outputs["curve_loss"]]},
+        )
 
 
 TASK = RobustRegressionTask()

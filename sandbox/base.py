@@ -56,8 +56,16 @@ class Status(str, enum.Enum):
 
 #: the statuses that mean the candidate's code failed (a duplicate or culled one did not)
 FAILURES = frozenset(
-    {Status.POLICY, Status.PARSE, Status.TIMEOUT, Status.MEMORY, Status.OUTPUT, Status.CRASHED, Status.INVALID,
-     Status.ERROR}
+    {
+        Status.POLICY,
+        Status.PARSE,
+        Status.TIMEOUT,
+        Status.MEMORY,
+        Status.OUTPUT,
+        Status.CRASHED,
+        Status.INVALID,
+        Status.ERROR,
+    }
 )
 
 

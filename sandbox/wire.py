@@ -94,8 +94,18 @@ MAX_STRING = 4096
 TENSOR_KEY = "__tensor__"
 DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
-    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-                  torch.int16, torch.int8, torch.uint8, torch.bool)
+    for dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
 }
 ITEM_BYTES = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 #: pipe buffer asked for (Linux F_SETPIPE_SZ): fewer wake-ups for the tensors of one call
@@ -200,15 +210,14 @@ def decode(document: bytes, payload: bytes) -> dict[str, Any]:
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in DTYPES and isinstance(entry[1], list)):
             raise ProtocolError("malformed tensor description")
         dtype, shape = DTYPES[entry[0]], entry[1]
-        if len(shape) > MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                            for d in shape):
+        if len(shape) > MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ProtocolError(f"bad tensor shape {str(shape)[:60]}")
         count = math.prod(shape)
         size = count * ITEM_BYTES[dtype]
         if offset + size > len(view):
             raise ProtocolError("tensor bytes run past the payload")
         if count:  # a writable copy of its own bytes: the tensor owns its memory
-            tensor = torch.frombuffer(bytearray(view[offset:offset + size]), dtype=dtype)
+            tensor = torch.frombuffer(bytearray(view[offset : offset + size]), dtype=dtype)
             if len(shape) != 1:
                 tensor = tensor.reshape(shape)
         else:
@@ -252,8 +261,7 @@ class Channel:
     passes one that also watches the jail's process and its deadline); without it the descriptors
     are used blocking (the jail's side)."""
 
-    def __init__(self, read_fd: int, write_fd: int, wait: Waiter | None = None,
-                 max_payload: int = MAX_PAYLOAD_BYTES):
+    def __init__(self, read_fd: int, write_fd: int, wait: Waiter | None = None, max_payload: int = MAX_PAYLOAD_BYTES):
         self.read_fd, self.write_fd, self.wait, self.max_payload = read_fd, write_fd, wait, max_payload
         self._ahead = bytearray()
         if wait is not None:

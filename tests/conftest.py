@@ -31,8 +31,7 @@ def _prepare(script: str, timeout: float) -> str | None:
     try:
         # the image mirrors the interpreter that runs the tests (a venv's: its site-packages go in)
         env = {**os.environ, "SANDBOX_PYTHON": os.environ.get("SANDBOX_PYTHON", sys.executable)}
-        proc = subprocess.run(["bash", str(CI_DIR / script)], capture_output=True, text=True, timeout=timeout,
-                              env=env)
+        proc = subprocess.run(["bash", str(CI_DIR / script)], capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return f"{script} did not finish in {timeout:g} s"
     if proc.returncode != 0:
@@ -96,8 +95,12 @@ def short_run_db(tmp_path_factory):
             config = folder / "run.toml"
             config.write_text(SHORT_RUN_CONFIG.format(task=task, budget=budget))
             db = folder / "runs.db"
-            proc = subprocess.run([sys.executable, "-m", "discovery.cli", "run", "--config", str(config),
-                                   "--db", str(db), "--quiet"], capture_output=True, text=True, timeout=900)
+            proc = subprocess.run(
+                [sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db), "--quiet"],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             assert proc.returncode == 0, f"short run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
             made[key] = db
         return made[key]

@@ -201,9 +201,7 @@ class FakeOpenAIServer:
 
     def start(self) -> FakeOpenAIServer:
         self._server = _Server(self._script)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

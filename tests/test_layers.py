@@ -45,7 +45,8 @@ def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dic
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(tree: ast.AST) -> Iterable[ast.Import | ast.ImportFrom]:
@@ -105,7 +106,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str]:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -133,8 +134,14 @@ def _offending(modules: Iterable[str], allowed: Callable[[str, str], bool]) -> l
 
 def test_the_modules_are_found():
     modules = module_files()
-    for name in ("discovery.cli", "sandbox.base", "sandbox.wire", "sandbox.jail.guard", "sandbox.host.local",
-                 "sandbox.static.policy"):
+    for name in (
+        "discovery.cli",
+        "sandbox.base",
+        "sandbox.wire",
+        "sandbox.jail.guard",
+        "sandbox.host.local",
+        "sandbox.static.policy",
+    ):
         assert name in modules, name
 
 
@@ -153,8 +160,13 @@ def test_an_init_importing_its_submodules_is_a_cycle_only_when_they_import_its_n
     (package / "sub").mkdir()
     (package / "sub" / "__init__.py").write_text("from .. import c\n")
     edges = graph(tmp_path, ("pkg",))
-    assert edges == {"pkg": {"pkg.a", "pkg.b"}, "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.sub"},
-                     "pkg.sub": {"pkg.c"}}
+    assert edges == {
+        "pkg": {"pkg.a", "pkg.b"},
+        "pkg.a": {"pkg.b"},
+        "pkg.b": {"pkg.c"},
+        "pkg.c": {"pkg.sub"},
+        "pkg.sub": {"pkg.c"},
+    }
     assert find_cycle(edges) == ["pkg.c", "pkg.sub", "pkg.c"]  # the lazy import counts
     other = tmp_path / "other"
     other.mkdir()
@@ -177,8 +189,12 @@ def test_sandbox_never_imports_discovery():
 
 def test_the_jail_imports_only_the_shared_modules_the_static_check_and_itself():
     jail = [m for m in module_files() if _inside(m, "sandbox.jail")]
-    bad = _offending(jail, lambda m, t: not _inside(t, "sandbox") or t in SHARED
-                     or _inside(t, "sandbox.jail") or _inside(t, "sandbox.static"))
+    bad = _offending(
+        jail,
+        lambda m, t: (
+            not _inside(t, "sandbox") or t in SHARED or _inside(t, "sandbox.jail") or _inside(t, "sandbox.static")
+        ),
+    )
     assert not bad, bad
 
 

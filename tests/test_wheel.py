@@ -44,8 +44,7 @@ TORCH_SPEC = os.environ.get("DISCOVERY_TEST_TORCH", "torch==2.13.0")
 PACKAGE_DIRS = {"discovery": "discovery", "sandbox": "sandbox", "prompts": "discovery/prompting/templates"}
 MODEL = "openai/test-model"
 
-SIG = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-       "reference_rejected_logps, beta):")
+SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):"
 H = "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)"
 
 
@@ -83,22 +82,35 @@ def _tail(text: str | bytes | None, lines: int = 40) -> str:
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
-def sh(cmd: list[str | Path], *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None,
-       check: bool = True) -> subprocess.CompletedProcess:
+def sh(
+    cmd: list[str | Path],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run ``cmd``; on a timeout or (with ``check``) a non-zero exit, fail with its last output lines."""
     cmd = [str(c) for c in cmd]
     shown = " ".join(cmd)
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"`{shown}` did not finish in {timeout:g} s\n--- stdout\n{_tail(exc.stdout)}\n"
-                    f"--- stderr\n{_tail(exc.stderr)}", pytrace=False)
+        pytest.fail(
+            f"`{shown}` did not finish in {timeout:g} s\n--- stdout\n{_tail(exc.stdout)}\n"
+            f"--- stderr\n{_tail(exc.stderr)}",
+            pytrace=False,
+        )
     print(f"[{time.monotonic() - started:6.1f} s] {shown} -> {proc.returncode}")
     if check and proc.returncode != 0:
-        pytest.fail(f"`{shown}` exited with {proc.returncode}\n--- stdout\n{_tail(proc.stdout)}\n"
-                    f"--- stderr\n{_tail(proc.stderr)}", pytrace=False)
+        pytest.fail(
+            f"`{shown}` exited with {proc.returncode}\n--- stdout\n{_tail(proc.stdout)}\n"
+            f"--- stderr\n{_tail(proc.stderr)}",
+            pytrace=False,
+        )
     return proc
 
 
@@ -111,8 +123,12 @@ def free_port() -> int:
 def checkout_files() -> list[str]:
     """The checkout's files as a clone would hold them (relative POSIX paths)."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, check=True, timeout=60).stdout
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         out = None
     if out:
@@ -143,8 +159,11 @@ def pip_env(venv: Path, home: Path) -> dict[str, str]:
     proxies, certificates) and the caller's pip cache, so that nothing is downloaded twice."""
     env = clean_env(venv, home)
     for key, value in os.environ.items():
-        if key.startswith("PIP_") or key.lower() in ("http_proxy", "https_proxy", "no_proxy") or key in (
-                "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        if (
+            key.startswith("PIP_")
+            or key.lower() in ("http_proxy", "https_proxy", "no_proxy")
+            or key in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+        ):
             env[key] = value
     if "PIP_CACHE_DIR" not in env:
         env["PIP_CACHE_DIR"] = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pip")
@@ -230,8 +249,23 @@ def llm_run(installed: Installed, tmp_path_factory):
     config = tmp_path_factory.mktemp("wheel-run-config") / "run.toml"
     config.write_text(RUN_TOML)
     with FakeOpenAIServer(SCRIPT) as server:
-        proc = installed.run("run", "--model", MODEL, "--api-base", server.base_url, "--budget", str(BUDGET),
-                             "--workers", "1", "--db", "runs.db", "--config", config, "--quiet", timeout=900)
+        proc = installed.run(
+            "run",
+            "--model",
+            MODEL,
+            "--api-base",
+            server.base_url,
+            "--budget",
+            str(BUDGET),
+            "--workers",
+            "1",
+            "--db",
+            "runs.db",
+            "--config",
+            config,
+            "--quiet",
+            timeout=900,
+        )
         requests = server.chat_requests
     return proc, installed.work / "runs.db", requests
 
@@ -243,8 +277,9 @@ def test_wheel_holds_every_package_template_and_the_license(dists: Dists):
     with zipfile.ZipFile(dists.wheel) as zf:
         names = set(zf.namelist())
         dist_info = f"discovery-{dists.version}.dist-info"
-        license_in_wheel = zf.read(f"{dist_info}/licenses/LICENSE") if f"{dist_info}/licenses/LICENSE" in names \
-            else None
+        license_in_wheel = (
+            zf.read(f"{dist_info}/licenses/LICENSE") if f"{dist_info}/licenses/LICENSE" in names else None
+        )
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"discovery", "sandbox", dist_info}, f"unexpected top-level entries: {sorted(tops)}"
@@ -257,19 +292,30 @@ def test_wheel_holds_every_package_template_and_the_license(dists: Dists):
             expected.add(f"{PACKAGE_DIRS[top]}/{rest}")
     missing = sorted(expected - names)
     assert not missing, f"files of the checkout missing from {dists.wheel.name}: {missing}"
-    for required in ("discovery/prompting/templates/system.j2", "discovery/prompting/templates/propose.j2",
-                     "discovery/prompting/templates/__init__.py",
-                     "sandbox/Dockerfile", "discovery/dashboard/entry.py", "discovery/cli.py"):
+    for required in (
+        "discovery/prompting/templates/system.j2",
+        "discovery/prompting/templates/propose.j2",
+        "discovery/prompting/templates/__init__.py",
+        "sandbox/Dockerfile",
+        "discovery/dashboard/entry.py",
+        "discovery/cli.py",
+    ):
         assert required in names, required
     # the explicit package list in pyproject.toml is the set of folders with an __init__.py, no more, no less
-    tree_packages = {str(PurePosixPath(PACKAGE_DIRS[r.split("/")[0]], *PurePosixPath(r).parts[1:-1])).replace("/", ".")
-                     for r in dists.tree if r.split("/")[0] in PACKAGE_DIRS and r.endswith("/__init__.py")}
+    tree_packages = {
+        str(PurePosixPath(PACKAGE_DIRS[r.split("/")[0]], *PurePosixPath(r).parts[1:-1])).replace("/", ".")
+        for r in dists.tree
+        if r.split("/")[0] in PACKAGE_DIRS and r.endswith("/__init__.py")
+    }
     wheel_packages = {n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("/__init__.py")}
-    assert wheel_packages == tree_packages, (f"only in the tree: {sorted(tree_packages - wheel_packages)}; "
-                                             f"only in the wheel: {sorted(wheel_packages - tree_packages)}")
+    assert wheel_packages == tree_packages, (
+        f"only in the tree: {sorted(tree_packages - wheel_packages)}; "
+        f"only in the wheel: {sorted(wheel_packages - tree_packages)}"
+    )
     # a folder of modules without __init__.py would silently stay out of the wheel
-    module_dirs = {str(PurePosixPath(r).parent) for r in dists.tree
-                   if r.split("/")[0] in PACKAGE_DIRS and r.endswith(".py")}
+    module_dirs = {
+        str(PurePosixPath(r).parent) for r in dists.tree if r.split("/")[0] in PACKAGE_DIRS and r.endswith(".py")
+    }
     no_init = sorted(d for d in module_dirs if f"{d}/__init__.py" not in dists.tree)
     assert not no_init, f"folders with Python modules but no __init__.py (not shipped): {no_init}"
     assert license_in_wheel == (ROOT / "LICENSE").read_bytes(), f"{dist_info}/licenses/LICENSE missing or different"
@@ -279,8 +325,17 @@ def test_wheel_holds_every_package_template_and_the_license(dists: Dists):
 def test_sdist_holds_the_sources_prompts_and_license(dists: Dists):
     with tarfile.open(dists.sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
-    for required in ("pyproject.toml", "README.md", "LICENSE", "prompts/system.j2", "prompts/propose.j2",
-                     "prompts/__init__.py", "sandbox/Dockerfile", "discovery/cli.py", "discovery/dashboard/entry.py"):
+    for required in (
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "prompts/system.j2",
+        "prompts/propose.j2",
+        "prompts/__init__.py",
+        "sandbox/Dockerfile",
+        "discovery/cli.py",
+        "discovery/dashboard/entry.py",
+    ):
         assert required in names, f"{required} missing from {dists.sdist.name}"
     missing = sorted(r for r in dists.tree if r.split("/")[0] in PACKAGE_DIRS and r not in names)
     assert not missing, f"package files missing from {dists.sdist.name}: {missing}"
@@ -290,11 +345,13 @@ def test_sdist_holds_the_sources_prompts_and_license(dists: Dists):
 
 
 def test_installed_package_is_the_wheel_not_the_checkout(installed: Installed, dists: Dists):
-    code = ("import json, sys, importlib.metadata as m, importlib.resources as r, discovery, sandbox, torch\n"
-            "print(json.dumps({'file': discovery.__file__, 'sandbox': sandbox.__file__, 'torch': torch.__version__,"
-            " 'version': m.version('discovery'), 'path': sys.path,"
-            " 'templates': sorted(p.name for p in r.files('discovery.prompting.templates').iterdir()"
-            " if p.name.endswith('.j2'))}))")
+    code = (
+        "import json, sys, importlib.metadata as m, importlib.resources as r, discovery, sandbox, torch\n"
+        "print(json.dumps({'file': discovery.__file__, 'sandbox': sandbox.__file__, 'torch': torch.__version__,"
+        " 'version': m.version('discovery'), 'path': sys.path,"
+        " 'templates': sorted(p.name for p in r.files('discovery.prompting.templates').iterdir()"
+        " if p.name.endswith('.j2'))}))"
+    )
     info = json.loads(sh([installed.python, "-c", code], timeout=120, cwd=installed.work, env=installed.env()).stdout)
     site = installed.venv / "lib"
     for key in ("file", "sandbox"):
@@ -365,11 +422,18 @@ def test_llm_run_from_the_installed_wheel(llm_run):
     try:
         runs = con.execute("SELECT id, status, message FROM runs").fetchall()
         assert [r["status"] for r in runs] == ["finished"], [dict(r) for r in runs]
-        rows = [dict(r) for r in con.execute("SELECT name, proposer, status, reason, fitness FROM candidates "
-                                             "WHERE is_baseline = 0 ORDER BY created_at")]
+        rows = [
+            dict(r)
+            for r in con.execute(
+                "SELECT name, proposer, status, reason, fitness FROM candidates "
+                "WHERE is_baseline = 0 ORDER BY created_at"
+            )
+        ]
         calls = [dict(r) for r in con.execute("SELECT model, error, candidate_id FROM llm_calls")]
-        evaluations = con.execute("SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id "
-                                  "WHERE c.is_baseline = 0 AND e.fitness IS NOT NULL").fetchone()[0]
+        evaluations = con.execute(
+            "SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id "
+            "WHERE c.is_baseline = 0 AND e.fitness IS NOT NULL"
+        ).fetchone()[0]
     finally:
         con.close()
     assert sorted(r["name"] for r in rows) == sorted(["soft_hinge", "dpo_x15", "exp_loss"]), rows
@@ -385,15 +449,20 @@ def test_export_import_and_evaluate_from_the_installed_wheel(installed: Installe
     _, db, _ = llm_run
     installed.run("export", "--db", db.name, "--top", "2", "--out", "discovered.py", timeout=120)
     assert (installed.work / "discovered.py").is_file()
-    code = ("import json, torch, discovered\n"
-            "name = next(iter(discovered.REGISTRY))\n"
-            "x = torch.randn(8)\n"
-            "out = discovered.REGISTRY[name](x, x - 1, torch.zeros(8), torch.zeros(8), 0.1)\n"
-            "print(json.dumps({'names': list(discovered.REGISTRY), 'shape': list(out.shape),"
-            " 'file': discovered.__file__, 'finite': bool(torch.isfinite(out).all()),"
-            " 'fitness': discovered.METADATA[name]['fitness']}))")
-    info = json.loads(sh([installed.python, "-c", code], timeout=120, cwd=installed.work,
-                         env=installed.env()).stdout.strip().splitlines()[-1])
+    code = (
+        "import json, torch, discovered\n"
+        "name = next(iter(discovered.REGISTRY))\n"
+        "x = torch.randn(8)\n"
+        "out = discovered.REGISTRY[name](x, x - 1, torch.zeros(8), torch.zeros(8), 0.1)\n"
+        "print(json.dumps({'names': list(discovered.REGISTRY), 'shape': list(out.shape),"
+        " 'file': discovered.__file__, 'finite': bool(torch.isfinite(out).all()),"
+        " 'fitness': discovered.METADATA[name]['fitness']}))"
+    )
+    info = json.loads(
+        sh([installed.python, "-c", code], timeout=120, cwd=installed.work, env=installed.env())
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert len(info["names"]) == 2 and info["shape"] == [8] and info["finite"], info
     assert Path(info["file"]).parent == installed.work, info["file"]
     name = info["names"][0]
@@ -411,9 +480,15 @@ def test_dashboard_from_the_installed_wheel(installed: Installed, llm_run):
     port = free_port()
     log = installed.home / "dashboard.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([str(installed.discovery), "dashboard", "--db", db.name, "--port", str(port)],
-                                cwd=installed.work, env=installed.env(), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(installed.discovery), "dashboard", "--db", db.name, "--port", str(port)],
+            cwd=installed.work,
+            env=installed.env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline, answer = time.monotonic() + 60, ""
         while time.monotonic() < deadline and proc.poll() is None:
@@ -425,8 +500,7 @@ def test_dashboard_from_the_installed_wheel(installed: Installed, llm_run):
             except OSError:
                 pass
             time.sleep(0.5)
-        assert answer == "ok", (f"dashboard health: {answer!r}, exit code {proc.poll()}\n"
-                                f"{_tail(log.read_text())}")
+        assert answer == "ok", f"dashboard health: {answer!r}, exit code {proc.poll()}\n{_tail(log.read_text())}"
         # Ctrl-C in a terminal: SIGINT to the whole foreground group stops discovery and streamlit, exit 0
         os.killpg(proc.pid, signal.SIGINT)
         try:

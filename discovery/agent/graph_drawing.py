@@ -42,5 +42,6 @@ def nodes() -> list[str]:
 
 def edges() -> list[Edge]:
     """Every edge; a conditional edge's ``label`` is its branch (None when it is the target's name)."""
-    return [Edge(e.source, e.target, e.conditional, e.data if isinstance(e.data, str) else None)
-            for e in _drawable().edges]
+    return [
+        Edge(e.source, e.target, e.conditional, e.data if isinstance(e.data, str) else None) for e in _drawable().edges
+    ]

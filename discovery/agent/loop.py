@@ -99,12 +99,27 @@ def build_proposer(config: RunConfig, task: Task) -> Proposer:
     from discovery.proposers.llm import LLMProposer
     from discovery.proposers.llm_client import LLMClient, ModelSpec
 
-    specs = [ModelSpec(name=m.name, weight=m.weight, api_base=m.api_base, api_key_env=m.api_key_env,
-                       temperature=m.temperature, max_tokens=m.max_tokens, price_in=m.price_in,
-                       price_out=m.price_out) for m in config.models]
+    specs = [
+        ModelSpec(
+            name=m.name,
+            weight=m.weight,
+            api_base=m.api_base,
+            api_key_env=m.api_key_env,
+            temperature=m.temperature,
+            max_tokens=m.max_tokens,
+            price_in=m.price_in,
+            price_out=m.price_out,
+        )
+        for m in config.models
+    ]
 
-    client = LLMClient(specs, seed=config.seed, max_retries=config.llm_retries, timeout=config.llm_timeout,
-                       max_cost_usd=config.max_cost)
+    client = LLMClient(
+        specs,
+        seed=config.seed,
+        max_retries=config.llm_retries,
+        timeout=config.llm_timeout,
+        max_cost_usd=config.max_cost,
+    )
     return LLMProposer(client)
 
 
@@ -113,8 +128,10 @@ def preflight(config: RunConfig, task: Task) -> None:
     names = {c.name for c in task.suite("discover").configs}
     unknown = [c for c in config.cascade_configs or () if c not in names]  # resolved by the caller
     if unknown:
-        raise ConfigError(f"cascade_configs {unknown} are not configurations of {task.name}'s discover suite "
-                          f"({', '.join(sorted(names))})")
+        raise ConfigError(
+            f"cascade_configs {unknown} are not configurations of {task.name}'s discover suite "
+            f"({', '.join(sorted(names))})"
+        )
     if config.uses_llm:
         if not config.models:
             raise ConfigError("--proposer llm needs at least one --model")
@@ -123,8 +140,10 @@ def preflight(config: RunConfig, task: Task) -> None:
 
         missing = missing_templates()
         if missing:
-            raise ConfigError(f"this installation lacks the prompt templates {', '.join(missing)} "
-                              "(reinstall discovery: its wheel ships them as discovery.prompts)")
+            raise ConfigError(
+                f"this installation lacks the prompt templates {', '.join(missing)} "
+                "(reinstall discovery: its wheel ships them as discovery.prompts)"
+            )
         for m in config.models:
             problem = check_model(ModelSpec(name=m.name, api_base=m.api_base, api_key_env=m.api_key_env))
             if problem:
@@ -134,8 +153,13 @@ def preflight(config: RunConfig, task: Task) -> None:
 class DiscoveryRun:
     """Owns a run's archive, sandboxes and proposer; :meth:`execute` drives it to the end."""
 
-    def __init__(self, config: RunConfig, resume: str | None = None,
-                 on_progress: Callable[[Progress], None] | None = None, explicit: set[str] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        resume: str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        explicit: set[str] | None = None,
+    ):
         from discovery.sandboxes import make_pool
 
         self.task = get_task(config.task)
@@ -151,8 +175,9 @@ class DiscoveryRun:
                 raise ConfigError(f"no run {resume} in {config.db}")
             stored = RunConfig(**row["config"])
             # the stored config wins, except what a resume may change when asked to explicitly
-            changeable = {"budget", "workers", "max_cost", "sandbox", "docker_image", "device",
-                          "limits"} & (explicit or set())
+            changeable = {"budget", "workers", "max_cost", "sandbox", "docker_image", "device", "limits"} & (
+                explicit or set()
+            )
             update = {key: getattr(config, key) for key in changeable}
             config = stored.model_copy(update={**update, "db": config.db})
             self.task = get_task(config.task)
@@ -177,15 +202,30 @@ class DiscoveryRun:
             self.run_id = resume
             self.archive.reopen_run(resume)
         else:
-            self.run_id = self.archive.create_run(self.task.name, config.model_dump(), config.seed,
-                                                  self.pool.isolation_notes)
+            self.run_id = self.archive.create_run(
+                self.task.name, config.model_dump(), config.seed, self.pool.isolation_notes
+            )
         self.proposer = build_proposer(config, self.task)
-        evaluator = Evaluator(self.task, device=config.device, limits=config.limits.to_limits(),
-                              job_seconds=config.limits.job_seconds, cpu_seconds=config.limits.cpu_seconds,
-                              heldout_secret=self.archive.heldout_secret())
+        evaluator = Evaluator(
+            self.task,
+            device=config.device,
+            limits=config.limits.to_limits(),
+            job_seconds=config.limits.job_seconds,
+            cpu_seconds=config.limits.cpu_seconds,
+            heldout_secret=self.archive.heldout_secret(),
+        )
         self.stop = threading.Event()
-        self.rt = Runtime(config=config, task=self.task, archive=self.archive, evaluator=evaluator,
-                          pool=self.pool, proposer=self.proposer, run_id=self.run_id, seed=config.seed, stop=self.stop)
+        self.rt = Runtime(
+            config=config,
+            task=self.task,
+            archive=self.archive,
+            evaluator=evaluator,
+            pool=self.pool,
+            proposer=self.proposer,
+            run_id=self.run_id,
+            seed=config.seed,
+            stop=self.stop,
+        )
         self.graph = build_pipeline(self.rt)
         self.progress = Progress(budget=config.budget)
         self.failed = False
@@ -199,9 +239,17 @@ class DiscoveryRun:
         ids = []
         for i, name in enumerate(names):
             code = library[name]
-            added = self.archive.add_candidate(self.run_id, name=name, code=code, code_hash=normalized_hash(code),
-                                               proposer="baseline", thought=f"baseline {name}", generation=0,
-                                               island=i % self.config.islands, is_baseline=True)
+            added = self.archive.add_candidate(
+                self.run_id,
+                name=name,
+                code=code,
+                code_hash=normalized_hash(code),
+                proposer="baseline",
+                thought=f"baseline {name}",
+                generation=0,
+                island=i % self.config.islands,
+                is_baseline=True,
+            )
             if name == self.task.reference_baseline:
                 self.rt.reference_id = added.id
             ids.append(added.id)
@@ -258,8 +306,9 @@ class DiscoveryRun:
         suite = self.task.suite("heldout")
 
         def score(row: Candidate) -> None:
-            report = evaluate_missing(self.rt, row.id, row.code, "heldout", [c.name for c in suite.configs],
-                                      list(suite.seeds), "heldout")
+            report = evaluate_missing(
+                self.rt, row.id, row.code, "heldout", [c.name for c in suite.configs], list(suite.seeds), "heldout"
+            )
             if report is not None and not report.ok:
                 self.archive.update_candidate(row.id, reason=f"held-out failed: {report.one_line()}")
             summarize(self.rt, row.id, "heldout")

@@ -146,8 +146,14 @@ def _is_baseline(rt: Runtime, cid: str) -> bool:
 def stored_metrics(rt: Runtime, cid: str, suite: str) -> list[SeedMetrics]:
     """The candidate's recorded evaluations of one suite, as SeedMetrics."""
     return [
-        SeedMetrics(config=e.config, seed=e.seed, fitness=e.fitness, metrics=e.metrics or {}, curve=e.curve or {},
-                    seconds=e.seconds or 0.0)
+        SeedMetrics(
+            config=e.config,
+            seed=e.seed,
+            fitness=e.fitness,
+            metrics=e.metrics or {},
+            curve=e.curve or {},
+            seconds=e.seconds or 0.0,
+        )
         for e in rt.archive.evaluations(cid, suite)
         if e.fitness is not None
     ]
@@ -162,8 +168,11 @@ def best_cascade(rt: Runtime, exclude: str | None = None) -> float | None:
     for row in rt.archive.candidates(rt.run_id, status="ok"):
         if row.id == exclude:
             continue
-        values = [e.fitness for e in rt.archive.evaluations(row.id, "discover")
-                  if e.config in cascade_configs and e.seed in seeds and e.fitness is not None]
+        values = [
+            e.fitness
+            for e in rt.archive.evaluations(row.id, "discover")
+            if e.config in cascade_configs and e.seed in seeds and e.fitness is not None
+        ]
         if values:
             value = sum(values) / len(values)
             best = value if best is None else max(best, value)
@@ -181,16 +190,25 @@ def ranked(rt: Runtime) -> list[Candidate]:
 def _record(rt: Runtime, cid: str, report: EvaluationReport, stage: str) -> None:
     for config in report.configs:
         for m in config.seeds:
-            rt.archive.record_evaluation(cid, report.suite, m.config, m.seed, stage, m.fitness, m.metrics, m.curve,
-                                         m.seconds)
+            rt.archive.record_evaluation(
+                cid, report.suite, m.config, m.seed, stage, m.fitness, m.metrics, m.curve, m.seconds
+            )
 
 
 def record_llm_calls(rt: Runtime, records: list[Any], candidate_id: str | None) -> None:
     """Persist LLM attempts (successful or not), tied to ``candidate_id`` when there is one."""
     for record in records:
         rt.archive.record_llm_call(
-            rt.run_id, candidate_id, record.model, record.prompt_messages, record.reply_text, record.prompt_tokens,
-            record.completion_tokens, record.cost_usd, record.latency_s, record.error,
+            rt.run_id,
+            candidate_id,
+            record.model,
+            record.prompt_messages,
+            record.reply_text,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.cost_usd,
+            record.latency_s,
+            record.error,
         )
 
 
@@ -201,30 +219,47 @@ def summarize(rt: Runtime, cid: str, suite_name: str, status: str | None = None)
         return None
     overall, configs = aggregate(rt.task.suite(suite_name), rows)
     per_config = {
-        c.name: {"fitness": c.fitness.mean, "ci_low": c.fitness.low, "ci_high": c.fitness.high, "n": c.fitness.n,
-                 "metrics": {k: v.mean for k, v in c.metrics.items()}}
+        c.name: {
+            "fitness": c.fitness.mean,
+            "ci_low": c.fitness.low,
+            "ci_high": c.fitness.high,
+            "n": c.fitness.n,
+            "metrics": {k: v.mean for k, v in c.metrics.items()},
+        }
         for c in configs
     }
     if suite_name == "heldout":
-        rt.archive.update_candidate(cid, heldout_fitness=overall.mean, heldout_ci_low=overall.low,
-                                    heldout_ci_high=overall.high, heldout_n_seeds=overall.n,
-                                    heldout_per_config=per_config)
+        rt.archive.update_candidate(
+            cid,
+            heldout_fitness=overall.mean,
+            heldout_ci_low=overall.low,
+            heldout_ci_high=overall.high,
+            heldout_n_seeds=overall.n,
+            heldout_per_config=per_config,
+        )
         return overall.mean
     curve = {}
     for c in configs:
         first = min(c.seeds, key=lambda m: m.seed)
         curve[c.name] = first.curve
-    fields: dict[str, Any] = dict(fitness=overall.mean, fitness_ci_low=overall.low, fitness_ci_high=overall.high,
-                                  n_seeds=overall.n, per_config=per_config, curve=curve,
-                                  seconds=sum(m.seconds for m in rows))
+    fields: dict[str, Any] = dict(
+        fitness=overall.mean,
+        fitness_ci_low=overall.low,
+        fitness_ci_high=overall.high,
+        n_seeds=overall.n,
+        per_config=per_config,
+        curve=curve,
+        seconds=sum(m.seconds for m in rows),
+    )
     if status:
         fields["status"] = status
     rt.archive.update_candidate(cid, **fields)
     return overall.mean
 
 
-def evaluate_missing(rt: Runtime, cid: str, code: str, suite: str, configs: list[str], seeds: list[int],
-                     stage: str) -> EvaluationReport | None:
+def evaluate_missing(
+    rt: Runtime, cid: str, code: str, suite: str, configs: list[str], seeds: list[int], stage: str
+) -> EvaluationReport | None:
     """Evaluate the (config, seed) pairs not yet stored; None when there was nothing to do."""
     done = rt.archive.done_keys(cid, suite)
     todo_configs = [c for c in configs if any((c, s) not in done for s in seeds)]
@@ -239,9 +274,15 @@ def evaluate_missing(rt: Runtime, cid: str, code: str, suite: str, configs: list
 
 
 def _failure(report: EvaluationReport | Outcome, default_stage: str = "train") -> Failure:
-    return Failure(status=report.status.value, failed_stage=report.stage or default_stage, reason=report.reason,
-                   error_line=report.line, error_class=report.error_class or None,
-                   error_message=report.message or None, seconds=report.seconds)
+    return Failure(
+        status=report.status.value,
+        failed_stage=report.stage or default_stage,
+        reason=report.reason,
+        error_line=report.line,
+        error_class=report.error_class or None,
+        error_message=report.message or None,
+        seconds=report.seconds,
+    )
 
 
 # -- nodes ----------------------------------------------------------------------------------------
@@ -253,9 +294,19 @@ def propose(rt: Runtime, state: CandidateState) -> CandidateState:
     rows = rt.archive.candidates(rt.run_id, order_by_fitness=False)
     parent, second, top, diverse, failures = choose(rows, island, rng, cfg.top_k, cfg.diverse, cfg.failures_shown)
     reference = rt.archive.get_candidate(rt.reference_id) if rt.reference_id else None
-    ctx = ProposalContext(task=rt.task, run_id=rt.run_id, parent=parent, second_parent=second, top=top,
-                          diverse=diverse, failures=failures, reference=reference, island=island,
-                          generation=(parent.generation if parent else 0) + 1, rng=rng)
+    ctx = ProposalContext(
+        task=rt.task,
+        run_id=rt.run_id,
+        parent=parent,
+        second_parent=second,
+        top=top,
+        diverse=diverse,
+        failures=failures,
+        reference=reference,
+        island=island,
+        generation=(parent.generation if parent else 0) + 1,
+        rng=rng,
+    )
     reason = state.get("retry_reason") if state.get("retries") else None
     try:
         if reason is None:
@@ -273,22 +324,32 @@ def store(rt: Runtime, state: CandidateState) -> CandidateState:
     proposal = state["proposal"]
     calls = state.get("llm_calls") or []
     common: dict[str, Any] = dict(
-        name=proposal.name or "unnamed", thought=proposal.thought or "", parents=proposal.parents,
-        generation=state["generation"], island=state.get("island", 0), proposer=proposal.proposer,
-        feedback_shown=proposal.feedback_shown)
+        name=proposal.name or "unnamed",
+        thought=proposal.thought or "",
+        parents=proposal.parents,
+        generation=state["generation"],
+        island=state.get("island", 0),
+        proposer=proposal.proposer,
+        feedback_shown=proposal.feedback_shown,
+    )
     if proposal.code is None:
         cid = rt.archive.add_unusable(rt.run_id, reason=f"unusable reply: {proposal.error}", **common)
         record_llm_calls(rt, calls, cid)
         retries = state.get("retries", 0)
         if calls and retries < MAX_REPLY_RETRIES and rt.take_proposal():
-            return {"candidate_id": cid, "stored": "retry", "retries": retries + 1,
-                    "retry_reason": proposal.error or "the reply held no usable code"}
+            return {
+                "candidate_id": cid,
+                "stored": "retry",
+                "retries": retries + 1,
+                "retry_reason": proposal.error or "the reply held no usable code",
+            }
         return {"candidate_id": cid, "stored": "not evaluated"}
     code_hash = normalized_hash(proposal.code)
     added = rt.archive.add_candidate(rt.run_id, code=proposal.code, code_hash=code_hash, **common)
     if added.duplicate:
-        cid = rt.archive.add_duplicate(rt.run_id, original_id=added.id, code=proposal.code, code_hash=code_hash,
-                                       **common)
+        cid = rt.archive.add_duplicate(
+            rt.run_id, original_id=added.id, code=proposal.code, code_hash=code_hash, **common
+        )
         record_llm_calls(rt, calls, cid)
         return {"candidate_id": cid, "stored": "not evaluated"}
     rt.archive.update_candidate(added.id, status="evaluating")
@@ -313,8 +374,13 @@ def contract_check(rt: Runtime, state: CandidateState) -> CandidateState:
     cid = state["candidate_id"]
     if rt.archive.done_keys(cid, "discover"):
         return {}  # it trained before (resume): the contract held
-    job = Job(task=rt.evaluator.task_ref, source=_code(rt, cid), stage="contract", device=rt.evaluator.device,
-              limits=rt.evaluator.limits_for(0))
+    job = Job(
+        task=rt.evaluator.task_ref,
+        source=_code(rt, cid),
+        stage="contract",
+        device=rt.evaluator.device,
+        limits=rt.evaluator.limits_for(0),
+    )
     with rt.pool.borrow() as box:
         outcome = rt.evaluator.run(job, box)
     return {} if outcome.ok else {"failure": _failure(outcome, "contract")}
@@ -357,8 +423,9 @@ def full(rt: Runtime, state: CandidateState) -> CandidateState:
     """Every configuration and seed of the discover suite."""
     cid = state["candidate_id"]
     suite = rt.task.suite("discover").with_seeds(rt.config.seeds)
-    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs],
-                              list(suite.seeds), "full")
+    report = evaluate_missing(
+        rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs], list(suite.seeds), "full"
+    )
     if report is not None and not report.ok:
         return {"failure": _failure(report)}
     summarize(rt, cid, "discover", status="ok")
@@ -373,8 +440,9 @@ def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
     rounds = state.get("extra_rounds", 0) + 1
     base = rt.task.suite("discover").with_seeds(cfg.seeds)
     suite = base.with_seeds(len(base.seeds) + rounds)
-    report = evaluate_missing(rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs],
-                              list(suite.seeds), "extra")
+    report = evaluate_missing(
+        rt, cid, _code(rt, cid), "discover", [c.name for c in suite.configs], list(suite.seeds), "extra"
+    )
     failed = report is not None and not report.ok
     if failed and report is not None:  # noisy on new seeds: keep the scores it has, say why
         rt.archive.update_candidate(cid, reason=f"extra seeds failed: {report.one_line()}")
@@ -385,9 +453,16 @@ def extra_seeds(rt: Runtime, state: CandidateState) -> CandidateState:
 def record_failure(rt: Runtime, state: CandidateState) -> CandidateState:
     """Store the failure a check or a stage found: status, stage, reason, line."""
     f = state["failure"]
-    rt.archive.update_candidate(state["candidate_id"], status=f["status"], failed_stage=f["failed_stage"],
-                                reason=f["reason"], error_line=f["error_line"], error_class=f["error_class"],
-                                error_message=f["error_message"], seconds=f["seconds"])
+    rt.archive.update_candidate(
+        state["candidate_id"],
+        status=f["status"],
+        failed_stage=f["failed_stage"],
+        reason=f["reason"],
+        error_line=f["error_line"],
+        error_class=f["error_class"],
+        error_message=f["error_message"],
+        seconds=f["seconds"],
+    )
     return {}
 
 
@@ -420,9 +495,18 @@ def _after_extra(state: CandidateState) -> str:
     return "seeds left" if state.get("more_seeds") else "done"
 
 
-NODES = {"propose": propose, "store": store, "reopen": reopen, "static_check": static_check,
-         "contract_check": contract_check, "cascade": cascade, "cull": cull, "full": full,
-         "extra_seeds": extra_seeds, "record_failure": record_failure}
+NODES = {
+    "propose": propose,
+    "store": store,
+    "reopen": reopen,
+    "static_check": static_check,
+    "contract_check": contract_check,
+    "cascade": cascade,
+    "cull": cull,
+    "full": full,
+    "extra_seeds": extra_seeds,
+    "record_failure": record_failure,
+}
 
 
 def pipeline_graph(rt: Runtime | None) -> StateGraph:
@@ -432,16 +516,19 @@ def pipeline_graph(rt: Runtime | None) -> StateGraph:
         graph.add_node(name, partial(fn, rt))  # type: ignore[arg-type]  # rt None: drawn only, never run
     graph.add_conditional_edges(START, _entry, {"new": "propose", "resume": "reopen"})
     graph.add_edge("propose", "store")
-    graph.add_conditional_edges("store", _after_store, {"usable": "static_check", "retry": "propose",
-                                                       "not evaluated": END})
+    graph.add_conditional_edges(
+        "store", _after_store, {"usable": "static_check", "retry": "propose", "not evaluated": END}
+    )
     graph.add_edge("reopen", "static_check")
     graph.add_conditional_edges("static_check", _checked, {"ok": "contract_check", "failed": "record_failure"})
     graph.add_conditional_edges("contract_check", _checked, {"ok": "cascade", "failed": "record_failure"})
-    graph.add_conditional_edges("cascade", _after_cascade,
-                                {"promoted": "full", "culled": "cull", "failed": "record_failure"})
+    graph.add_conditional_edges(
+        "cascade", _after_cascade, {"promoted": "full", "culled": "cull", "failed": "record_failure"}
+    )
     graph.add_edge("cull", END)
-    graph.add_conditional_edges("full", _after_full,
-                                {"leader": "extra_seeds", "not leader": END, "failed": "record_failure"})
+    graph.add_conditional_edges(
+        "full", _after_full, {"leader": "extra_seeds", "not leader": END, "failed": "record_failure"}
+    )
     graph.add_conditional_edges("extra_seeds", _after_extra, {"seeds left": "extra_seeds", "done": END})
     graph.add_edge("record_failure", END)
     return graph
@@ -458,5 +545,15 @@ def step_limit(config: RunConfig) -> int:
     return 2 * (1 + MAX_REPLY_RETRIES) + 6 + config.extra_seeds + 4
 
 
-__all__ = ["CandidateState", "MAX_REPLY_RETRIES", "Runtime", "build_pipeline", "evaluate_missing",
-           "pipeline_graph", "ranked", "step_limit", "summarize", "Status"]
+__all__ = [
+    "CandidateState",
+    "MAX_REPLY_RETRIES",
+    "Runtime",
+    "build_pipeline",
+    "evaluate_missing",
+    "pipeline_graph",
+    "ranked",
+    "step_limit",
+    "summarize",
+    "Status",
+]

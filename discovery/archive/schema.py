@@ -203,23 +203,26 @@ def _v3_to_v4(db: Database) -> None:
     db.execute(_CANDIDATES_V4)
     db.execute(f"INSERT INTO candidates_v4 ({_KEPT_V3_COLUMNS}) SELECT {_KEPT_V3_COLUMNS} FROM candidates")
     db.execute("UPDATE candidates_v4 SET code_hash = NULL WHERE code_hash LIKE 'unusable:%'")
-    fakes = db.execute(
-        "SELECT id, run_id, code_hash FROM candidates_v4 WHERE code_hash LIKE 'duplicate:%'"
-    ).fetchall()
+    fakes = db.execute("SELECT id, run_id, code_hash FROM candidates_v4 WHERE code_hash LIKE 'duplicate:%'").fetchall()
     for cid, run_id, fake in fakes:
         real = fake.split(":")[1] if fake.count(":") >= 2 else None
         original = db.execute(
             "SELECT id FROM candidates_v4 WHERE run_id = ? AND code_hash = ? AND id != ?", [run_id, real, cid]
         ).fetchone()
-        db.execute("UPDATE candidates_v4 SET code_hash = ?, duplicate_of = ? WHERE id = ?",
-                   [real, original[0] if original else None, cid])
-    db.execute("UPDATE candidates_v4 SET status = 'invalid', failed_stage = COALESCE(failed_stage, 'contract') "
-               "WHERE status = 'contract'")
+        db.execute(
+            "UPDATE candidates_v4 SET code_hash = ?, duplicate_of = ? WHERE id = ?",
+            [real, original[0] if original else None, cid],
+        )
+    db.execute(
+        "UPDATE candidates_v4 SET status = 'invalid', failed_stage = COALESCE(failed_stage, 'contract') "
+        "WHERE status = 'contract'"
+    )
     for cid, status, reason in db.execute("SELECT id, status, reason FROM candidates_v4").fetchall():
         error_class, message = _v3_error(status, reason)
         if error_class is not None:
-            db.execute("UPDATE candidates_v4 SET error_class = ?, error_message = ? WHERE id = ?",
-                       [error_class, message, cid])
+            db.execute(
+                "UPDATE candidates_v4 SET error_class = ?, error_message = ? WHERE id = ?", [error_class, message, cid]
+            )
     db.execute("DROP TABLE candidates")
     db.execute("ALTER TABLE candidates_v4 RENAME TO candidates")
     db.execute("CREATE UNIQUE INDEX idx_candidates_code ON candidates (run_id, code_hash) WHERE duplicate_of IS NULL")
@@ -261,9 +264,7 @@ def check_version(db: Database, path: str | Path, known: int) -> int:
     if version is None:
         raise ArchiveError(f"{path} is a SQLite database but not a discovery archive")
     if version > known:
-        raise ArchiveError(
-            f"archive schema v{version} is newer than this discovery (v{known}); upgrade discovery"
-        )
+        raise ArchiveError(f"archive schema v{version} is newer than this discovery (v{known}); upgrade discovery")
     return version
 
 
@@ -299,8 +300,10 @@ def migrate(db: Database, path: str | Path, migrations: Sequence[Migration] | No
             db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", [step + 1, now()])
         broken = conn.execute("PRAGMA foreign_key_check").fetchone()
         if broken is not None:
-            raise ArchiveError(f"cannot migrate archive {path}: a reference from {broken[0]} row {broken[1]} "
-                               f"to {broken[2]} would break")
+            raise ArchiveError(
+                f"cannot migrate archive {path}: a reference from {broken[0]} row {broken[1]} "
+                f"to {broken[2]} would break"
+            )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

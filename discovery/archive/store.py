@@ -424,9 +424,20 @@ class Archive:
             if row is not None:
                 return Added(row[0], True)
             new_id = self._insert_candidate(
-                db, run_id, candidate_id, code=code, code_hash=code_hash, status=Status.PENDING, name=name,
-                thought=thought, parents=parents, generation=generation, island=island, proposer=proposer,
-                feedback_shown=feedback_shown, is_baseline=is_baseline,
+                db,
+                run_id,
+                candidate_id,
+                code=code,
+                code_hash=code_hash,
+                status=Status.PENDING,
+                name=name,
+                thought=thought,
+                parents=parents,
+                generation=generation,
+                island=island,
+                proposer=proposer,
+                feedback_shown=feedback_shown,
+                is_baseline=is_baseline,
             )
         return Added(new_id, False)
 
@@ -440,8 +451,18 @@ class Archive:
             if not self._exists(db, "runs", run_id):
                 raise ArchiveError(f"unknown run {run_id} in {self.path}")
             return self._insert_candidate(
-                db, run_id, None, code="", code_hash=None, status=Status.PARSE, name=name, proposer=proposer,
-                failed_stage="reply", reason=reason, evaluated_at=now(), **proposal,
+                db,
+                run_id,
+                None,
+                code="",
+                code_hash=None,
+                status=Status.PARSE,
+                name=name,
+                proposer=proposer,
+                failed_stage="reply",
+                reason=reason,
+                evaluated_at=now(),
+                **proposal,
             )
 
     def add_duplicate(
@@ -459,9 +480,19 @@ class Archive:
             if row is None:
                 raise ArchiveError(f"unknown candidate {original_id} of run {run_id} in {self.path}")
             return self._insert_candidate(
-                db, run_id, None, code=code, code_hash=code_hash, status=Status.DUPLICATE, name=name,
-                proposer=proposer, duplicate_of=original_id, failed_stage="dedup", evaluated_at=now(),
-                reason=f"same normalized syntax tree as {original_id} ({row[0]}); not evaluated", **proposal,
+                db,
+                run_id,
+                None,
+                code=code,
+                code_hash=code_hash,
+                status=Status.DUPLICATE,
+                name=name,
+                proposer=proposer,
+                duplicate_of=original_id,
+                failed_stage="dedup",
+                evaluated_at=now(),
+                reason=f"same normalized syntax tree as {original_id} ({row[0]}); not evaluated",
+                **proposal,
             )
 
     def _insert_candidate(
@@ -584,9 +615,7 @@ class Archive:
         """The run's candidates still pending or evaluating, oldest first (to resume them)."""
         return self.candidates(run_id, status=UNFINISHED_STATUSES, order_by_fitness=False)
 
-    def leaderboard(
-        self, run_id: str | None = None, task: str | None = None, limit: int = 50
-    ) -> list[Candidate]:
+    def leaderboard(self, run_id: str | None = None, task: str | None = None, limit: int = 50) -> list[Candidate]:
         """Evaluated (status ``ok``) candidates with a fitness, best first, across runs.
 
         Baselines are included and flagged by ``is_baseline``. Filter by ``run_id`` and/or ``task``.
@@ -746,9 +775,7 @@ class Archive:
     def run_cost(self, run_id: str) -> float:
         """Total ``cost_usd`` of the run's LLM calls (0.0 when none)."""
         with self._reading() as db:
-            row = db.execute(
-                "SELECT COALESCE(SUM(cost_usd), 0.0) FROM llm_calls WHERE run_id = ?", [run_id]
-            ).fetchone()
+            row = db.execute("SELECT COALESCE(SUM(cost_usd), 0.0) FROM llm_calls WHERE run_id = ?", [run_id]).fetchone()
         return float(row[0])
 
     def llm_calls(self, run_id: str) -> list[dict[str, Any]]:

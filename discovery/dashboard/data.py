@@ -144,8 +144,18 @@ def tasks(archive: Archive) -> list[str]:
 def runs(archive: Archive, task: str | None = None) -> pd.DataFrame:
     """Runs (of ``task``), newest first: id, task, status, started/ended, candidates, best, cost, message."""
     rows = archive.list_runs(task=task)
-    columns = ["id", "task", "status", "started_at", "ended_at", "n_candidates", "best_fitness", "cost_usd",
-               "seed", "message"]
+    columns = [
+        "id",
+        "task",
+        "status",
+        "started_at",
+        "ended_at",
+        "n_candidates",
+        "best_fitness",
+        "cost_usd",
+        "seed",
+        "message",
+    ]
     return pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
 
 
@@ -171,8 +181,7 @@ def candidates_frame(rows: Iterable[Candidate]) -> pd.DataFrame:
     df = pd.DataFrame([c.to_dict() for c in rows], columns=columns)
     df["outcome"] = [describe.status_label(c) for c in rows]
     df["detail"] = [describe.failure_detail(c) for c in rows]
-    for col in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low",
-                "heldout_ci_high"):
+    for col in ("fitness", "fitness_ci_low", "fitness_ci_high", "heldout_fitness", "heldout_ci_low", "heldout_ci_high"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("n_seeds", "heldout_n_seeds", "generation", "island"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -223,8 +232,9 @@ def leaderboard(
     if sort_by not in df.columns:
         raise ValueError(f"cannot sort by {sort_by!r}; columns: {', '.join(df.columns)}")
     secondary = "fitness" if sort_by != "fitness" else "id"
-    df = df.sort_values([sort_by, secondary], ascending=[not descending, secondary == "id"], na_position="last",
-                        kind="stable")
+    df = df.sort_values(
+        [sort_by, secondary], ascending=[not descending, secondary == "id"], na_position="last", kind="stable"
+    )
     return df.reset_index(drop=True)
 
 
@@ -241,8 +251,20 @@ def run_info(archive: Archive, run_id: str) -> dict[str, Any] | None:
     return run
 
 
-TIMELINE_COLUMNS = ["evaluation", "id", "name", "status", "outcome", "reason", "fitness", "plotted", "best_so_far",
-                    "evaluated_at", "baseline", "proposer"]
+TIMELINE_COLUMNS = [
+    "evaluation",
+    "id",
+    "name",
+    "status",
+    "outcome",
+    "reason",
+    "fitness",
+    "plotted",
+    "best_so_far",
+    "evaluated_at",
+    "baseline",
+    "proposer",
+]
 
 
 def timeline(archive: Archive, run_id: str) -> pd.DataFrame:
@@ -282,10 +304,12 @@ def failures(archive: Archive, run_id: str) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     df = candidates_frame(rows)
     df["stage"] = df["failed_stage"].fillna("")
-    grouped = df.groupby(["status", "stage"], as_index=False).agg(label=("outcome", "first"),
-                                                                  count=("id", "count"), example=("detail", "min"))
+    grouped = df.groupby(["status", "stage"], as_index=False).agg(
+        label=("outcome", "first"), count=("id", "count"), example=("detail", "min")
+    )
     return grouped.sort_values(["count", "status"], ascending=[False, True], kind="stable")[columns].reset_index(
-        drop=True)
+        drop=True
+    )
 
 
 def llm_usage(archive: Archive, run_id: str) -> pd.DataFrame:
@@ -296,8 +320,20 @@ def llm_usage(archive: Archive, run_id: str) -> pd.DataFrame:
         " FROM llm_calls WHERE run_id = ? ORDER BY id",
         [run_id],
     )
-    columns = ["id", "created_at", "model", "candidate_id", "prompt_tokens", "completion_tokens", "tokens",
-               "cost_usd", "cumulative_cost_usd", "cumulative_tokens", "latency_s", "error"]
+    columns = [
+        "id",
+        "created_at",
+        "model",
+        "candidate_id",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens",
+        "cost_usd",
+        "cumulative_cost_usd",
+        "cumulative_tokens",
+        "latency_s",
+        "error",
+    ]
     if df.empty:
         return pd.DataFrame(columns=columns)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True, errors="coerce")
@@ -359,9 +395,16 @@ def _per_config_rows(who: str, per_config: Any) -> list[dict[str, Any]]:
         fit = float(value["fitness"])
         low = value.get("ci_low")
         high = value.get("ci_high")
-        rows.append({"who": who, "config": str(config), "fitness": fit,
-                     "ci_low": float(low) if low is not None else fit,
-                     "ci_high": float(high) if high is not None else fit, "n": value.get("n")})
+        rows.append(
+            {
+                "who": who,
+                "config": str(config),
+                "fitness": fit,
+                "ci_low": float(low) if low is not None else fit,
+                "ci_high": float(high) if high is not None else fit,
+                "n": value.get("n"),
+            }
+        )
     return rows
 
 
@@ -382,8 +425,17 @@ def evaluations(archive: Archive, candidate_id: str) -> pd.DataFrame:
     out = []
     for e in archive.evaluations(candidate_id):
         metrics = e.metrics if isinstance(e.metrics, dict) else {}
-        out.append({"suite": e.suite, "config": e.config, "seed": e.seed, "stage": e.stage, "fitness": e.fitness,
-                    **{k: v for k, v in metrics.items() if isinstance(v, int | float)}, "seconds": e.seconds})
+        out.append(
+            {
+                "suite": e.suite,
+                "config": e.config,
+                "seed": e.seed,
+                "stage": e.stage,
+                "fitness": e.fitness,
+                **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                "seconds": e.seconds,
+            }
+        )
     return pd.DataFrame(out)
 
 

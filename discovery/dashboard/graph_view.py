@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-CAPTION = ("How each candidate of a run goes: one LangGraph graph per candidate. Dotted edges are decisions, "
-           "labelled with their branch; a failure is stored by record_failure, an unusable LLM reply goes back to "
-           "propose (a bounded number of times per slot), and a leader gets one more seed per extra_seeds round.")
+CAPTION = (
+    "How each candidate of a run goes: one LangGraph graph per candidate. Dotted edges are decisions, "
+    "labelled with their branch; a failure is stored by record_failure, an unusable LLM reply goes back to "
+    "propose (a bounded number of times per slot), and a leader gets one more seed per extra_seeds round."
+)
 
 
 @st.cache_data(show_spinner=False)
@@ -31,8 +33,9 @@ def agent_graph() -> None:
     text = _mermaid()
     st.subheader("The agent graph")
     # LangGraph pads edge labels with &nbsp;, which Streamlit's Mermaid (SVG labels) prints verbatim
-    st.mermaid_chart(for_streamlit(text),
-                     alt="The candidate pipeline: propose, store, checks, cascade, full suite, extra seeds")
+    st.mermaid_chart(
+        for_streamlit(text), alt="The candidate pipeline: propose, store, checks, cascade, full suite, extra seeds"
+    )
     st.caption(CAPTION)
     with st.expander("Mermaid source"):
         st.code(text, language="text")

@@ -80,8 +80,9 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list[str]], test_id: str, wrap: tuple[int, ...] = (),
-           narrow: tuple[int, ...] = ()) -> str:
+def _table(
+    header: list[str], rows: list[list[str]], test_id: str, wrap: tuple[int, ...] = (), narrow: tuple[int, ...] = ()
+) -> str:
     """An HTML table of escaped markup cells: columns in ``wrap`` wrap their text (at least 11rem wide), those
     in ``narrow`` wrap freely, the others never wrap."""
 
@@ -92,8 +93,10 @@ def _table(header: list[str], rows: list[list[str]], test_id: str, wrap: tuple[i
     body = "".join(
         "<tr>" + "".join(f'<td class="{css(i)}">{c}</td>' for i, c in enumerate(row)) + "</tr>" for row in rows
     )
-    return (f'{STYLE}<div style="overflow-x: auto"><table class="dash" id="{test_id}"><thead><tr>{head}</tr>'
-            f"</thead><tbody>{body}</tbody></table></div>")
+    return (
+        f'{STYLE}<div style="overflow-x: auto"><table class="dash" id="{test_id}"><thead><tr>{head}</tr>'
+        f"</thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def _short(text: str, limit: int = 90) -> str:
@@ -139,8 +142,10 @@ def sidebar(db: str | Path, runs: pd.DataFrame) -> None:
         st.header("discovery")
         _html(link("Leaderboard"))
         st.subheader("Runs")
-        rows = [f"{link(r.id, run=r.id)} · {html.escape(str(r.task))} · {html.escape(str(r.status))}"
-                for r in runs.head(20).itertuples()]
+        rows = [
+            f"{link(r.id, run=r.id)} · {html.escape(str(r.task))} · {html.escape(str(r.status))}"
+            for r in runs.head(20).itertuples()
+        ]
         _html("<br>".join(rows) or "no runs")
         st.caption(f"archive: {db} (read-only)")
 
@@ -165,10 +170,12 @@ def leaderboard_page(db: str | Path) -> None:
         present = sorted(full["status"].unique().tolist())
         statuses = c3.multiselect("Status", present, default=present, key="lb_status")
         sort_by = c4.selectbox("Sort by", list(SORTABLE), format_func=SORTABLE.__getitem__, key="lb_sort") or "rank"
-        descending = c4.toggle("Descending", value=sort_by in {"fitness", "heldout_fitness", "evaluated_at"},
-                               key=f"lb_desc_{sort_by}")
-        df = data.leaderboard(archive, task=task, run_id=run_id, statuses=statuses, sort_by=sort_by,
-                              descending=descending)
+        descending = c4.toggle(
+            "Descending", value=sort_by in {"fitness", "heldout_fitness", "evaluated_at"}, key=f"lb_desc_{sort_by}"
+        )
+        df = data.leaderboard(
+            archive, task=task, run_id=run_id, statuses=statuses, sort_by=sort_by, descending=descending
+        )
         ok = df[df["status"] == Status.OK.value]
         m1, m2, m3, m4 = st.columns(4)
         m1.metric("Candidates", len(df))
@@ -176,9 +183,11 @@ def leaderboard_page(db: str | Path) -> None:
         m3.metric("Runs", df["run_id"].nunique())
         best = ok.dropna(subset=["fitness"]).sort_values("fitness", ascending=False).head(1)
         m4.metric("Best fitness", "-" if best.empty else f"{best['fitness'].iloc[0]:.4f}")
-        st.caption("Fitness is the discover-suite mean over configurations (higher is better) with its 95% CI "
-                   "over seeds; held-out is scored on the suite no proposer sees. Ranks count `ok` candidates, "
-                   "per task. Baselines are marked. Click a name to open the candidate.")
+        st.caption(
+            "Fitness is the discover-suite mean over configurations (higher is better) with its 95% CI "
+            "over seeds; held-out is scored on the suite no proposer sees. Ranks count `ok` candidates, "
+            "per task. Baselines are marked. Click a name to open the candidate."
+        )
         if df.empty:
             st.info("No candidate matches these filters.")
             return
@@ -188,13 +197,17 @@ def leaderboard_page(db: str | Path) -> None:
         with st.expander("Data table (sort by clicking a header, download as CSV)"):
             table = df.copy()
             table.insert(0, "open", [href(candidate=c) for c in table["id"]])
-            st.dataframe(table, hide_index=True, column_config={
-                "open": st.column_config.LinkColumn("open", display_text=r"\?candidate=(.*)"),
-                "fitness": st.column_config.NumberColumn(format="%.4f"),
-                "fitness_pm": st.column_config.NumberColumn("±", format="%.4f"),
-                "heldout_fitness": st.column_config.NumberColumn(format="%.4f"),
-                "heldout_pm": st.column_config.NumberColumn("held-out ±", format="%.4f"),
-            })
+            st.dataframe(
+                table,
+                hide_index=True,
+                column_config={
+                    "open": st.column_config.LinkColumn("open", display_text=r"\?candidate=(.*)"),
+                    "fitness": st.column_config.NumberColumn(format="%.4f"),
+                    "fitness_pm": st.column_config.NumberColumn("±", format="%.4f"),
+                    "heldout_fitness": st.column_config.NumberColumn(format="%.4f"),
+                    "heldout_pm": st.column_config.NumberColumn("held-out ±", format="%.4f"),
+                },
+            )
 
 
 def _leaderboard_table(df: pd.DataFrame) -> str:
@@ -204,15 +217,30 @@ def _leaderboard_table(df: pd.DataFrame) -> str:
     for r in df.itertuples():
         name = link(r.name, candidate=r.id) + (" · <b>baseline</b>" if r.baseline else "")
         status = _cell(r.outcome) + (f"<br><small>{html.escape(_short(r.reason, 120))}</small>" if r.reason else "")
-        rows.append([
-            _cell(r.rank), name,
-            html.escape(data.fmt_ci(r.fitness, r.fitness_ci_low, r.fitness_ci_high)), _cell(r.n_seeds),
-            _cell(r.heldout_rank),
-            html.escape(data.fmt_ci(r.heldout_fitness, r.heldout_ci_low, r.heldout_ci_high)),
-            status, *([_cell(r.task)] if with_task else []), link(r.run_id, run=r.run_id),
-        ])
-    header = ["rank", "name", "fitness (95% CI)", "seeds", "held-out rank", "held-out (95% CI)", "status",
-              *(["task"] if with_task else []), "run"]
+        rows.append(
+            [
+                _cell(r.rank),
+                name,
+                html.escape(data.fmt_ci(r.fitness, r.fitness_ci_low, r.fitness_ci_high)),
+                _cell(r.n_seeds),
+                _cell(r.heldout_rank),
+                html.escape(data.fmt_ci(r.heldout_fitness, r.heldout_ci_low, r.heldout_ci_high)),
+                status,
+                *([_cell(r.task)] if with_task else []),
+                link(r.run_id, run=r.run_id),
+            ]
+        )
+    header = [
+        "rank",
+        "name",
+        "fitness (95% CI)",
+        "seeds",
+        "held-out rank",
+        "held-out (95% CI)",
+        "status",
+        *(["task"] if with_task else []),
+        "run",
+    ]
     return _table(header, rows, "leaderboard", wrap=(1, 6), narrow=(len(header) - 1,))
 
 
@@ -252,8 +280,10 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
             st.rerun()  # the run ended: draw the final page once, without the timer
         st.title(f"Run {run_id}")
         ended = f", ended {run['ended_at']}" if run.get("ended_at") else ""
-        st.markdown(f"task **{run['task']}** · status **{run['status']}** · started {run['started_at']}{ended}"
-                    + (f" · {run['message']}" if run.get("message") else ""))
+        st.markdown(
+            f"task **{run['task']}** · status **{run['status']}** · started {run['started_at']}{ended}"
+            + (f" · {run['message']}" if run.get("message") else "")
+        )
         if live:
             st.caption(f"Live: this page re-reads the archive every {REFRESH_SECONDS:g} s while the run is going.")
         tl = data.timeline(archive, run_id)
@@ -266,20 +296,33 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         m[2].metric("Not ok", n_not_ok, help="failed, duplicate or culled")
         m[3].metric("In progress", sum(n for s, n in statuses.items() if not Status(s).finished))
         m[4].metric("Best fitness", "-" if run.get("best_fitness") is None else f"{run['best_fitness']:.4f}")
-        m[5].metric("LLM cost", f"${float(run.get('cost_usd') or 0):.4f}",
-                    help=f"{int(usage['tokens'].sum()) if not usage.empty else 0} tokens in {len(usage)} calls")
+        m[5].metric(
+            "LLM cost",
+            f"${float(run.get('cost_usd') or 0):.4f}",
+            help=f"{int(usage['tokens'].sum()) if not usage.empty else 0} tokens in {len(usage)} calls",
+        )
 
         st.subheader("Progress")
         if tl.empty:
             st.info("No candidate has finished yet.")
         else:
             st.altair_chart(progress_chart(tl), width="stretch")
-            st.caption("Each point is a candidate in the order its evaluation finished; colour and shape mark the "
-                       "outcome (failures without a fitness sit on the bottom line); the line is the best `ok` "
-                       "fitness so far.")
-            rows = [[str(r.evaluation), link(r.name, candidate=r.id) + (" · <b>baseline</b>" if r.baseline else ""),
-                     _cell(None if pd.isna(r.fitness) else f"{r.fitness:.4f}"), _cell(r.outcome),
-                     html.escape(_short(r.reason)), _cell(r.proposer)] for r in tl.itertuples()]
+            st.caption(
+                "Each point is a candidate in the order its evaluation finished; colour and shape mark the "
+                "outcome (failures without a fitness sit on the bottom line); the line is the best `ok` "
+                "fitness so far."
+            )
+            rows = [
+                [
+                    str(r.evaluation),
+                    link(r.name, candidate=r.id) + (" · <b>baseline</b>" if r.baseline else ""),
+                    _cell(None if pd.isna(r.fitness) else f"{r.fitness:.4f}"),
+                    _cell(r.outcome),
+                    html.escape(_short(r.reason)),
+                    _cell(r.proposer),
+                ]
+                for r in tl.itertuples()
+            ]
             with st.expander(f"All {len(tl)} finished candidates", expanded=len(tl) <= 30):
                 header = ["#", "name", "fitness", "outcome", "reason", "proposer"]
                 _html(_table(header, rows, "run-candidates", wrap=(1, 4)))
@@ -289,9 +332,16 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         if fails.empty:
             st.success("No candidate failed.")
         else:
-            st.altair_chart(alt.Chart(fails).mark_bar().encode(
-                x=alt.X("count:Q", title="candidates"), y=alt.Y("label:N", sort="-x", title=None),
-                tooltip=["status", "stage", "count", "example"]), width="stretch")
+            st.altair_chart(
+                alt.Chart(fails)
+                .mark_bar()
+                .encode(
+                    x=alt.X("count:Q", title="candidates"),
+                    y=alt.Y("label:N", sort="-x", title=None),
+                    tooltip=["status", "stage", "count", "example"],
+                ),
+                width="stretch",
+            )
             st.dataframe(fails.drop(columns=["label"]), hide_index=True)
 
         st.subheader("LLM cost and tokens")
@@ -299,16 +349,33 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
             st.info("No LLM calls in this run (the offline mutation proposer costs nothing).")
         else:
             c1, c2 = st.columns(2)
-            c1.altair_chart(alt.Chart(usage).mark_line(point=True).encode(
-                x=alt.X("created_at:T", title="time"), y=alt.Y("cumulative_cost_usd:Q", title="cost so far (USD)"),
-                tooltip=["id", "model", "cost_usd", "cumulative_cost_usd"]), width="stretch")
-            c2.altair_chart(alt.Chart(usage).mark_line(point=True).encode(
-                x=alt.X("created_at:T", title="time"), y=alt.Y("cumulative_tokens:Q", title="tokens so far"),
-                tooltip=["id", "model", "prompt_tokens", "completion_tokens"]), width="stretch")
+            c1.altair_chart(
+                alt.Chart(usage)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("created_at:T", title="time"),
+                    y=alt.Y("cumulative_cost_usd:Q", title="cost so far (USD)"),
+                    tooltip=["id", "model", "cost_usd", "cumulative_cost_usd"],
+                ),
+                width="stretch",
+            )
+            c2.altair_chart(
+                alt.Chart(usage)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("created_at:T", title="time"),
+                    y=alt.Y("cumulative_tokens:Q", title="tokens so far"),
+                    tooltip=["id", "model", "prompt_tokens", "completion_tokens"],
+                ),
+                width="stretch",
+            )
             by_model = usage.groupby("model", as_index=False).agg(
-                calls=("id", "count"), prompt_tokens=("prompt_tokens", "sum"),
-                completion_tokens=("completion_tokens", "sum"), cost_usd=("cost_usd", "sum"),
-                errors=("error", lambda e: int((e != "").sum())))
+                calls=("id", "count"),
+                prompt_tokens=("prompt_tokens", "sum"),
+                completion_tokens=("completion_tokens", "sum"),
+                cost_usd=("cost_usd", "sum"),
+                errors=("error", lambda e: int((e != "").sum())),
+            )
             st.dataframe(by_model, hide_index=True)
 
         st.subheader("Configuration")
@@ -319,8 +386,11 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
 
 def progress_chart(tl: pd.DataFrame) -> alt.Chart:
     """Best-so-far line over every candidate as a point, coloured and shaped by outcome."""
-    base = alt.Chart(tl).encode(x=alt.X("evaluation:Q", title="evaluation (candidates in finishing order)",
-                                        axis=alt.Axis(format="d", tickMinStep=1)))
+    base = alt.Chart(tl).encode(
+        x=alt.X(
+            "evaluation:Q", title="evaluation (candidates in finishing order)", axis=alt.Axis(format="d", tickMinStep=1)
+        )
+    )
     points = base.mark_point(filled=True, size=70).encode(
         y=alt.Y("plotted:Q", title="fitness"),
         color=alt.Color("outcome:N", title="outcome"),
@@ -350,9 +420,11 @@ def candidate_page(db: str | Path, candidate_id: str) -> None:
 def _candidate(archive: Any, c: Candidate) -> None:
     st.title(c.name)
     kind = "baseline" if c.is_baseline else "candidate"
-    _html(f"{kind} <code>{html.escape(c.id)}</code> · run {link(c.run_id, run=c.run_id)} · task "
-          f"{html.escape(c.task)} · generation {c.generation} · island {c.island} · "
-          f"proposer {html.escape(c.proposer)} · {link('leaderboard')}")
+    _html(
+        f"{kind} <code>{html.escape(c.id)}</code> · run {link(c.run_id, run=c.run_id)} · task "
+        f"{html.escape(c.task)} · generation {c.generation} · island {c.island} · "
+        f"proposer {html.escape(c.proposer)} · {link('leaderboard')}"
+    )
     m = st.columns([3, 1, 3, 2])
     m[0].metric("Fitness (discover, 95% CI)", data.fmt_ci(c.fitness, c.fitness_ci_low, c.fitness_ci_high))
     m[1].metric("Seeds", c.n_seeds or 0)
@@ -375,9 +447,18 @@ def _candidate(archive: Any, c: Candidate) -> None:
 
     st.subheader("Lineage")
     lin = data.lineage(archive, c.id)
-    rows = [[str(r.depth), link(r.name, candidate=r.id), f"<code>{_cell(r.id)}</code>", _cell(r.outcome),
-             _cell(None if pd.isna(r.fitness) else f"{r.fitness:.4f}"), _cell(r.proposer), _cell(r.generation)]
-            for r in lin.itertuples()]
+    rows = [
+        [
+            str(r.depth),
+            link(r.name, candidate=r.id),
+            f"<code>{_cell(r.id)}</code>",
+            _cell(r.outcome),
+            _cell(None if pd.isna(r.fitness) else f"{r.fitness:.4f}"),
+            _cell(r.proposer),
+            _cell(r.generation),
+        ]
+        for r in lin.itertuples()
+    ]
     _html(_table(["depth", "name", "id", "status", "fitness", "proposer", "generation"], rows, "lineage", wrap=(1,)))
 
     st.subheader("Per configuration, against the baselines")
@@ -386,8 +467,10 @@ def _candidate(archive: Any, c: Candidate) -> None:
         st.info("No per-configuration scores (the candidate did not finish a full evaluation).")
     else:
         st.altair_chart(per_config_chart(per), width="stretch")
-        st.caption("Discover-suite fitness per configuration with its 95% CI over seeds, next to the baselines "
-                   "of the same run.")
+        st.caption(
+            "Discover-suite fitness per configuration with its 95% CI over seeds, next to the baselines "
+            "of the same run."
+        )
     evals = data.evaluations(archive, c.id)
     if not evals.empty:
         with st.expander(f"All {len(evals)} evaluations (configuration x seed)"):
@@ -402,13 +485,26 @@ def _candidate(archive: Any, c: Candidate) -> None:
         suites = sorted(curves["suite"].unique().tolist())
         suite = c1.selectbox("Suite", suites, key="curve_suite")
         series_names = sorted(curves.loc[curves["suite"] == suite, "series"].unique().tolist())
-        series = c2.selectbox("Series", series_names, index=series_names.index("loss") if "loss" in series_names
-                              else 0, key="curve_series")
+        series = c2.selectbox(
+            "Series",
+            series_names,
+            index=series_names.index("loss") if "loss" in series_names else 0,
+            key="curve_series",
+        )
         shown = curves[(curves["suite"] == suite) & (curves["series"] == series)]
-        st.altair_chart(alt.Chart(shown).mark_line(opacity=0.8).encode(
-            x=alt.X("step:Q", title="recorded step"), y=alt.Y("value:Q", title=series),
-            color=alt.Color("config:N", title="configuration"), detail="seed:N",
-            tooltip=["config", "seed", "step", "value"]).properties(height=300), width="stretch")
+        st.altair_chart(
+            alt.Chart(shown)
+            .mark_line(opacity=0.8)
+            .encode(
+                x=alt.X("step:Q", title="recorded step"),
+                y=alt.Y("value:Q", title=series),
+                color=alt.Color("config:N", title="configuration"),
+                detail="seed:N",
+                tooltip=["config", "seed", "step", "value"],
+            )
+            .properties(height=300),
+            width="stretch",
+        )
         st.caption("One line per (configuration, seed).")
 
     st.subheader("Feedback the proposer was shown")
@@ -440,8 +536,10 @@ def per_config_chart(per: pd.DataFrame) -> alt.LayerChart:
     """Grouped bars (candidate vs baselines) per configuration with 95% CI error bars."""
     base = alt.Chart(per).encode(x=alt.X("config:N", title="configuration"), xOffset="who:N")
     legend = alt.Legend(orient="bottom", labelLimit=400)
-    bars = base.mark_bar().encode(y=alt.Y("fitness:Q", title="fitness"),
-                                  color=alt.Color("who:N", title=None, legend=legend),
-                                  tooltip=["who", "config", "fitness", "ci_low", "ci_high", "n"])
+    bars = base.mark_bar().encode(
+        y=alt.Y("fitness:Q", title="fitness"),
+        color=alt.Color("who:N", title=None, legend=legend),
+        tooltip=["who", "config", "fitness", "ci_low", "ci_high", "n"],
+    )
     errors = base.mark_rule(color="#222222").encode(y="ci_low:Q", y2="ci_high:Q")
     return alt.layer(bars, errors).properties(height=320)

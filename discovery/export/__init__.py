@@ -14,8 +14,18 @@ from discovery.export.module import Bundle, prepare, render_json, render_module
 from discovery.export.program import program_for_function
 from discovery.export.select import Chosen, ExportError, choose
 
-__all__ = ["Bundle", "Chosen", "ExportError", "choose", "export", "load_task_of", "prepare", "program_for_function",
-           "render_json", "render_module"]
+__all__ = [
+    "Bundle",
+    "Chosen",
+    "ExportError",
+    "choose",
+    "export",
+    "load_task_of",
+    "prepare",
+    "program_for_function",
+    "render_json",
+    "render_module",
+]
 
 FORMATS = ("py", "json")
 

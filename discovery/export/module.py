@@ -101,27 +101,34 @@ def _status(c: Chosen) -> list[str]:
         return ["Status: ok (evaluated on the whole discover suite)"]
     reason = " ".join(clean_text(c.reason, 600).split()) or "no reason recorded"
     scores = "partial scores (the configurations and seeds it ran)" if c.fitness is not None else "no fitness"
-    return textwrap.wrap(f"Status: {clean_text(c.status, 40)} ({reason}). Not a fully evaluated candidate: "
-                         f"{scores}.", 96)
+    return textwrap.wrap(
+        f"Status: {clean_text(c.status, 40)} ({reason}). Not a fully evaluated candidate: {scores}.", 96
+    )
 
 
 def docstring(c: Chosen, export_name: str, task: Task, own_doc: str | None) -> str:
     """The exported function's docstring: name, status (and reason when not ok), thought, fitness with
     CI, run, parents, date, and how to reproduce the score."""
     parents = ", ".join(f"{pid} ({clean_text(name, 80)})" if name else pid for pid, name in c.parents) or "none"
-    heldout = (f"{_fmt(c.heldout_fitness)}{_ci(c.heldout_ci)} over {_seeds(c.heldout_seeds)}"
-               if c.heldout_fitness is not None else "not evaluated")
+    heldout = (
+        f"{_fmt(c.heldout_fitness)}{_ci(c.heldout_ci)} over {_seeds(c.heldout_seeds)}"
+        if c.heldout_fitness is not None
+        else "not evaluated"
+    )
     n = len(c.seeds)
     standard = c.status == Status.OK and (list(task.suite("discover").with_seeds(n).seeds) == c.seeds if n else False)
-    again = (f"discovery evaluate THIS_FILE --function {export_name} --task {c.task_ref} --seeds {n}"
-             if standard else "")
+    again = f"discovery evaluate THIS_FILE --function {export_name} --task {c.task_ref} --seeds {n}" if standard else ""
     lines = [
         f"{clean_text(c.name, 200) or '(unnamed)'}: discovered {task.slot.name} for task {c.task}"
-        + (" (a baseline)" if c.is_baseline else "") + ".",
+        + (" (a baseline)" if c.is_baseline else "")
+        + ".",
         "",
         *_status(c),
-        *(textwrap.wrap("Thought: " + " ".join(clean_text(c.thought).split()), 96) if c.thought.strip() else
-          ["Thought: (none recorded)"]),
+        *(
+            textwrap.wrap("Thought: " + " ".join(clean_text(c.thought).split()), 96)
+            if c.thought.strip()
+            else ["Thought: (none recorded)"]
+        ),
         "",
         f"Discover fitness: {_fmt(c.fitness)}{_ci(c.fitness_ci)} over {_seeds(c.seeds)}",
         f"Held-out fitness: {heldout}",
@@ -213,11 +220,24 @@ def metadata(item: Exported) -> dict[str, Any]:
     """The plain-data description of one exported function."""
     c = item.chosen
     return {
-        "candidate": c.id, "name": c.name, "run": c.run_id, "task": c.task, "is_baseline": c.is_baseline,
-        "fitness": c.fitness, "fitness_ci": list(c.fitness_ci), "seeds": list(c.seeds),
-        "heldout_fitness": c.heldout_fitness, "heldout_ci": list(c.heldout_ci), "heldout_seeds": list(c.heldout_seeds),
-        "parents": [pid for pid, _ in c.parents], "date": c.date, "proposer": c.proposer,
-        "generation": c.generation, "thought": c.thought, "status": c.status, "reason": c.reason,
+        "candidate": c.id,
+        "name": c.name,
+        "run": c.run_id,
+        "task": c.task,
+        "is_baseline": c.is_baseline,
+        "fitness": c.fitness,
+        "fitness_ci": list(c.fitness_ci),
+        "seeds": list(c.seeds),
+        "heldout_fitness": c.heldout_fitness,
+        "heldout_ci": list(c.heldout_ci),
+        "heldout_seeds": list(c.heldout_seeds),
+        "parents": [pid for pid, _ in c.parents],
+        "date": c.date,
+        "proposer": c.proposer,
+        "generation": c.generation,
+        "thought": c.thought,
+        "status": c.status,
+        "reason": c.reason,
     }
 
 
@@ -245,8 +265,9 @@ def build_tree(bundle: Bundle) -> tuple[ast.Module, set[str]]:
         expected |= set(item.program.mapping.values())
     for item in bundle.items:
         body += item.program.body
-    registry = ast.Dict(keys=[literal(i.name) for i in bundle.items],
-                        values=[ast.Name(id=i.name, ctx=ast.Load()) for i in bundle.items])
+    registry = ast.Dict(
+        keys=[literal(i.name) for i in bundle.items], values=[ast.Name(id=i.name, ctx=ast.Load()) for i in bundle.items]
+    )
     body.append(ast.Assign(targets=[ast.Name(id=REGISTRY, ctx=ast.Store())], value=registry))
     meta = ast.Dict(keys=[literal(i.name) for i in bundle.items], values=[literal(metadata(i)) for i in bundle.items])
     body.append(ast.Assign(targets=[ast.Name(id=METADATA, ctx=ast.Store())], value=meta))
@@ -285,8 +306,11 @@ def render_module(bundle: Bundle) -> str:
             continue
         if not isinstance(stmt, allowed) or (isinstance(stmt, ast.ClassDef) and i < adapter_start):
             raise ExportError(f"internal error: unexpected top-level {type(stmt).__name__} in the generated module")
-    registry = next(s for s in reparsed.body if isinstance(s, ast.Assign) and
-                    isinstance(s.targets[0], ast.Name) and s.targets[0].id == REGISTRY)
+    registry = next(
+        s
+        for s in reparsed.body
+        if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name) and s.targets[0].id == REGISTRY
+    )
     keys = [ast.literal_eval(k) for k in registry.value.keys]  # type: ignore[attr-defined]
     if keys != [i.name for i in bundle.items] or not all(is_safe_identifier(k) for k in keys):
         raise ExportError("internal error: the registry holds an unsafe name")
@@ -309,7 +333,14 @@ def render_json(bundle: Bundle) -> str:
         entry["source"] = function_source(item)  # the function as exported, standalone
         entry["docstring"] = item.docstring
         functions.append(entry)
-    data = {"format": "discovery-export", "version": 1, "task": bundle.task.name, "slot": bundle.task.slot.name,
-            "signature": bundle.task.slot.signature, "archive": bundle.archive, "generated_at": bundle.generated_at,
-            "functions": functions}
+    data = {
+        "format": "discovery-export",
+        "version": 1,
+        "task": bundle.task.name,
+        "slot": bundle.task.slot.name,
+        "signature": bundle.task.slot.signature,
+        "archive": bundle.archive,
+        "generated_at": bundle.generated_at,
+        "functions": functions,
+    }
     return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -80,9 +80,25 @@ def _slot_wrapper(slot_name: str, signature: str, function: str, avoid: set[str]
     extra: dict[str, Any] = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
     return ast.FunctionDef(
         name=slot_name,
-        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None, kwonlyargs=[],
-                           kw_defaults=[], kwarg=None, defaults=[]),
-        body=[ast.Return(value=ast.Call(func=ast.Name(id=function, ctx=ast.Load()),
-                                        args=[ast.Name(id=p, ctx=ast.Load()) for p in params], keywords=[]))],
-        decorator_list=[], returns=None, **extra,
+        args=ast.arguments(
+            posonlyargs=[],
+            args=[ast.arg(arg=p) for p in params],
+            vararg=None,
+            kwonlyargs=[],
+            kw_defaults=[],
+            kwarg=None,
+            defaults=[],
+        ),
+        body=[
+            ast.Return(
+                value=ast.Call(
+                    func=ast.Name(id=function, ctx=ast.Load()),
+                    args=[ast.Name(id=p, ctx=ast.Load()) for p in params],
+                    keywords=[],
+                )
+            )
+        ],
+        decorator_list=[],
+        returns=None,
+        **extra,
     )

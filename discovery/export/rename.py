@@ -85,8 +85,9 @@ def local_names(fn: ast.FunctionDef | ast.Lambda) -> set[str]:
     names = {a.arg for a in parameters(fn.args)}
     for node in nodes:
         if isinstance(node, COMPREHENSIONS):
-            names.update(n.target.id for n in ast.walk(node)
-                         if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name))
+            names.update(
+                n.target.id for n in ast.walk(node) if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name)
+            )
         elif isinstance(node, ast.alias):
             names.add(alias_name(node))
         else:
@@ -119,7 +120,7 @@ def rename_references(node: ast.AST, mapping: dict[str, str], shadowed: frozense
                 rename_references(gen.iter, mapping, inner)
             for cond in gen.ifs:
                 rename_references(cond, mapping, inner)
-        for elt in ([node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]):
+        for elt in [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]:
             rename_references(elt, mapping, inner)
         return
     for child in ast.iter_child_nodes(node):

@@ -50,21 +50,35 @@ def _real(value: float | None) -> float | None:
 
 
 def _record(archive: Archive, c: Candidate, run: dict[str, Any]) -> Chosen:
-    seeds = {suite: sorted({e.seed for e in archive.evaluations(c.id, suite) if e.fitness is not None})
-             for suite in ("discover", "heldout")}
+    seeds = {
+        suite: sorted({e.seed for e in archive.evaluations(c.id, suite) if e.fitness is not None})
+        for suite in ("discover", "heldout")
+    }
     parents = []
     for pid in c.parents:
         parent = archive.get_candidate(pid)
         parents.append((pid, parent.name if parent else ""))
     return Chosen(
-        id=c.id, name=c.name, run_id=c.run_id, task=c.task,
+        id=c.id,
+        name=c.name,
+        run_id=c.run_id,
+        task=c.task,
         task_ref=str((run.get("config") or {}).get("task") or c.task),
-        code=c.code, thought=c.thought, is_baseline=c.is_baseline,
-        fitness=_real(c.fitness), fitness_ci=(_real(c.fitness_ci_low), _real(c.fitness_ci_high)),
-        seeds=seeds["discover"], heldout_fitness=_real(c.heldout_fitness),
+        code=c.code,
+        thought=c.thought,
+        is_baseline=c.is_baseline,
+        fitness=_real(c.fitness),
+        fitness_ci=(_real(c.fitness_ci_low), _real(c.fitness_ci_high)),
+        seeds=seeds["discover"],
+        heldout_fitness=_real(c.heldout_fitness),
         heldout_ci=(_real(c.heldout_ci_low), _real(c.heldout_ci_high)),
-        heldout_seeds=seeds["heldout"], parents=parents, date=c.evaluated_at or c.created_at, proposer=c.proposer,
-        generation=c.generation, status=c.status.value, reason=_reason(c),
+        heldout_seeds=seeds["heldout"],
+        parents=parents,
+        date=c.evaluated_at or c.created_at,
+        proposer=c.proposer,
+        generation=c.generation,
+        status=c.status.value,
+        reason=_reason(c),
     )
 
 
@@ -112,16 +126,16 @@ def choose(
         if not runs:
             raise ExportError(f"archive {db} has no runs")
         if run_id is not None and run_id not in runs:
-            raise ExportError(f"no run {run_id} in {db} (have: {', '.join(list(runs)[:5])}"
-                              f"{', ...' if len(runs) > 5 else ''})")
+            raise ExportError(
+                f"no run {run_id} in {db} (have: {', '.join(list(runs)[:5])}{', ...' if len(runs) > 5 else ''})"
+            )
         if candidate_ids:
             return [_explicit(archive, db, cid, runs, run_id) for cid in dict.fromkeys(candidate_ids)]
         rows = archive.leaderboard(run_id=run_id, task=task, limit=1_000_000)
         rows = [c for c in rows if not c.is_baseline and c.code]
         tasks = sorted({c.task for c in rows})
         if len(tasks) > 1:
-            raise ExportError(f"the best candidates belong to several tasks ({', '.join(tasks)}); "
-                              "pass --run or --task")
+            raise ExportError(f"the best candidates belong to several tasks ({', '.join(tasks)}); pass --run or --task")
         chosen: list[Chosen] = []
         seen: set[str] = set()
         for c in rows:

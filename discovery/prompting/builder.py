@@ -200,8 +200,11 @@ def _values(ctx: ProposalContext, error_feedback: str | None, limits: PromptLimi
             max_code_lines=limits.parent_code_lines,
             max_code_chars=limits.parent_code_chars,
         )
-    seed_code = "" if parent is not None else feedback.clip_code(
-        task.seed_program, limits.parent_code_lines, limits.parent_code_chars)
+    seed_code = (
+        ""
+        if parent is not None
+        else feedback.clip_code(task.seed_program, limits.parent_code_lines, limits.parent_code_chars)
+    )
     system = {
         "task_name": task.name,
         "description": task.description,
@@ -235,9 +238,7 @@ def _shrink(limits: PromptLimits) -> PromptLimits | None:
     if limits.failures > 2:
         return replace(limits, failures=limits.failures - 1)
     if limits.code_chars > 600:
-        return replace(
-            limits, code_lines=max(15, limits.code_lines * 2 // 3), code_chars=limits.code_chars * 2 // 3
-        )
+        return replace(limits, code_lines=max(15, limits.code_lines * 2 // 3), code_chars=limits.code_chars * 2 // 3)
     if limits.parent_code_chars > 1500:
         return replace(
             limits,

@@ -365,8 +365,11 @@ def _curve_line(name: str, curve: Mapping[str, Any]) -> str:
 
 def _is_curve(value: Any) -> bool:
     """A single curve ({series name: values}), as opposed to curves keyed by configuration."""
-    return isinstance(value, Mapping) and bool(value) and all(
-        isinstance(v, (list, tuple)) or k == "first_nan_step" for k, v in value.items())
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(v, (list, tuple)) or k == "first_nan_step" for k, v in value.items())
+    )
 
 
 def curve_digest(curve: Any) -> str:
@@ -548,15 +551,19 @@ def _failed_trace(
 ) -> list[str]:
     stage = one_line_untrusted(c.failed_stage or "", 20)
     reason = one_line_untrusted(c.reason or "no reason recorded", REASON_CHARS)
-    lines = [f"Status: FAILED [{c.status.value}]" + (f" at stage {stage}" if stage else ""),
-             quote_untrusted(reason, REASON_CHARS, label=f"Reason, {DATA_LABEL}")]
+    lines = [
+        f"Status: FAILED [{c.status.value}]" + (f" at stage {stage}" if stage else ""),
+        quote_untrusted(reason, REASON_CHARS, label=f"Reason, {DATA_LABEL}"),
+    ]
     if log_tail:
         lines.append(quote_untrusted(log_tail, LOG_TAIL_CHARS, label=LOG_LABEL, tail=True))
     annotated = annotated_error(c, slot_name)
     if annotated is not None:
         focus = _marked_line(c, slot_name)
-        lines += ["Source, with the failing line marked:",
-                  _listing(clip_code(annotated, max_code_lines, max_code_chars, focus=focus))]
+        lines += [
+            "Source, with the failing line marked:",
+            _listing(clip_code(annotated, max_code_lines, max_code_chars, focus=focus)),
+        ]
     elif c.code:
         lines += ["Source:", _listing(clip_code(c.code, max_code_lines, max_code_chars))]
     else:

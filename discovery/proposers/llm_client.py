@@ -208,12 +208,19 @@ def network_cause(exc: BaseException) -> str | None:
         name = type(current).__name__
         if name in ("ConnectTimeout", "ConnectTimeoutError"):
             return "timed out connecting"
-        if name in ("ReadTimeout", "ReadTimeoutError", "TimeoutError", "APITimeoutError", "Timeout",
-                    "TimeoutException"):
+        if name in (
+            "ReadTimeout",
+            "ReadTimeoutError",
+            "TimeoutError",
+            "APITimeoutError",
+            "Timeout",
+            "TimeoutException",
+        ):
             return "timed out waiting for the reply"
         current = current.__cause__ or current.__context__
     if not isinstance(exc, (ConnectionError, TimeoutError)) and not any(
-            t in type(exc).__name__ for t in ("Connection", "Timeout", "Connect")):
+        t in type(exc).__name__ for t in ("Connection", "Timeout", "Connect")
+    ):
         return None
     text = str(exc).lower()
     for phrase, said in _NETWORK_PHRASES:
@@ -425,9 +432,7 @@ class LLMClient:
 
     def _cost(self, spec: ModelSpec, response: Any, prompt_tokens: int, completion_tokens: int) -> float:
         if spec.price_in is not None or spec.price_out is not None:
-            return (
-                prompt_tokens * (spec.price_in or 0.0) + completion_tokens * (spec.price_out or 0.0)
-            ) / 1e6
+            return (prompt_tokens * (spec.price_in or 0.0) + completion_tokens * (spec.price_out or 0.0)) / 1e6
         try:
             cost = _litellm().completion_cost(completion_response=response)
         except Exception:  # noqa: BLE001 - model not in litellm's price list
@@ -455,9 +460,7 @@ class LLMClient:
         if self.on_call is not None:
             self.on_call(record)
 
-    def _attempt(
-        self, spec: ModelSpec, messages: list[dict[str, Any]], attempt: int
-    ) -> tuple[CallRecord, Any]:
+    def _attempt(self, spec: ModelSpec, messages: list[dict[str, Any]], attempt: int) -> tuple[CallRecord, Any]:
         """One call; returns its record and the exception (None on success)."""
         litellm = _litellm()
         estimate = self.estimate_cost(spec, messages)

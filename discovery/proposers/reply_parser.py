@@ -103,9 +103,7 @@ class _Fence:
 
 
 def _fences(text: str) -> list[_Fence]:
-    return [
-        _Fence(m.group("lang").lower(), m.group("body"), m.start(), m.end()) for m in _FENCE.finditer(text)
-    ]
+    return [_Fence(m.group("lang").lower(), m.group("body"), m.start(), m.end()) for m in _FENCE.finditer(text)]
 
 
 def _unfence(code: str, slot_name: str) -> str:
@@ -161,9 +159,7 @@ def _finish(name: str | None, thought: str | None, code: str, fmt: str, slot_nam
         raise ReplyError(f"code does not parse: line {e.lineno}: {e.msg}") from None
     except (ValueError, RecursionError, MemoryError) as e:  # e.g. null bytes
         raise ReplyError(f"code does not parse: {e}") from None
-    top_level = any(
-        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == slot_name for n in tree.body
-    )
+    top_level = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == slot_name for n in tree.body)
     if not top_level:
         where = " at top level" if _def_re(slot_name).search(code) else ""
         raise ReplyError(f"code does not define {slot_name}(...){where}")

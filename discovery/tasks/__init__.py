@@ -17,8 +17,16 @@ from discovery.tasks.base import (
 )
 
 __all__ = [
-    "ContractError", "SeedMetrics", "Slot", "Suite", "SuiteConfig", "Task", "TaskNotFound", "TrainingFailed",
-    "get_task", "task_names",
+    "ContractError",
+    "SeedMetrics",
+    "Slot",
+    "Suite",
+    "SuiteConfig",
+    "Task",
+    "TaskNotFound",
+    "TrainingFailed",
+    "get_task",
+    "task_names",
 ]
 
 BUILTIN = {

@@ -98,8 +98,9 @@ def check_per_example(out: Any, batch: int, dtype: Any, where: str, wrt: str) ->
         raise TrainingFailed(f"{where}: loss has no gradient with respect to {wrt}")
 
 
-def check_loss_contract(fn: Callable[..., Any], args: tuple[Any, ...], batch: int, wrt: str,
-                        watched: Mapping[str, Any], context: str = "") -> None:
+def check_loss_contract(
+    fn: Callable[..., Any], args: tuple[Any, ...], batch: int, wrt: str, watched: Mapping[str, Any], context: str = ""
+) -> None:
     """Call a per-example loss once on contract inputs and back-propagate its mean.
 
     Raises ``ContractError`` unless it returns a finite float32 tensor of shape [batch] with a
@@ -315,8 +316,10 @@ class LocalUpdateRule:
         import torch
 
         with torch.no_grad():
-            return [self.fn(p, g, self.states.setdefault(i, {}), lr, step)
-                    for i, (p, g) in enumerate(zip(params, grads, strict=True))]
+            return [
+                self.fn(p, g, self.states.setdefault(i, {}), lr, step)
+                for i, (p, g) in enumerate(zip(params, grads, strict=True))
+            ]
 
 
 def as_update_rule(rule: Any) -> Any:

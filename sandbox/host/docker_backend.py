@@ -187,9 +187,7 @@ class DockerSandbox(Sandbox):
         try:
             attrs = self.client.images.get(image).attrs
         except docker.errors.ImageNotFound as exc:
-            raise DockerUnavailable(
-                f"Docker image {image!r} not found locally; build it (see docs/docker.md)"
-            ) from exc
+            raise DockerUnavailable(f"Docker image {image!r} not found locally; build it (see docs/docker.md)") from exc
         except docker.errors.DockerException as exc:
             raise DockerUnavailable(f"cannot inspect Docker image {image!r} ({_exc_line(exc)})") from exc
         self.image_id = attrs.get("Id", "")
@@ -222,7 +220,8 @@ class DockerSandbox(Sandbox):
             f"(measured every {SCRATCH_POLL_SECONDS:g} s), wiped after the session",
             f"container output capped at {LOG_MAX_SIZE} (json-file log); a session's own output goes to its "
             "log.txt under the file-size limit",
-            f"GPU {self.gpu} for this worker's trusted trainer; the jail sees no GPU" if self.gpu is not None
+            f"GPU {self.gpu} for this worker's trusted trainer; the jail sees no GPU"
+            if self.gpu is not None
             else "no GPU devices",
         ]
 
@@ -296,8 +295,13 @@ class DockerSandbox(Sandbox):
             env["PATH"] = self._image_path
         return env
 
-    def _container_kwargs(self, limits: Limits, volumes: dict[str, dict[str, str]] | None = None,
-                          template: bool = False, hidden: list[str] | None = None) -> dict[str, Any]:
+    def _container_kwargs(
+        self,
+        limits: Limits,
+        volumes: dict[str, dict[str, str]] | None = None,
+        template: bool = False,
+        hidden: list[str] | None = None,
+    ) -> dict[str, Any]:
         """The walls of a container: a worker's (``template``: its template runs as the container's
         root with TEMPLATE_CAPABILITIES, to hand each session to uid 65534) or, for tests of the walls
         themselves, one that runs a command as the sessions' user. ``hidden``: directories of the
@@ -321,9 +325,7 @@ class DockerSandbox(Sandbox):
             environment={**env, UID_VARIABLE: str(SANDBOX_UID)} if template else env,
             # not the bind mount: ``python -m`` puts its working directory first on sys.path
             working_dir="/",
-            log_config=docker.types.LogConfig(
-                type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "1"}
-            ),
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "1"}),
             labels={"discovery.sandbox": "job"},
             # a minimal init (docker-init/tini) as PID 1: the template and the sessions are then
             # ordinary processes, so the default actions of SIGXCPU and SIGXFSZ apply to them
@@ -358,14 +360,22 @@ class DockerSandbox(Sandbox):
         events_rw = os.open(paths[1], os.O_RDWR | os.O_NONBLOCK)
         self._events_fd = events_rw
         self._buffer = b""
-        command = ["python", "-m", "sandbox.jail.template", json.dumps(self._environment(threads)), "--fifos",
-                   f"{CONTAINER_JOB_DIR}/{REQUESTS_FIFO}", f"{CONTAINER_JOB_DIR}/{EVENTS_FIFO}"]
+        command = [
+            "python",
+            "-m",
+            "sandbox.jail.template",
+            json.dumps(self._environment(threads)),
+            "--fifos",
+            f"{CONTAINER_JOB_DIR}/{REQUESTS_FIFO}",
+            f"{CONTAINER_JOB_DIR}/{EVENTS_FIFO}",
+        ]
         limits = Limits(memory_mb=memory_mb, max_processes=pids, threads=threads)
         volumes = {str(self.root): {"bind": CONTAINER_JOB_DIR, "mode": "rw"}}
         try:
             # create + start rather than containers.run: run() would pull a missing image
             self._container = self.client.containers.create(
-                self.image, command, **self._container_kwargs(limits, volumes, template=True, hidden=hidden))
+                self.image, command, **self._container_kwargs(limits, volumes, template=True, hidden=hidden)
+            )
             self._container_key = key
             self._container.start()
             ready = self._wait_ready(time.monotonic() + START_SECONDS)
@@ -391,16 +401,19 @@ class DockerSandbox(Sandbox):
         covers them, so that a session cannot read or import the tasks' code."""
         with _trusted_lock:
             if self.image_id not in _trusted_dirs:
-                code, _, _, _, logs = self._execute(["python", "-c", _FIND_TRUSTED],
-                                                    Limits(wall_seconds=60, memory_mb=512, max_processes=16))
+                code, _, _, _, logs = self._execute(
+                    ["python", "-c", _FIND_TRUSTED], Limits(wall_seconds=60, memory_mb=512, max_processes=16)
+                )
                 lines = logs.decode("utf-8", "replace").strip().splitlines()
                 try:
                     found = json.loads(lines[-1]) if code == 0 and lines else None
                 except ValueError:
                     found = None
                 if not isinstance(found, list) or not all(isinstance(p, str) and p.startswith("/") for p in found):
-                    raise DockerUnavailable(f"cannot tell where image {self.image!r} keeps the trusted packages "
-                                            f"(exit code {code}: {lines[-1][:200] if lines else 'no output'})")
+                    raise DockerUnavailable(
+                        f"cannot tell where image {self.image!r} keeps the trusted packages "
+                        f"(exit code {code}: {lines[-1][:200] if lines else 'no output'})"
+                    )
                 _trusted_dirs[self.image_id] = sorted(set(found))
             return list(_trusted_dirs[self.image_id])
 
@@ -465,7 +478,7 @@ class DockerSandbox(Sandbox):
         give_up = time.monotonic() + SEND_SECONDS
         while data:
             try:
-                data = data[os.write(self._requests_fd, data):]
+                data = data[os.write(self._requests_fd, data) :]
             except BlockingIOError:
                 if time.monotonic() >= give_up:
                     raise OSError(errno.ETIMEDOUT, "the sandbox template takes no requests") from None

@@ -41,9 +41,7 @@ def scratch_budget(job_dir: Path, file_mb: int) -> int:
     return scratch_usage(job_dir, limit_bytes=None)[0] + SCRATCH_FACTOR * max(file_mb, 1) * MIB
 
 
-def scratch_usage(
-    job_dir: Path, limit_bytes: int | None, max_entries: int = SCRATCH_MAX_ENTRIES
-) -> tuple[int, int]:
+def scratch_usage(job_dir: Path, limit_bytes: int | None, max_entries: int = SCRATCH_MAX_ENTRIES) -> tuple[int, int]:
     """(bytes allocated, entries) under ``job_dir``, links not followed; stops early once past
     ``limit_bytes`` or ``max_entries`` so that a directory full of junk costs bounded time."""
     total = entries = 0
@@ -136,7 +134,7 @@ def dumped_line(log: str) -> int:
         return -1
     # the dump of the thread that ran the candidate: the last block that mentions its file
     for header in reversed(headers):
-        block = log[header.end():]
+        block = log[header.end() :]
         nxt = _DUMP_HEADER.search(block)
         block = block[: nxt.start()] if nxt else block
         match = _DUMP_FRAME.search(block)
@@ -176,12 +174,19 @@ def read_outcome(
     tail = log[-LOG_TAIL_CHARS:]
 
     def outcome(status: Status, reason: str, line: int = -1, **extra: Any) -> Outcome:
-        return Outcome(status, one_line(reason + where(source, line)), stderr_tail=tail, seconds=seconds,
-                       line=line if line > 0 else None, **extra)
+        return Outcome(
+            status,
+            one_line(reason + where(source, line)),
+            stderr_tail=tail,
+            seconds=seconds,
+            line=line if line > 0 else None,
+            **extra,
+        )
 
     if timed_out:
-        return outcome(Status.TIMEOUT, f"wall-clock limit of {wall_limit:g} s exceeded; process group killed",
-                       dumped_line(log))
+        return outcome(
+            Status.TIMEOUT, f"wall-clock limit of {wall_limit:g} s exceeded; process group killed", dumped_line(log)
+        )
     if scratch:
         return outcome(Status.OUTPUT, scratch + "; process group killed")
     if signal == signals.SIGXCPU:
@@ -189,16 +194,24 @@ def read_outcome(
     if signal == signals.SIGXFSZ:
         return outcome(Status.OUTPUT, f"wrote more than the {file_limit_mb} MB file-size limit (SIGXFSZ)")
     if oom:
-        return outcome(Status.MEMORY, f"killed for exceeding the {memory_limit_mb} MB memory limit"
-                       if memory_limit_mb else "killed for exceeding the memory limit")
+        return outcome(
+            Status.MEMORY,
+            f"killed for exceeding the {memory_limit_mb} MB memory limit"
+            if memory_limit_mb
+            else "killed for exceeding the memory limit",
+        )
     if signal == signals.SIGKILL:
         if cpu_seconds is not None and cpu_limit and cpu_seconds >= cpu_limit:
-            return outcome(Status.TIMEOUT,
-                           f"CPU-time limit of {cpu_limit:g} s exceeded (SIGKILL at the hard limit)",
-                           dumped_line(log))
+            return outcome(
+                Status.TIMEOUT,
+                f"CPU-time limit of {cpu_limit:g} s exceeded (SIGKILL at the hard limit)",
+                dumped_line(log),
+            )
         if maxrss_kb is not None and memory_limit_mb and maxrss_kb >= memory_limit_mb * 1024 // 2:
-            return outcome(Status.MEMORY, f"killed by SIGKILL at {maxrss_kb // 1024} MB resident "
-                           "(the kernel's out-of-memory killer)")
+            return outcome(
+                Status.MEMORY,
+                f"killed by SIGKILL at {maxrss_kb // 1024} MB resident (the kernel's out-of-memory killer)",
+            )
     if signal:
         return outcome(Status.CRASHED, f"killed by {_signal_name(signal)}", dumped_line(log))
     detail = _last_line(tail)

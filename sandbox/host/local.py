@@ -72,7 +72,9 @@ def bubblewrap_problem() -> str:
     try:
         proc = subprocess.run(
             [exe, "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
-            capture_output=True, timeout=20, text=True,
+            capture_output=True,
+            timeout=20,
+            text=True,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap failed to start: {exc}"
@@ -150,8 +152,17 @@ def jail_view() -> JailView:
     read, the Python installation and site-packages, and of this project only its two packages
     (``discovery/`` and ``sandbox/``) -- never the checkout root with the archive, ``.git``,
     ``.env`` files or anything else kept next to them."""
-    system = ["/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
-              "/etc/nsswitch.conf", "/etc/localtime", "/etc/alternatives"]
+    system = [
+        "/usr",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.conf",
+        "/etc/ld.so.conf.d",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/nsswitch.conf",
+        "/etc/localtime",
+        "/etc/alternatives",
+    ]
     python = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     site = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
     root = os.path.realpath(project_root())
@@ -169,9 +180,20 @@ def bubblewrap_command(scratch: Path) -> list[str]:
     """The bwrap prefix that gives a process only what running a candidate needs (see
     :func:`jail_view`); never a GPU: the jail computes on CPU copies of the slot's arguments."""
     args = [
-        "bwrap", "--die-with-parent", "--new-session",
-        "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--unshare-cgroup-try",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        "bwrap",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-pid",
+        "--unshare-cgroup-try",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
     ]
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
         if os.path.islink(top):
@@ -272,20 +294,25 @@ class LocalSandbox(Sandbox):
         self.use_bwrap = not problem
         self.isolation_notes: list[str] = []
         if self.use_bwrap:
-            self.isolation_notes.append(
-                "bubblewrap: own network/pid/ipc namespaces, read-only system, private scratch")
+            self.isolation_notes.append("bubblewrap: own network/pid/ipc namespaces, read-only system, private scratch")
         else:
-            note = (f"WARNING: no filesystem isolation ({problem}); candidates can read and write what the "
-                    "agent's user can. Install bubblewrap (apt-get install bubblewrap) for the full sandbox.")
+            note = (
+                f"WARNING: no filesystem isolation ({problem}); candidates can read and write what the "
+                "agent's user can. Install bubblewrap (apt-get install bubblewrap) for the full sandbox."
+            )
             self.isolation_notes.append(note)
             warnings.warn(note, stacklevel=2)
         self.job_uid = _own_uid() if os.geteuid() == 0 else os.geteuid()
-        privileges = (f"uid {self.job_uid} (this sandbox's own) without capabilities, private IPC namespace, "
-                      if os.geteuid() == 0 else "")
+        privileges = (
+            f"uid {self.job_uid} (this sandbox's own) without capabilities, private IPC namespace, "
+            if os.geteuid() == 0
+            else ""
+        )
         self.isolation_notes.append(
             f"per job: own session and process group, {privileges}rlimits, seccomp (no fork/exec/sockets), "
             f"scrubbed environment, scratch directory capped at {SCRATCH_FACTOR}x the file-size limit, "
-            "wiped after the job")
+            "wiped after the job"
+        )
         if gpu is not None:
             self.isolation_notes.append(f"GPU {gpu} for this worker's trusted trainer; the jail sees no GPU")
         self._lock = threading.Lock()
@@ -308,8 +335,13 @@ class LocalSandbox(Sandbox):
         else:
             popen_env["DISCOVERY_SANDBOX_NETNS"] = "self"
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=popen_env, cwd=str(self.root), start_new_session=True,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=popen_env,
+            cwd=str(self.root),
+            start_new_session=True,
         )
         self._buffer = b""
         ready = self._read_event(deadline=time.monotonic() + 120)
@@ -396,8 +428,15 @@ class LocalSandbox(Sandbox):
         if self.use_bwrap:
             cmd = bubblewrap_command(self.root) + cmd
         with open(directory / "log.txt", "wb") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                    cwd=str(directory), start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=str(directory),
+                start_new_session=True,
+            )
         return _ProcessWatch(proc)
 
     def _wipe(self) -> None:

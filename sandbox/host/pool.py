@@ -48,16 +48,15 @@ def threads_per_worker(workers: int) -> int:
 class SandboxPool:
     """Owns ``workers`` sandboxes; a submitted function borrows one for its whole duration."""
 
-    def __init__(self, factory: Callable[[int, str | None, int], Sandbox], workers: int = 1,
-                 gpus: list[str] | None = None):
+    def __init__(
+        self, factory: Callable[[int, str | None, int], Sandbox], workers: int = 1, gpus: list[str] | None = None
+    ):
         """``gpus``: ids handed to the workers round-robin (default: every visible GPU; [] for none)."""
         self.workers = max(1, workers)
         gpus = visible_gpus() if gpus is None else list(gpus)
         threads = threads_per_worker(self.workers)
         self._idle: queue.Queue[Sandbox] = queue.Queue()
-        self.sandboxes = [
-            factory(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(self.workers)
-        ]
+        self.sandboxes = [factory(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(self.workers)]
         for box in self.sandboxes:
             self._idle.put(box)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox-worker")

@@ -67,8 +67,9 @@ def make_fifos(directory: Path) -> tuple[int, int]:
 class Session:
     """Requests to one jailed function server; every failure of it ends in :class:`JailEnded`."""
 
-    def __init__(self, directory: Path, spec: JailSpec, watch: Watch, fds: tuple[int, int], seconds: float,
-                 max_payload: int):
+    def __init__(
+        self, directory: Path, spec: JailSpec, watch: Watch, fds: tuple[int, int], seconds: float, max_payload: int
+    ):
         self.directory, self.spec, self.watch = Path(directory), spec, watch
         self.seconds = seconds
         self.started = time.monotonic()
@@ -95,8 +96,9 @@ class Session:
                     self._end(scratch=scratch)
                 self._next_scratch_check = now + SCRATCH_POLL_SECONDS
             timeout = max(0.0, min(self.deadline, deadline, self._next_scratch_check) - now)
-            readable, writable, _ = select.select(watched + ([] if for_write else [fd]),
-                                                  [fd] if for_write else [], [], timeout)
+            readable, writable, _ = select.select(
+                watched + ([] if for_write else [fd]), [fd] if for_write else [], [], timeout
+            )
             if (fd in writable) if for_write else (fd in readable):
                 return
             if watched and watched[0] in readable and self.watch.exited() is not None:
@@ -108,14 +110,24 @@ class Session:
             self.watch.kill()
         exited = self._wait_exit()
         if exited.get("reason"):  # the backend knows better (its template or container is gone)
-            self.outcome = Outcome(Status.CRASHED, one_line(str(exited["reason"])),
-                                   seconds=time.monotonic() - self.started)
+            self.outcome = Outcome(
+                Status.CRASHED, one_line(str(exited["reason"])), seconds=time.monotonic() - self.started
+            )
             raise JailEnded(self.outcome)
         self.outcome = read_outcome(
-            self.directory, exited.get("returncode"), exited.get("signal"), timed_out, False,
-            time.monotonic() - self.started, wall_limit=self.seconds, file_limit_mb=self.spec.limits.file_mb,
-            source=self.spec.source, scratch=scratch, cpu_seconds=exited.get("cpu_seconds"),
-            cpu_limit=self.spec.limits.cpu_seconds, maxrss_kb=exited.get("maxrss_kb"),
+            self.directory,
+            exited.get("returncode"),
+            exited.get("signal"),
+            timed_out,
+            False,
+            time.monotonic() - self.started,
+            wall_limit=self.seconds,
+            file_limit_mb=self.spec.limits.file_mb,
+            source=self.spec.source,
+            scratch=scratch,
+            cpu_seconds=exited.get("cpu_seconds"),
+            cpu_limit=self.spec.limits.cpu_seconds,
+            maxrss_kb=exited.get("maxrss_kb"),
             memory_limit_mb=self.spec.limits.memory_mb,
         )
         raise JailEnded(self.outcome)
@@ -143,8 +155,11 @@ class Session:
         self.watch.kill()
         self._wait_exit()
         self.outcome = Outcome(
-            Status(status), one_line(str(failure.get("reason", ""))), stage=one_line(str(failure.get("stage", "")), 20),
-            seconds=time.monotonic() - self.started, line=line if isinstance(line, int) and line > 0 else None,
+            Status(status),
+            one_line(str(failure.get("reason", ""))),
+            stage=one_line(str(failure.get("stage", "")), 20),
+            seconds=time.monotonic() - self.started,
+            line=line if isinstance(line, int) and line > 0 else None,
             stderr_tail=read_log_tail(self.directory),
             error_class=error_class[:80] if error_class.isidentifier() else "",
             message=one_line(str(failure.get("message") or ""), 200),
@@ -159,9 +174,13 @@ class Session:
         except ProtocolError as exc:
             self.watch.kill()
             self._wait_exit()
-            self.outcome = Outcome(Status.INVALID, one_line(f"malformed reply from the sandbox: {exc}"),
-                                   stage="call", seconds=time.monotonic() - self.started,
-                                   stderr_tail=read_log_tail(self.directory))
+            self.outcome = Outcome(
+                Status.INVALID,
+                one_line(f"malformed reply from the sandbox: {exc}"),
+                stage="call",
+                seconds=time.monotonic() - self.started,
+                stderr_tail=read_log_tail(self.directory),
+            )
             raise JailEnded(self.outcome) from None
         if "failure" in reply:
             self._failed(reply)
@@ -197,8 +216,9 @@ class Session:
                     time.sleep(0.005)
             self.watch.kill()
             self._wait_exit()
-            self.outcome = Outcome(Status.OK, seconds=time.monotonic() - self.started,
-                                   stderr_tail=read_log_tail(self.directory))
+            self.outcome = Outcome(
+                Status.OK, seconds=time.monotonic() - self.started, stderr_tail=read_log_tail(self.directory)
+            )
         for fd in self._fds:
             try:
                 os.close(fd)

@@ -14,11 +14,18 @@ import os
 import platform
 import resource
 
-__all__ = ["apply_rlimits", "install_seccomp", "enter_network_namespace", "drop_privileges", "unshare_ipc",
-           "set_dumpable"]
+__all__ = [
+    "apply_rlimits",
+    "install_seccomp",
+    "enter_network_namespace",
+    "drop_privileges",
+    "unshare_ipc",
+    "set_dumpable",
+]
 
 
 # --------------------------------------------------------------------------- rlimits
+
 
 def _lower_limit(which: int, soft: int, hard: int) -> None:
     """Set ``which`` to (soft, hard), never above its current hard limit."""
@@ -59,20 +66,64 @@ def apply_rlimits(cpu_seconds: int, memory_mb: int, file_mb: int, max_processes:
 # aarch64 has no fork/vfork syscalls (glibc implements both with clone).
 _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
-        "socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "ptrace": 101,
-        "chroot": 161, "mount": 165, "umount2": 166, "init_module": 175, "kexec_load": 246,
-        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
-        "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
-        "seccomp": 317, "bpf": 321, "execveat": 322, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "clone3": 435, "pidfd_getfd": 438,
+        "socket": 41,
+        "socketpair": 53,
+        "clone": 56,
+        "fork": 57,
+        "vfork": 58,
+        "execve": 59,
+        "ptrace": 101,
+        "chroot": 161,
+        "mount": 165,
+        "umount2": 166,
+        "init_module": 175,
+        "kexec_load": 246,
+        "add_key": 248,
+        "request_key": 249,
+        "keyctl": 250,
+        "unshare": 272,
+        "perf_event_open": 298,
+        "setns": 308,
+        "process_vm_readv": 310,
+        "process_vm_writev": 311,
+        "finit_module": 313,
+        "seccomp": 317,
+        "bpf": 321,
+        "execveat": 322,
+        "io_uring_setup": 425,
+        "io_uring_enter": 426,
+        "io_uring_register": 427,
+        "clone3": 435,
+        "pidfd_getfd": 438,
     },
     "aarch64": {
-        "umount2": 39, "mount": 40, "chroot": 51, "unshare": 97, "kexec_load": 104,
-        "init_module": 105, "ptrace": 117, "socket": 198, "socketpair": 199, "add_key": 217,
-        "request_key": 218, "keyctl": 219, "clone": 220, "execve": 221, "perf_event_open": 241,
-        "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "finit_module": 273,
-        "seccomp": 277, "bpf": 280, "execveat": 281, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "clone3": 435, "pidfd_getfd": 438,
+        "umount2": 39,
+        "mount": 40,
+        "chroot": 51,
+        "unshare": 97,
+        "kexec_load": 104,
+        "init_module": 105,
+        "ptrace": 117,
+        "socket": 198,
+        "socketpair": 199,
+        "add_key": 217,
+        "request_key": 218,
+        "keyctl": 219,
+        "clone": 220,
+        "execve": 221,
+        "perf_event_open": 241,
+        "setns": 268,
+        "process_vm_readv": 270,
+        "process_vm_writev": 271,
+        "finit_module": 273,
+        "seccomp": 277,
+        "bpf": 280,
+        "execveat": 281,
+        "io_uring_setup": 425,
+        "io_uring_enter": 426,
+        "io_uring_register": 427,
+        "clone3": 435,
+        "pidfd_getfd": 438,
     },
 }
 
@@ -82,12 +133,32 @@ _X32_SYSCALL_BIT = 0x40000000
 
 # Refused outright with EPERM (names missing from an arch's table are skipped).
 _DENIED = (
-    "fork", "vfork", "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev",
-    "mount", "umount2", "unshare", "setns", "chroot", "kexec_load", "init_module", "finit_module",
-    "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "mount",
+    "umount2",
+    "unshare",
+    "setns",
+    "chroot",
+    "kexec_load",
+    "init_module",
+    "finit_module",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "perf_event_open",
     # Beyond the basic list: io_uring can open and connect sockets without passing through
     # socket(2), and pidfd_getfd could copy file descriptors out of the parent template.
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "pidfd_getfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "pidfd_getfd",
 )
 
 _CLONE_THREAD = 0x00010000
@@ -121,7 +192,10 @@ _SECCOMP_FILTER_FLAG_TSYNC = 1
 
 class _SockFilter(ctypes.Structure):
     _fields_ = [
-        ("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32),
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
     ]
 
 
@@ -246,8 +320,12 @@ def install_seccomp(deny_network: bool = True) -> bool:
         raise OSError(-rc, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(-rc)}")
     # seccomp(2) with TSYNC also covers threads already started (e.g. a thread pool created
     # by an import); prctl only filters the calling thread and is the fallback for old kernels.
-    rc = _libc().syscall(ctypes.c_long(_SYSCALLS[arch]["seccomp"]), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-                         ctypes.c_ulong(_SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(fprog))
+    rc = _libc().syscall(
+        ctypes.c_long(_SYSCALLS[arch]["seccomp"]),
+        ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_ulong(_SECCOMP_FILTER_FLAG_TSYNC),
+        ctypes.byref(fprog),
+    )
     if rc == 0:
         return True
     err = ctypes.get_errno()
@@ -297,8 +375,10 @@ def enter_network_namespace() -> str:
     err = _unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
     if err != 0:
         hint = " (the process has more than one thread)" if err == errno.EINVAL else ""
-        return (f"unshare(CLONE_NEWNET) not permitted and unshare(CLONE_NEWUSER|CLONE_NEWNET) failed: "
-                f"{os.strerror(err)}{hint}")
+        return (
+            f"unshare(CLONE_NEWNET) not permitted and unshare(CLONE_NEWUSER|CLONE_NEWNET) failed: "
+            f"{os.strerror(err)}{hint}"
+        )
     # A process that changed uid (e.g. root -> nobody) is not dumpable, which makes its /proc
     # files root's and the maps unwritable; dumpable is restored once the maps are written.
     dumpable = _prctl(_PR_GET_DUMPABLE)
@@ -330,6 +410,7 @@ def unshare_ipc() -> bool:
 
 
 # --------------------------------------------------------------------------- privileges
+
 
 def set_dumpable(flag: bool) -> bool:
     """prctl(PR_SET_DUMPABLE): a non-dumpable process's memory, file descriptors and environment

@@ -86,8 +86,9 @@ class Slot:
         exec(self.code, namespace)  # the jail is the wall: this process is disposable
         fn = namespace.get(self.spec.slot)
         if not callable(fn):
-            raise Failed({"status": "parse", "stage": "parse", "reason": f"no function named {self.spec.slot!r}",
-                          "line": -1})
+            raise Failed(
+                {"status": "parse", "stage": "parse", "reason": f"no function named {self.spec.slot!r}", "line": -1}
+            )
         self.fn = fn
         self.states: dict[int, dict[str, Any]] = {}
         self.graph: tuple[Any, list[Any]] | None = None
@@ -169,15 +170,30 @@ def serve(channel: Channel, spec: JailSpec) -> int:
             try:
                 channel.send(reply)
             except ProtocolError as exc:
-                raise Failed({"status": "invalid", "stage": stage, "line": -1,
-                              "reason": one_line(f"returned a value that cannot leave the sandbox: {exc}")}) from None
+                raise Failed(
+                    {
+                        "status": "invalid",
+                        "stage": stage,
+                        "line": -1,
+                        "reason": one_line(f"returned a value that cannot leave the sandbox: {exc}"),
+                    }
+                ) from None
     except Failed as exc:
         _send_failure(channel, exc.result)
         return 0
     except SyntaxError as exc:
         reason, line = _describe(exc, spec.source)
-        _send_failure(channel, {"status": "parse", "stage": "parse", "reason": reason, "line": line,
-                                "error_class": type(exc).__name__, "message": one_line(exc.msg or "", 200)})
+        _send_failure(
+            channel,
+            {
+                "status": "parse",
+                "stage": "parse",
+                "reason": reason,
+                "line": line,
+                "error_class": type(exc).__name__,
+                "message": one_line(exc.msg or "", 200),
+            },
+        )
         return 0
     except BaseException as exc:  # noqa: BLE001 - the module's own top level raised
         _send_failure(channel, _failure(exc, spec.source, stage, spec.limits.memory_mb, spec.limits.file_mb))

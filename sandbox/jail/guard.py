@@ -77,8 +77,7 @@ TORCH_EXTRA_FUNCTIONS = frozenset({"is_tensor", "is_storage", "typename", "vmap"
 
 #: torch classes a candidate may hold (construct, pass to isinstance); their own attributes stay closed
 VETTED_CLASSES = frozenset(
-    {"Tensor", "Size", "dtype", "device", "finfo", "iinfo", "no_grad", "enable_grad", "inference_mode",
-     "LinAlgError"}
+    {"Tensor", "Size", "dtype", "device", "finfo", "iinfo", "no_grad", "enable_grad", "inference_mode", "LinAlgError"}
 )
 
 #: names rejected wherever they appear, as a variable or as an attribute
@@ -216,24 +215,89 @@ FRAME_PREFIXES = ("gi_", "f_", "co_", "tb_", "cr_", "ag_")
 FRAME_REASON = "frames, code objects and tracebacks reach the interpreter's internals"
 FORMAT_REASON = "format fields read attributes and items of the arguments; use an f-string"
 
-_INT = frozenset({"bit_length", "bit_count", "conjugate", "denominator", "numerator", "real", "imag",
-                  "as_integer_ratio", "is_integer"})
+_INT = frozenset(
+    {
+        "bit_length",
+        "bit_count",
+        "conjugate",
+        "denominator",
+        "numerator",
+        "real",
+        "imag",
+        "as_integer_ratio",
+        "is_integer",
+    }
+)
 _FLOAT = frozenset({"as_integer_ratio", "conjugate", "imag", "is_integer", "real"})
 _STR = frozenset(
-    {"capitalize", "casefold", "center", "count", "endswith", "expandtabs", "find", "index", "isalnum",
-     "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable",
-     "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "partition", "removeprefix",
-     "removesuffix", "replace", "rfind", "rindex", "rjust", "rpartition", "rsplit", "rstrip", "split",
-     "splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill"}
+    {
+        "capitalize",
+        "casefold",
+        "center",
+        "count",
+        "endswith",
+        "expandtabs",
+        "find",
+        "index",
+        "isalnum",
+        "isalpha",
+        "isascii",
+        "isdecimal",
+        "isdigit",
+        "isidentifier",
+        "islower",
+        "isnumeric",
+        "isprintable",
+        "isspace",
+        "istitle",
+        "isupper",
+        "join",
+        "ljust",
+        "lower",
+        "lstrip",
+        "partition",
+        "removeprefix",
+        "removesuffix",
+        "replace",
+        "rfind",
+        "rindex",
+        "rjust",
+        "rpartition",
+        "rsplit",
+        "rstrip",
+        "split",
+        "splitlines",
+        "startswith",
+        "strip",
+        "swapcase",
+        "title",
+        "upper",
+        "zfill",
+    }
 )
-_LIST = frozenset({"append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove",
-                   "reverse", "sort"})
+_LIST = frozenset({"append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove", "reverse", "sort"})
 _TUPLE = frozenset({"count", "index"})
 _DICT = frozenset({"clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values"})
 _SET = frozenset(
-    {"add", "clear", "copy", "difference", "difference_update", "discard", "intersection",
-     "intersection_update", "isdisjoint", "issubset", "issuperset", "pop", "remove", "symmetric_difference",
-     "symmetric_difference_update", "union", "update"}
+    {
+        "add",
+        "clear",
+        "copy",
+        "difference",
+        "difference_update",
+        "discard",
+        "intersection",
+        "intersection_update",
+        "isdisjoint",
+        "issubset",
+        "issuperset",
+        "pop",
+        "remove",
+        "symmetric_difference",
+        "symmetric_difference_update",
+        "union",
+        "update",
+    }
 )
 #: plain Python types and the attributes a candidate may read on their instances
 PLAIN_ATTRIBUTES: dict[type, frozenset[str]] = {
@@ -321,12 +385,12 @@ def vetted() -> Vetted:
     modules = {path: importlib.import_module(path) for path in VETTED_MODULES}
     module_names = {path: _module_names(path, module, torch) for path, module in modules.items()}
     denied = TENSOR_DENIED.keys() | BLOCKED_ATTRIBUTES.keys() | FORBIDDEN_NAMES
-    tensor = frozenset(n for n in dir(torch.Tensor) if not n.startswith("_") and n not in denied
-                       and _tensor_denial(n) is None)
+    tensor = frozenset(
+        n for n in dir(torch.Tensor) if not n.startswith("_") and n not in denied and _tensor_denial(n) is None
+    )
     torch_types = {
         torch.Size: _TUPLE | {"numel"},
-        torch.dtype: frozenset({"is_complex", "is_floating_point", "is_signed", "itemsize", "to_complex",
-                                "to_real"}),
+        torch.dtype: frozenset({"is_complex", "is_floating_point", "is_signed", "itemsize", "to_complex", "to_real"}),
         torch.device: frozenset({"index", "type"}),
         torch.finfo: frozenset({"bits", "dtype", "eps", "max", "min", "resolution", "smallest_normal", "tiny"}),
         torch.iinfo: frozenset({"bits", "dtype", "max", "min"}),
@@ -337,8 +401,15 @@ def vetted() -> Vetted:
             fields.update(getattr(kind, "__match_args__", ()))
     all_types = {**PLAIN_ATTRIBUTES, **torch_types}
     any_value = frozenset(tensor.union(fields, *all_types.values()))
-    return Vetted(modules=modules, module_names=module_names, by_id={id(m): p for p, m in modules.items()},
-                  tensor=tensor, types=all_types, return_fields=frozenset(fields), any_value=any_value)
+    return Vetted(
+        modules=modules,
+        module_names=module_names,
+        by_id={id(m): p for p, m in modules.items()},
+        tensor=tensor,
+        types=all_types,
+        return_fields=frozenset(fields),
+        any_value=any_value,
+    )
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -411,8 +482,9 @@ def type_verdict(kind: type, name: str) -> Literal[True] | str | Callable[[Any],
     if allowed is None and issubclass(kind, type):
         return "attributes of classes are not allowed (their methods and namespaces reach everything)"
     if allowed is None:
-        return ("only tensors, numbers, strings, containers and torch's dtypes, devices and sizes have "
-                "readable attributes")
+        return (
+            "only tensors, numbers, strings, containers and torch's dtypes, devices and sizes have readable attributes"
+        )
     return True if name in allowed else f"not a vetted attribute of {_kind_text(kind)}"
 
 
@@ -431,8 +503,11 @@ def name_refusal(name: str) -> str | None:
         return why
     if name in vetted().any_value:
         return None
-    return (_tensor_denial(name) or _denied_module_name(name)
-            or "not an attribute of a tensor, number, string, container, dtype, device or size")
+    return (
+        _tensor_denial(name)
+        or _denied_module_name(name)
+        or "not an attribute of a tensor, number, string, container, dtype, device or size"
+    )
 
 
 def what(obj: Any) -> str:
@@ -460,8 +535,10 @@ def _checked_to(tensor: Any) -> Callable[..., Any]:
                 except (RuntimeError, TypeError, ValueError) as exc:
                     raise GuardError(f"'to' with the device {value!r} is not allowed ({exc})") from None
                 if target.type != home.type or (target.index is not None and target.index != home.index):
-                    raise GuardError(f"'to({value!r})' is not allowed (it moves a tensor on {home} to another "
-                                     "device; the harness picks the device, use x.device)")
+                    raise GuardError(
+                        f"'to({value!r})' is not allowed (it moves a tensor on {home} to another "
+                        "device; the harness picks the device, use x.device)"
+                    )
         return method(*args, **kwargs)
 
     return to
@@ -506,8 +583,9 @@ def make_import(allowed_imports: Iterable[str]) -> Callable[..., Any]:
     real_import = builtins.__import__
     shown = ", ".join(sorted(paths))
 
-    def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Sequence[str] | None = (),
-                       level: int = 0) -> Any:
+    def guarded_import(
+        name: str, globals: Any = None, locals: Any = None, fromlist: Sequence[str] | None = (), level: int = 0
+    ) -> Any:
         if level:
             raise GuardError("relative imports are not allowed")
         if name not in paths:

@@ -90,17 +90,28 @@ def _failure(exc: BaseException, source: str, stage: str, memory_mb: int, file_m
     error = {"error_class": type(exc).__name__, "message": _message(exc)}
     if _is_out_of_memory(exc):
         limit = f"the {memory_mb} MB memory limit" if memory_mb > 0 else "the memory limit"
-        return {"status": "memory", "stage": stage, "line": line, **error,
-                "reason": one_line(f"out of memory: {limit} was reached{where(source, line)}")}
+        return {
+            "status": "memory",
+            "stage": stage,
+            "line": line,
+            **error,
+            "reason": one_line(f"out of memory: {limit} was reached{where(source, line)}"),
+        }
     if _is_output_limit(exc):
-        return {"status": "output", "stage": stage, "line": line, **error,
-                "reason": one_line(f"wrote more than the {file_mb} MB file-size limit{where(source, line)}")}
+        return {
+            "status": "output",
+            "stage": stage,
+            "line": line,
+            **error,
+            "reason": one_line(f"wrote more than the {file_mb} MB file-size limit{where(source, line)}"),
+        }
     if isinstance(exc, RecursionError):
         reason = "recursion without end: " + reason
     return {"status": "error", "stage": stage, "reason": one_line(reason), "line": line, **error}
 
 
 # ------------------------------------------------------------------------------------ walls
+
 
 def redirect_output(job_dir: Path) -> None:
     """Point stdout and stderr at ``log.txt`` in the job directory (the file-size limit caps it)."""
@@ -169,8 +180,13 @@ def confine_job(job_dir: Path, job: Any, uid: int = SANDBOX_UID) -> list[str]:
     # or two importing torch, which must not come out of the candidate's allowance
     usage = resource.getrusage(resource.RUSAGE_SELF)
     spent = math.ceil(usage.ru_utime + usage.ru_stime)
-    apply_rlimits(lim.cpu_seconds + spent if lim.cpu_seconds > 0 else 0, memory, lim.file_mb, lim.max_processes,
-                  max_files=max_open_files(job.device))
+    apply_rlimits(
+        lim.cpu_seconds + spent if lim.cpu_seconds > 0 else 0,
+        memory,
+        lim.file_mb,
+        lim.max_processes,
+        max_files=max_open_files(job.device),
+    )
     install_seccomp(deny_network=True)
     return notes
 

@@ -126,14 +126,16 @@ def serve(env: dict[str, str], uid: int) -> None:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            _emit({
-                "event": "exited",
-                "id": job_id,
-                "returncode": os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else None,
-                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                "maxrss_kb": usage.ru_maxrss,
-            })
+            _emit(
+                {
+                    "event": "exited",
+                    "id": job_id,
+                    "returncode": os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                    "maxrss_kb": usage.ru_maxrss,
+                }
+            )
 
 
 def main() -> None:

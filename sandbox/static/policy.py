@@ -85,9 +85,7 @@ def check_source(source: str, policy: Policy) -> list[Violation]:
     if not source.strip():
         return [Violation(1, 0, "source is empty")]
     if len(source) > policy.max_source_chars:
-        return [
-            Violation(1, 0, f"source is too long: {len(source)} characters (limit {policy.max_source_chars})")
-        ]
+        return [Violation(1, 0, f"source is too long: {len(source)} characters (limit {policy.max_source_chars})")]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. invalid escape sequences: not our concern
@@ -298,8 +296,10 @@ class _Checker:
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
             if prefix not in modules:
-                return (f"import of '{path}' is not allowed ('{prefix}' is not a vetted module; "
-                        f"vetted: {', '.join(guard.VETTED_MODULES)})")
+                return (
+                    f"import of '{path}' is not allowed ('{prefix}' is not a vetted module; "
+                    f"vetted: {', '.join(guard.VETTED_MODULES)})"
+                )
         if name is not None:
             why = guard.module_refusal(modules[path], name)
             if why is not None:
@@ -382,9 +382,7 @@ class _Checker:
             elif isinstance(node, ast.arguments):  # default values bind parameters too
                 positional = [*node.posonlyargs, *node.args]
                 pairs = [*zip(positional[len(positional) - len(node.defaults) :], node.defaults, strict=True)]
-                pairs += [
-                    (a, d) for a, d in zip(node.kwonlyargs, node.kw_defaults, strict=True) if d is not None
-                ]
+                pairs += [(a, d) for a, d in zip(node.kwonlyargs, node.kw_defaults, strict=True) if d is not None]
                 for arg, default in pairs:
                     yield ast.Name(id=arg.arg, ctx=ast.Store()), default
 
@@ -407,9 +405,7 @@ class _Checker:
 
     def check_identifier(self, node: ast.AST, name: str, what: str) -> None:
         if _is_dunder(name):
-            self.add(
-                node, f"{what} '{name}' is not allowed (double-underscore names reach interpreter internals)"
-            )
+            self.add(node, f"{what} '{name}' is not allowed (double-underscore names reach interpreter internals)")
         elif name in FORBIDDEN_NAMES:
             self.add(node, f"{what} '{name}' is not allowed (forbidden name)")
 
@@ -440,8 +436,11 @@ class _Checker:
         elif isinstance(node, (ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith, ast.Await)):
             self.add(node, "async code is not allowed")
         elif isinstance(node, ast.GeneratorExp):
-            self.add(node, "generator expressions are not allowed (generators expose their frames); "
-                           "use a list comprehension, e.g. sum([... for ...])")
+            self.add(
+                node,
+                "generator expressions are not allowed (generators expose their frames); "
+                "use a list comprehension, e.g. sum([... for ...])",
+            )
         elif isinstance(node, (ast.Yield, ast.YieldFrom)):
             keyword = "yield" if isinstance(node, ast.Yield) else "yield from"
             self.add(node, f"'{keyword}' is not allowed (generators expose their frames)")
@@ -464,8 +463,9 @@ class _Checker:
             and node.id not in guard.ALLOWED_BUILTINS
             and not self.reported(node, before)
         ):
-            self.add(node, f"name '{node.id}' is not allowed (it is not defined in the candidate and not a "
-                           "vetted builtin)")
+            self.add(
+                node, f"name '{node.id}' is not allowed (it is not defined in the candidate and not a vetted builtin)"
+            )
         parent = self.parents.get(node)
         if (
             node.id in self.modules
@@ -480,8 +480,11 @@ class _Checker:
         if self.reported(node, before):
             return
         if not isinstance(node.ctx, ast.Load):
-            self.add(node, f"assigning to or deleting the attribute '{_shown(node)}' is not allowed "
-                           "(a candidate's attributes are read-only)")
+            self.add(
+                node,
+                f"assigning to or deleting the attribute '{_shown(node)}' is not allowed "
+                "(a candidate's attributes are read-only)",
+            )
             return
         receiver = self.static_value(node.value)
         why = guard.name_refusal(node.attr) if receiver is _UNKNOWN else guard.refusal(receiver, node.attr)
@@ -533,9 +536,7 @@ class _Checker:
         root, through_call = _target_root(node)
         shown = f"'{_shown(node)}'"
         if isinstance(root, ast.Name) and root.id in self.imported:
-            self.add(
-                node, f"assigning to or deleting {shown} is not allowed (monkeypatching imported '{root.id}')"
-            )
+            self.add(node, f"assigning to or deleting {shown} is not allowed (monkeypatching imported '{root.id}')")
         elif isinstance(root, ast.Name) and root.id in self.tainted:
             self.add(
                 node,
@@ -552,9 +553,7 @@ class _Checker:
         if node.name:
             self.check_identifier(node, node.name, "exception name")
         if node.type is None:
-            self.add(
-                node, "bare 'except:' is not allowed (it swallows the sandbox's signals; catch Exception)"
-            )
+            self.add(node, "bare 'except:' is not allowed (it swallows the sandbox's signals; catch Exception)")
             return
         for part in ast.walk(node.type):
             name = getattr(part, "id", None) or getattr(part, "attr", None)
@@ -564,9 +563,7 @@ class _Checker:
                     f"'except {name}' is not allowed (it swallows the sandbox's signals; catch Exception)",
                 )
             elif not isinstance(part, (ast.Name, ast.Attribute, ast.Tuple, ast.expr_context)):
-                self.add(
-                    node, "an except clause must name exception classes directly (e.g. except ValueError)"
-                )
+                self.add(node, "an except clause must name exception classes directly (e.g. except ValueError)")
                 return
 
     def check_finally(self, node: ast.stmt) -> None:
@@ -576,9 +573,7 @@ class _Checker:
             current, in_loop = stack.pop()
             if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
                 continue
-            if isinstance(current, ast.Return) or (
-                isinstance(current, (ast.Break, ast.Continue)) and not in_loop
-            ):
+            if isinstance(current, ast.Return) or (isinstance(current, (ast.Break, ast.Continue)) and not in_loop):
                 keyword = type(current).__name__.lower()
                 self.add(
                     current,

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-DPO = textwrap.dedent('''
+DPO = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
 
@@ -17,7 +17,7 @@ DPO = textwrap.dedent('''
     def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
         h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
         return -F.logsigmoid(beta * h)
-''')
+""")
 
 HEAD = "import torch\nimport torch.nn.functional as F\n\n\n"
 SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
@@ -25,8 +25,9 @@ H = "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_l
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 BAD = {  # case -> (source, stage, status, fragment of the reason)
@@ -41,7 +42,10 @@ BAD = {  # case -> (source, stage, status, fragment of the reason)
     "nan_in_training": (
         HEAD + SIG + H + "    scale = float('nan') if h.shape[0] > 10 else 1.0  # NaN only at training batch size\n"
         "    return -F.logsigmoid(beta * h) * scale\n",
-        "train", "invalid", "NaN"),
+        "train",
+        "invalid",
+        "NaN",
+    ),
 }
 
 
@@ -60,8 +64,11 @@ def test_bad_candidate_gives_one_line_and_nonzero_exit(case, tmp_path):
 
 
 def test_usage_errors_are_one_line(tmp_path):
-    for args in (["evaluate", str(tmp_path / "absent.py")], ["evaluate", __file__, "--task", "nope"],
-                 ["evaluate", __file__, "--suite", "nope"]):
+    for args in (
+        ["evaluate", str(tmp_path / "absent.py")],
+        ["evaluate", __file__, "--task", "nope"],
+        ["evaluate", __file__, "--suite", "nope"],
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2
         assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
@@ -101,23 +108,31 @@ def test_version_from_the_command_and_python_dash_m():
 
 
 def test_shell_completion_is_offered():
-    proc = subprocess.run([sys.executable, "-m", "discovery", "--help"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert "--install-completion" in proc.stdout and "--show-completion" in proc.stdout
 
 
 def test_usage_error_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "discovery", "no-such-command"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery", "no-such-command"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "No such command" in proc.stderr
 
 
 def test_an_internal_error_is_one_line_and_exit_1():
-    code = ("import discovery.cli as cli\n"
-            "@cli.app.command('boom')\n"
-            "def boom() -> None:\n"
-            "    raise RuntimeError('a bug')\n"
-            "cli.main()\n")
+    code = (
+        "import discovery.cli as cli\n"
+        "@cli.app.command('boom')\n"
+        "def boom() -> None:\n"
+        "    raise RuntimeError('a bug')\n"
+        "cli.main()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, "boom"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc
     assert proc.stderr.strip() == "internal error: RuntimeError: a bug (DISCOVERY_DEBUG=1 shows the traceback)"
@@ -134,9 +149,12 @@ def test_dashboard_stops_streamlit_on_sigterm(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     health = f"http://127.0.0.1:{port}/_stcore/health"
-    proc = subprocess.Popen([sys.executable, "-m", "discovery", "dashboard", "--db", str(tmp_path / "none.db"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "discovery", "dashboard", "--db", str(tmp_path / "none.db"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -171,30 +189,49 @@ def test_show_says_status_at_stage_the_error_and_the_original_of_a_duplicate(tmp
     with Archive(db) as archive:
         run = archive.create_run("preference", {"task": "preference"})
         original = archive.add_candidate(run, name="dpo", code=DPO, code_hash="dpo", proposer="baseline").id
-        archive.update_candidate(original, status=Status.OK, fitness=0.5, fitness_ci_low=0.4, fitness_ci_high=0.6,
-                                 n_seeds=2)
-        raised = archive.add_candidate(run, name="raises", code=code, code_hash="r", proposer="mutation",
-                                       parents=[original]).id
-        archive.update_candidate(raised, status=Status.ERROR, failed_stage="contract",
-                                 reason="NameError: name 'hx' is not defined (line 7: `return ...`)",
-                                 error_class="NameError", error_line=7, error_message="name 'hx' is not defined")
+        archive.update_candidate(
+            original, status=Status.OK, fitness=0.5, fitness_ci_low=0.4, fitness_ci_high=0.6, n_seeds=2
+        )
+        raised = archive.add_candidate(
+            run, name="raises", code=code, code_hash="r", proposer="mutation", parents=[original]
+        ).id
+        archive.update_candidate(
+            raised,
+            status=Status.ERROR,
+            failed_stage="contract",
+            reason="NameError: name 'hx' is not defined (line 7: `return ...`)",
+            error_class="NameError",
+            error_line=7,
+            error_message="name 'hx' is not defined",
+        )
         invalid = archive.add_candidate(run, name="scalar", code=code, code_hash="s", proposer="mutation").id
-        archive.update_candidate(invalid, status=Status.INVALID, failed_stage="contract",
-                                 reason="loss returns shape (), expected (10,)")
-        duplicate = archive.add_duplicate(run, original_id=original, code=DPO, code_hash="dpo", name="again",
-                                          proposer="mutation")
+        archive.update_candidate(
+            invalid, status=Status.INVALID, failed_stage="contract", reason="loss returns shape (), expected (10,)"
+        )
+        duplicate = archive.add_duplicate(
+            run, original_id=original, code=DPO, code_hash="dpo", name="again", proposer="mutation"
+        )
     expected = {
-        raised: ["status: error at contract: NameError line 7 — name 'hx' is not defined",
-                 "reason: NameError: name 'hx' is not defined (line 7: `return ...`)",
-                 f"lineage: raises ({raised}) <- dpo ({original})"],
+        raised: [
+            "status: error at contract: NameError line 7 — name 'hx' is not defined",
+            "reason: NameError: name 'hx' is not defined (line 7: `return ...`)",
+            f"lineage: raises ({raised}) <- dpo ({original})",
+        ],
         invalid: ["status: invalid at contract: loss returns shape (), expected (10,)"],
-        duplicate: [f"status: duplicate at dedup: same normalized syntax tree as {original} (dpo); not evaluated",
-                    f"duplicate of: {original} (discovery show {original} --db {db})"],
+        duplicate: [
+            f"status: duplicate at dedup: same normalized syntax tree as {original} (dpo); not evaluated",
+            f"duplicate of: {original} (discovery show {original} --db {db})",
+        ],
         original: ["status: ok", "fitness (discover): 0.5000 ± 0.1000 over 2 seeds; held-out: -"],
     }
     for cid, lines in expected.items():
-        proc = subprocess.run(["discovery", "show", cid, "--db", str(db)], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "COLUMNS": "300"})
+        proc = subprocess.run(
+            ["discovery", "show", cid, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "300"},
+        )
         assert proc.returncode == 0, proc.stderr
         shown = proc.stdout.splitlines()
         for line in lines:

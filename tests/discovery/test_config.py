@@ -66,7 +66,13 @@ def test_defaults_without_a_file_or_overrides():
     cfg = load_config(None, {})
     assert cfg == RunConfig()
     assert (cfg.task, cfg.budget, cfg.workers, cfg.proposer, cfg.sandbox, cfg.device) == (
-        "preference", 24, 2, "auto", "local", "auto")
+        "preference",
+        24,
+        2,
+        "auto",
+        "local",
+        "auto",
+    )
     assert cfg.limits == SandboxLimits() and cfg.limits.memory_mb == 6144 and cfg.limits.training_seconds is None
     assert cfg.models == [] and not cfg.uses_llm
 
@@ -87,29 +93,35 @@ def test_models_from_a_file(tmp_path):
     assert [(m.name, m.weight) for m in cfg.models] == [("openai/a", 1.0), ("openai/b", 3.0)] and cfg.uses_llm
 
 
-@pytest.mark.parametrize(("text", "where"), [
-    ("[run]\nbudgt = 3\n", "budgt"),
-    ("[run.limits]\nmemroy_mb = 4096\n", "limits.memroy_mb"),
-    ("[[run.models]]\nname = 'a'\nwieght = 2\n", "models.0.wieght"),
-    ("[other]\nbudget = 3\n", "other"),
-])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[run]\nbudgt = 3\n", "budgt"),
+        ("[run.limits]\nmemroy_mb = 4096\n", "limits.memroy_mb"),
+        ("[[run.models]]\nname = 'a'\nwieght = 2\n", "models.0.wieght"),
+        ("[other]\nbudget = 3\n", "other"),
+    ],
+)
 def test_unknown_keys_are_rejected_naming_the_key(tmp_path, text, where):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text), {})
     assert str(info.value) == f"invalid configuration: {where}: Extra inputs are not permitted"
 
 
-@pytest.mark.parametrize(("text", "where", "message"), [
-    ("[run]\nbudget = 'many'\n", "budget", "valid integer"),
-    ("[run]\nworkers = 2.5\n", "workers", "fractional part"),
-    ("[run]\nbudget = 0\n", "budget", "greater than 0"),
-    ("[run]\ncrossover_rate = 1.5\n", "crossover_rate", "less than or equal to 1"),
-    ("[run]\nproposer = 'genetic'\n", "proposer", "'auto', 'llm', 'mutation' or 'random'"),
-    ("[run]\ncascade_configs = []\n", "cascade_configs", "at least one configuration"),
-    ("[run.limits]\nmemory_mb = 100\n", "limits.memory_mb", "greater than or equal to 256"),
-    ("[[run.models]]\nname = 'a'\nweight = 0\n", "models.0.weight", "greater than 0"),
-    ("[[run.models]]\nweight = 1\n", "models.0.name", "Field required"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("[run]\nbudget = 'many'\n", "budget", "valid integer"),
+        ("[run]\nworkers = 2.5\n", "workers", "fractional part"),
+        ("[run]\nbudget = 0\n", "budget", "greater than 0"),
+        ("[run]\ncrossover_rate = 1.5\n", "crossover_rate", "less than or equal to 1"),
+        ("[run]\nproposer = 'genetic'\n", "proposer", "'auto', 'llm', 'mutation' or 'random'"),
+        ("[run]\ncascade_configs = []\n", "cascade_configs", "at least one configuration"),
+        ("[run.limits]\nmemory_mb = 100\n", "limits.memory_mb", "greater than or equal to 256"),
+        ("[[run.models]]\nname = 'a'\nweight = 0\n", "models.0.weight", "greater than 0"),
+        ("[[run.models]]\nweight = 1\n", "models.0.name", "Field required"),
+    ],
+)
 def test_wrong_types_and_values_are_rejected_with_one_line(tmp_path, text, where, message):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text), {})

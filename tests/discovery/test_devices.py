@@ -73,9 +73,15 @@ def test_a_jail_never_gets_a_gpu():
     assert "/dev/nvidia" not in args and " /sys " not in args
 
 
-@pytest.mark.parametrize(("device", "gpu", "expected"), [
-    ("cpu", None, "cpu"), ("cuda", None, "cuda:0"), ("cuda:1", None, "cuda:1"), ("cuda", "5", "cuda:1"),
-])
+@pytest.mark.parametrize(
+    ("device", "gpu", "expected"),
+    [
+        ("cpu", None, "cpu"),
+        ("cuda", None, "cuda:0"),
+        ("cuda:1", None, "cuda:1"),
+        ("cuda", "5", "cuda:1"),
+    ],
+)
 def test_the_device_reaches_the_trainer(monkeypatch, device, gpu, expected):
     """The job carries the run's device; the trainer computes on its worker's GPU, under this
     process's index of it (CUDA_VISIBLE_DEVICES=3,5: GPU 5 is cuda:1 here)."""
@@ -109,8 +115,12 @@ def _asserting_device(expected: str) -> str:
 
 
 def _evaluate_json(path, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "evaluate", str(path), *args, "--seeds", "1",
-                           "--json"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery.cli", "evaluate", str(path), *args, "--seeds", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return {"returncode": proc.returncode, **json.loads(proc.stdout)}
 
 
@@ -130,10 +140,14 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path):
     if HAS_GPU:
         pytest.skip("this machine has a GPU")
     (tmp_path / "x.py").write_text(get_task("preference").seed_program)
-    for args in (["run", "--device", "cuda", "--db", str(tmp_path / "r.db")],
-                 ["evaluate", "x.py", "--device", "cuda:0"], ["baselines", "--device", "cuda"]):
-        proc = subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+    for args in (
+        ["run", "--device", "cuda", "--db", str(tmp_path / "r.db")],
+        ["evaluate", "x.py", "--device", "cuda:0"],
+        ["baselines", "--device", "cuda"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.startswith("error:") and "no CUDA GPU" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -148,9 +162,25 @@ def test_evaluate_trains_on_the_gpu_in_the_local_sandbox(tmp_path, task):
     path = tmp_path / "candidate.py"
     # the trainer is on the GPU; the jail computes the loss on CPU copies of its arguments
     path.write_text(_asserting_device("cpu") if task == "preference" else t.seed_program)
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--task", task,
-                           "--device", "cuda", "--seeds", "1", "--json"], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "discovery.cli",
+            "evaluate",
+            str(path),
+            "--task",
+            task,
+            "--device",
+            "cuda",
+            "--seeds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["device"] == "cuda" and report["status"] == "ok", report
@@ -160,9 +190,27 @@ def test_evaluate_trains_on_the_gpu_in_the_local_sandbox(tmp_path, task):
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 def test_run_on_the_gpu_records_the_device(tmp_path):
     db = tmp_path / "runs.db"
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "run", "--device", "cuda", "--budget", "2",
-                           "--workers", "1", "--db", str(db), "--quiet"], capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "discovery.cli",
+            "run",
+            "--device",
+            "cuda",
+            "--budget",
+            "2",
+            "--workers",
+            "1",
+            "--db",
+            str(db),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from discovery.archive import Archive
 

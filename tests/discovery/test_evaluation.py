@@ -26,8 +26,7 @@ class ForgingEvaluator(Evaluator):
         self.forge = forge
 
     def run(self, job, sandbox, inputs=None, suite=None):  # noqa: ANN001, ANN201
-        honest = TASK.train(_dpo(), TASK.suite("discover").config("clean"), 0,
-                            inputs[input_key("clean", 0)], "cpu")
+        honest = TASK.train(_dpo(), TASK.suite("discover").config("clean"), 0, inputs[input_key("clean", 0)], "cpu")
         honest["train_seconds"] = 1.0
         return Outcome(Status.OK, outputs={input_key("clean", 0): self.forge(honest)})
 
@@ -47,13 +46,18 @@ def test_an_honest_output_scores():
     assert _evaluate(lambda raw: raw).ok
 
 
-@pytest.mark.parametrize(("forge", "reason"), [
-    (lambda raw: {**raw, "train_seconds": -5.0}, "train_seconds -5.0 is not a non-negative number"),
-    (lambda raw: {**raw, "train_seconds": float("nan")}, "train_seconds nan"),
-    (lambda raw: {**raw, "curve_loss": torch.zeros(12_000_000)}, f"curve_loss has 12000000 points (at most "
-                                                                 f"{MAX_CURVE_ELEMENTS})"),
-    (lambda raw: {**raw, "junk": [torch.zeros(10_000_000), torch.zeros(10_000_001)]}, "more than 20000000"),
-])
+@pytest.mark.parametrize(
+    ("forge", "reason"),
+    [
+        (lambda raw: {**raw, "train_seconds": -5.0}, "train_seconds -5.0 is not a non-negative number"),
+        (lambda raw: {**raw, "train_seconds": float("nan")}, "train_seconds nan"),
+        (
+            lambda raw: {**raw, "curve_loss": torch.zeros(12_000_000)},
+            f"curve_loss has 12000000 points (at most {MAX_CURVE_ELEMENTS})",
+        ),
+        (lambda raw: {**raw, "junk": [torch.zeros(10_000_000), torch.zeros(10_000_001)]}, "more than 20000000"),
+    ],
+)
 def test_forged_outputs_are_refused_quickly(forge, reason):
     started = time.monotonic()
     report = _evaluate(forge)

@@ -28,8 +28,9 @@ H = "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_l
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -39,8 +40,9 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------------------------- renaming (no archive)
 
+
 def test_renaming_is_scope_aware_and_keeps_helpers_apart():
-    source = HEAD + textwrap.dedent('''
+    source = HEAD + textwrap.dedent("""
         from math import log as ln
         scale = 0.7
         TAU = 0.5
@@ -56,18 +58,25 @@ def test_renaming_is_scope_aware_and_keeps_helpers_apart():
             TAU = 3.0
             inner = lambda scale: scale + TAU
             return -F.logsigmoid(beta * _f(h, scale)) + 0 * inner(1.0) + 0 * _g(h) * ln(2.0)
-    ''')
+    """)
     moved = move_program(ast.parse(source), "loss", "mine", lambda old: f"_mine__{old}", "doc")
     text = ast.unparse(ast.Module(body=[*ast.parse(HEAD).body, *moved.imports, *moved.body], type_ignores=[]))
-    assert moved.mapping == {"ln": "_mine__ln", "scale": "_mine__scale", "TAU": "_mine__TAU", "_f": "_mine___f",
-                             "_g": "_mine___g", "loss": "mine"}
+    assert moved.mapping == {
+        "ln": "_mine__ln",
+        "scale": "_mine__scale",
+        "TAU": "_mine__TAU",
+        "_f": "_mine___f",
+        "_g": "_mine___g",
+        "loss": "mine",
+    }
     assert "def _mine___f(x, scale):\n    return x * scale" in text  # the parameter keeps its name
     assert "[scale * v for scale in (1.0,)" in text  # so does the comprehension variable
     assert "_mine___f(h, _mine__scale)" in text  # the global reference is renamed
     assert "TAU = 3.0" in text and "scale + TAU" in text  # locals of loss and of the lambda stay
     assert "+ _mine__TAU" in text and "from math import log as _mine__ln" in text
-    assert ast.get_docstring(next(s for s in moved.body if isinstance(s, ast.FunctionDef) and s.name == "mine")) \
-        == "doc"
+    assert (
+        ast.get_docstring(next(s for s in moved.body if isinstance(s, ast.FunctionDef) and s.name == "mine")) == "doc"
+    )
     namespace: dict = {}
     exec(compile(text, "<renamed>", "exec"), namespace)  # noqa: S102 - our own test program
     args = [torch.randn(6) for _ in range(4)]
@@ -76,7 +85,7 @@ def test_renaming_is_scope_aware_and_keeps_helpers_apart():
 
 
 def test_program_for_function_passes_the_policy_and_avoids_parameter_clashes():
-    module = HEAD + textwrap.dedent('''
+    module = HEAD + textwrap.dedent("""
         import torch.nn as nn
         K = 2.0
 
@@ -92,7 +101,7 @@ def test_program_for_function_passes_the_policy_and_avoids_parameter_clashes():
 
         class NotAllowed:
             pass
-    ''')
+    """)
     task = get_task("preference")
     program = program_for_function(module, "beta", task.slot.name, task.slot.signature)
     assert check_source(program, Policy(task.slot.allowed_imports, task.slot.name)) == []
@@ -110,7 +119,7 @@ def test_program_for_function_passes_the_policy_and_avoids_parameter_clashes():
 
 # ------------------------------------------------------------------------------------- on a real short run
 
-CHECK_MODULE = '''
+CHECK_MODULE = """
 import ast, importlib.util, json, math, sys, torch
 spec = importlib.util.spec_from_file_location("discovered_losses", sys.argv[1] if len(sys.argv) > 1 else "{path}")
 mod = importlib.util.module_from_spec(spec)
@@ -144,7 +153,7 @@ except KeyError as exc:
 else:
     raise AssertionError("unknown name accepted")
 print(json.dumps(out))
-'''
+"""
 
 
 def _check_in_fresh_interpreter(path: Path, cwd: Path) -> dict:
@@ -164,13 +173,17 @@ def _module_shape_is_plain(text: str) -> None:
             assert all(m.split(".")[0] in ("torch", "math") for m in modules), ast.unparse(stmt)
         elif isinstance(stmt, ast.Assign):
             target = stmt.targets[0]
-            assert isinstance(target, ast.Name) and target.id in ("REGISTRY", "METADATA") or \
-                isinstance(stmt.value, (ast.Constant, ast.UnaryOp, ast.BinOp, ast.Tuple)), ast.unparse(stmt)
+            assert (
+                isinstance(target, ast.Name)
+                and target.id in ("REGISTRY", "METADATA")
+                or isinstance(stmt.value, (ast.Constant, ast.UnaryOp, ast.BinOp, ast.Tuple))
+            ), ast.unparse(stmt)
             if target.id == "METADATA":
                 ast.literal_eval(stmt.value)
         else:
-            assert isinstance(stmt, ast.FunctionDef) or (isinstance(stmt, ast.ClassDef)
-                                                         and stmt.name == "DiscoveredDPOLoss"), ast.dump(stmt)
+            assert isinstance(stmt, ast.FunctionDef) or (
+                isinstance(stmt, ast.ClassDef) and stmt.name == "DiscoveredDPOLoss"
+            ), ast.dump(stmt)
 
 
 def _reevaluate(program: str, configs: list[str], seeds: list[int]) -> dict[tuple[str, int], float]:
@@ -183,8 +196,11 @@ def _reevaluate(program: str, configs: list[str], seeds: list[int]) -> dict[tupl
     out: dict[tuple[str, int], float] = {}
     with make_pool("local", 1) as pool:
         for config in configs:
-            report = pool.submit(lambda box, c=config: evaluator.evaluate(
-                program, box, "discover", n_seeds=len(seeds), configs=[c], seeds=seeds)).result()
+            report = pool.submit(
+                lambda box, c=config: evaluator.evaluate(
+                    program, box, "discover", n_seeds=len(seeds), configs=[c], seeds=seeds
+                )
+            ).result()
             assert report.ok, report.one_line()
             out.update({(m.config, m.seed): m.fitness for c in report.configs for m in c.seeds})
     return out
@@ -202,8 +218,9 @@ def test_exported_module_imports_alone_and_reproduces_archived_fitness(short_run
         # a leader that got extra seeds, and the best candidate scored on the suite's own seeds
         extra = max(rows, key=lambda c: (c.n_seeds, c.fitness))
         plain = next(c for c in rows if c.n_seeds == len(task.suite("discover").seeds))
-        stored = {c.id: {(e.config, e.seed): e.fitness for e in archive.evaluations(c.id, "discover")}
-                  for c in (extra, plain)}
+        stored = {
+            c.id: {(e.config, e.seed): e.fitness for e in archive.evaluations(c.id, "discover")} for c in (extra, plain)
+        }
     assert extra.n_seeds > plain.n_seeds
     best = [extra, plain]  # exported in the order named
     out = tmp_path / "discovered_losses.py"
@@ -226,8 +243,10 @@ def test_exported_module_imports_alone_and_reproduces_archived_fitness(short_run
         assert redone.keys() == stored[row.id].keys()
         for key, value in stored[row.id].items():
             assert abs(redone[key] - value) < 1e-6, (name, key, redone[key], value)
-        fitness, _ = aggregate(task.suite("discover").with_seeds(len(seeds)),
-                               [SeedMetrics(config=c, seed=s, fitness=f) for (c, s), f in redone.items()])
+        fitness, _ = aggregate(
+            task.suite("discover").with_seeds(len(seeds)),
+            [SeedMetrics(config=c, seed=s, fitness=f) for (c, s), f in redone.items()],
+        )
         assert abs(fitness.mean - row.fitness) < 1e-6
         assert abs(fitness.low - row.fitness_ci_low) < 1e-6 and abs(fitness.high - row.fitness_ci_high) < 1e-6
     # and through the command line: `discovery evaluate FILE --function NAME` (first seed, every configuration)
@@ -271,7 +290,7 @@ HOSTILE = [
     ("λλλ 损失", "unicode \u2028 line separator", 1.3),
     ("dpo", "one dpo", 1.6),
     ("dpo", "another dpo", 2.0),
-    ("REGISTRY", "\r\n\"\"\"; import os", 2.5),
+    ("REGISTRY", '\r\n"""; import os', 2.5),
     ("print", "", 3.0),
 ]
 
@@ -284,15 +303,33 @@ def _hostile_archive(db: Path, tmp_path: Path) -> tuple[Path, str, list[str]]:
     with Archive(copy) as archive:
         run_id = archive.list_runs()[0]["id"]
         for i, (name, thought, scale) in enumerate(HOSTILE):
-            code = HEAD + f"TAU = {scale!r}\n\n\ndef _gate(x):\n    return torch.sigmoid(x / TAU)\n\n\n" + SIG + H + \
-                "    return -F.logsigmoid(beta * h) * (1 + _gate(h)) * TAU\n"
-            added = archive.add_candidate(run_id, name=name, code=code, code_hash=f"hostile-{i}", proposer="test",
-                                          thought=thought, parents=["c-missing"])
-            archive.update_candidate(added.id, status="ok", fitness=10.0 + i, fitness_ci_low=9.0 + i,
-                                     fitness_ci_high=11.0 + i, n_seeds=3)
+            code = (
+                HEAD
+                + f"TAU = {scale!r}\n\n\ndef _gate(x):\n    return torch.sigmoid(x / TAU)\n\n\n"
+                + SIG
+                + H
+                + "    return -F.logsigmoid(beta * h) * (1 + _gate(h)) * TAU\n"
+            )
+            added = archive.add_candidate(
+                run_id,
+                name=name,
+                code=code,
+                code_hash=f"hostile-{i}",
+                proposer="test",
+                thought=thought,
+                parents=["c-missing"],
+            )
+            archive.update_candidate(
+                added.id, status="ok", fitness=10.0 + i, fitness_ci_low=9.0 + i, fitness_ci_high=11.0 + i, n_seeds=3
+            )
             ids.append(added.id)
-        bad = archive.add_candidate(run_id, name="bad", code=HEAD + SIG + "    import os\n    return os\n",
-                                    code_hash="hostile-bad", proposer="test")
+        bad = archive.add_candidate(
+            run_id,
+            name="bad",
+            code=HEAD + SIG + "    import os\n    return os\n",
+            code_hash="hostile-bad",
+            proposer="test",
+        )
         archive.update_candidate(bad.id, status="ok", fitness=99.0)
     return copy, bad.id, ids
 
@@ -340,8 +377,7 @@ def test_export_of_named_candidates_including_a_baseline(short_run_db, tmp_path)
     baseline = next(c for c in rows if c.is_baseline)
     other = next(c for c in rows if not c.is_baseline)
     out = tmp_path / "two.py"
-    proc = run_cli("export", "--db", str(db), "-c", baseline.id, "-c", other.id, "-c", baseline.id,
-                   "--out", str(out))
+    proc = run_cli("export", "--db", str(db), "-c", baseline.id, "-c", other.id, "-c", baseline.id, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     checked = _check_in_fresh_interpreter(out, tmp_path)
     assert [m["meta"]["candidate"] for m in checked.values()] == [baseline.id, other.id]
@@ -386,8 +422,9 @@ def test_candidates_of_two_tasks_are_not_mixed(short_run_db, tmp_path):
         first = archive.list_runs()[0]["id"]
         mine = archive.candidates(first, status=Status.OK)[0].id
         other_run = archive.create_run("other_task", {"task": "other_task"})
-        added = archive.add_candidate(other_run, name="x", code="def update(p):\n    return p\n", code_hash="o",
-                                      proposer="test")
+        added = archive.add_candidate(
+            other_run, name="x", code="def update(p):\n    return p\n", code_hash="o", proposer="test"
+        )
         archive.update_candidate(added.id, status="ok", fitness=50.0)
     with pytest.raises(ExportError, match="several tasks"):
         export(copy, top=3)
@@ -403,12 +440,22 @@ def test_candidates_of_two_tasks_are_not_mixed(short_run_db, tmp_path):
 
 STATUSES = {  # name -> (status, fitness, failed stage, reason, extra line of code)
     "kept": ("ok", 0.5, None, None, ""),
-    "culled_one": ("culled", 0.2, "cascade", "cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run",
-                   "    h = h * 1.5\n"),
+    "culled_one": (
+        "culled",
+        0.2,
+        "cascade",
+        "cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run",
+        "    h = h * 1.5\n",
+    ),
     "crashed_one": ("error", None, "train", "RuntimeError: NaN loss at step 3", "    h = h * 2.5\n"),
     "bad_contract": ("invalid", None, "contract", "loss returns shape (1,), expected (10,)", "    h = h * 3.5\n"),
-    "raised_one": ("error", None, "contract", "NameError: name 'hx' is not defined (line 8: `h = h * 4.5`)",
-                   "    h = h * 4.5\n"),
+    "raised_one": (
+        "error",
+        None,
+        "contract",
+        "NameError: name 'hx' is not defined (line 8: `h = h * 4.5`)",
+        "    h = h * 4.5\n",
+    ),
 }
 #: the structured error the jail reported, for the candidates that raised
 ERRORS = {"raised_one": {"error_class": "NameError", "error_line": 8, "error_message": "name 'hx' is not defined"}}
@@ -424,12 +471,14 @@ def _status_archive(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         for name, (status, fitness, stage, reason, extra) in STATUSES.items():
             code = HEAD + SIG + H + extra + "    return -F.logsigmoid(beta * h)\n"
             ids[name] = archive.add_candidate(run, name=name, code=code, code_hash=name, proposer="test").id
-            archive.update_candidate(ids[name], status=status, fitness=fitness, failed_stage=stage, reason=reason,
-                                     **ERRORS.get(name, {}))
+            archive.update_candidate(
+                ids[name], status=status, fitness=fitness, failed_stage=stage, reason=reason, **ERRORS.get(name, {})
+            )
         ids["no_code"] = archive.add_candidate(run, name="no_code", code="", code_hash="none", proposer="test").id
         archive.update_candidate(ids["no_code"], status="parse", reason="empty response")
-        ids["sneaky"] = archive.add_candidate(run, name="sneaky", code=HEAD + SIG + "    import os\n    return os\n",
-                                              code_hash="sneaky", proposer="test").id
+        ids["sneaky"] = archive.add_candidate(
+            run, name="sneaky", code=HEAD + SIG + "    import os\n    return os\n", code_hash="sneaky", proposer="test"
+        ).id
         archive.update_candidate(ids["sneaky"], status="policy", reason="import of os")
     return db, ids
 
@@ -443,8 +492,13 @@ def test_a_named_candidate_exports_whatever_its_status(tmp_path):
     exec(compile(text, "exported.py", "exec"), ns)  # noqa: S102 - the module just exported
     args = [torch.randn(6) for _ in range(4)]
     h = (args[0] - args[2]) - (args[1] - args[3])
-    for name, scale in (("culled_one", 1.5), ("crashed_one", 2.5), ("bad_contract", 3.5), ("raised_one", 4.5),
-                        ("kept", 1.0)):
+    for name, scale in (
+        ("culled_one", 1.5),
+        ("crashed_one", 2.5),
+        ("bad_contract", 3.5),
+        ("raised_one", 4.5),
+        ("kept", 1.0),
+    ):
         assert torch.allclose(ns[name](*args, 0.1), -torch.nn.functional.logsigmoid(0.1 * h * scale))
         status, fitness, stage, reason, _ = STATUSES[name]
         doc = " ".join(ns[name].__doc__.split())

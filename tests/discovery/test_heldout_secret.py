@@ -42,9 +42,11 @@ def test_the_secret_draws_other_pairs_and_the_same_secret_the_same_ones():
 @pytest.mark.skipif(bool(bubblewrap_problem()), reason=f"no bubblewrap: {bubblewrap_problem()}")
 def test_heldout_scores_depend_on_the_secret_and_repeat_under_it():
     with LocalSandbox() as box:
+
         def score(secret: str) -> float:
-            report = Evaluator(TASK, heldout_secret=secret).evaluate(TASK.seed_program, box, "heldout",
-                                                                     configs=[CONFIG], seeds=[1000])
+            report = Evaluator(TASK, heldout_secret=secret).evaluate(
+                TASK.seed_program, box, "heldout", configs=[CONFIG], seeds=[1000]
+            )
             assert report.ok, report.one_line()
             return report.fitness.mean
 

@@ -25,15 +25,19 @@ from sandbox.host.local import LocalSandbox, bubblewrap_problem
 TASK = get_task("preference")
 
 HEADER = "import torch\nimport torch.nn.functional as F\n"
-SIGNATURE = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-             "reference_rejected_logps, beta):\n")
+SIGNATURE = (
+    "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
+)
 DPO = """\
     logits = (policy_chosen_logps - policy_rejected_logps) - (reference_chosen_logps - reference_rejected_logps)
     return -F.logsigmoid(beta * logits)
 """
 
 #: walks the autograd graph of its arguments to the parameters behind them and zeroes them
-WALK_THE_GRAPH = HEADER + SIGNATURE + """\
+WALK_THE_GRAPH = (
+    HEADER
+    + SIGNATURE
+    + """\
     stack, seen = [policy_chosen_logps.grad_fn], 0
     while stack:
         node = stack.pop()
@@ -45,10 +49,16 @@ WALK_THE_GRAPH = HEADER + SIGNATURE + """\
                 variable.zero_()
             seen += 1
         stack.extend(n for n, _ in node.next_functions)
-""" + DPO
+"""
+    + DPO
+)
 
 #: climbs its caller's frames looking for an optimizer and a model to freeze or overwrite
-WALK_THE_FRAMES = "import sys\n" + HEADER + SIGNATURE + """\
+WALK_THE_FRAMES = (
+    "import sys\n"
+    + HEADER
+    + SIGNATURE
+    + """\
     frame = sys._getframe(1)
     while frame is not None:
         for value in list(frame.f_locals.values()):
@@ -59,10 +69,15 @@ WALK_THE_FRAMES = "import sys\n" + HEADER + SIGNATURE + """\
                     for p in value.parameters():
                         p.zero_()
         frame = frame.f_back
-""" + DPO
+"""
+    + DPO
+)
 
 #: rebuilds the hidden gold reward from the project's code and the job's configuration and seed
-REBUILD_THE_ENVIRONMENT = "import json, os\n" + HEADER + """
+REBUILD_THE_ENVIRONMENT = (
+    "import json, os\n"
+    + HEADER
+    + """
 try:
     from discovery.tasks.preference import env as ENV
 except ImportError:
@@ -73,33 +88,49 @@ except (OSError, ValueError):
     JOB = {}
 
 
-""" + SIGNATURE + """\
+"""
+    + SIGNATURE
+    + """\
     for key in ("configs", "seeds", "suite", "task"):
         if key in JOB:
             raise RuntimeError(f"the jail was told the {key}: {JOB[key]}")
     if ENV is not None:
         raise RuntimeError("the environment's code is importable in the jail")
-""" + DPO
+"""
+    + DPO
+)
 
 #: plants forged weights as the result file, then trains honestly
-PLANT_A_RESULT = "import os\n" + HEADER + SIGNATURE + """\
+PLANT_A_RESULT = (
+    "import os\n"
+    + HEADER
+    + SIGNATURE
+    + """\
     forged = {"status": "ok", "reason": "", "outputs": {"clean/0": {"policy": {}}}}
     torch.save(forged, "result.pt")
     with open(os.path.join(os.getcwd(), "result.pt.tmp"), "wb") as fh:
         fh.write(b"forged")
-""" + DPO
+"""
+    + DPO
+)
 
 #: keeps a reference to its arguments from the contract check and the previous step, to move them later
-KEEP_THE_ARGUMENTS = HEADER + """
+KEEP_THE_ARGUMENTS = (
+    HEADER
+    + """
 KEPT = []
 
 
-""" + SIGNATURE + """\
+"""
+    + SIGNATURE
+    + """\
     for old in KEPT:
         with torch.no_grad():
             old.add_(1000.0)
     KEPT.append(policy_chosen_logps)
-""" + DPO
+"""
+    + DPO
+)
 
 CHEATS = {
     "walk_the_graph": WALK_THE_GRAPH,
@@ -137,8 +168,10 @@ def scores(request: pytest.FixtureRequest) -> dict[str, object]:
         box = DockerSandbox(image=request.getfixturevalue("docker_image"))
     evaluator = Unguarded(TASK)
     try:
-        return {name: evaluator.evaluate(source, box, configs=["clean"], seeds=[0])
-                for name, source in {"dpo": TASK.seed_program, **CHEATS}.items()}
+        return {
+            name: evaluator.evaluate(source, box, configs=["clean"], seeds=[0])
+            for name, source in {"dpo": TASK.seed_program, **CHEATS}.items()
+        }
     finally:
         box.close()
 

@@ -11,12 +11,24 @@ from discovery.selection import choose, pareto_front, scored, tournament
 from sandbox.base import Status
 
 
-def candidate(id: str, fitness: float | None = None, *, island: int = 0, status: str = "ok",
-              per_config: dict[str, float] | None = None) -> Candidate:
+def candidate(
+    id: str,
+    fitness: float | None = None,
+    *,
+    island: int = 0,
+    status: str = "ok",
+    per_config: dict[str, float] | None = None,
+) -> Candidate:
     """What selection is given for one candidate; the tests compare selection's answers with these
     objects, so only this function knows their type."""
     return Candidate(
-        id=id, run_id="run", name=id, code="", status=Status(status), island=island, fitness=fitness,
+        id=id,
+        run_id="run",
+        name=id,
+        code="",
+        status=Status(status),
+        island=island,
+        fitness=fitness,
         per_config={c: {"fitness": f} for c, f in per_config.items()} if per_config is not None else None,
     )
 
@@ -36,8 +48,14 @@ class Draws(random.Random):
 
 def test_scored_keeps_ok_candidates_with_a_fitness_best_first():
     a, b, c = candidate("a", 0.2), candidate("b", 0.9), candidate("c", 0.5)
-    rows = [a, candidate("no-fitness"), b, candidate("bad", 0.99, status="error"), c,
-            candidate("dup", 0.95, status="duplicate")]
+    rows = [
+        a,
+        candidate("no-fitness"),
+        b,
+        candidate("bad", 0.99, status="error"),
+        c,
+        candidate("dup", 0.95, status="duplicate"),
+    ]
     assert scored(rows) == [b, c, a]
 
 
@@ -139,8 +157,7 @@ def test_choose_parents_come_from_the_island_top_and_the_best_wins_most():
 
 def test_choose_on_the_other_island():
     c = archive()
-    parent, second, top, diverse, _ = choose(list(c.values()), 1, random.Random(0), top_k=8, n_diverse=5,
-                                             n_failures=5)
+    parent, second, top, diverse, _ = choose(list(c.values()), 1, random.Random(0), top_k=8, n_diverse=5, n_failures=5)
     assert top == [c["e"], c["d"]] and parent in (c["d"], c["e"])
     assert diverse == [c["a"], c["b"]]  # island 0's best (also on the front), then the rest of the front
 

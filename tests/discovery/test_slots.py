@@ -74,8 +74,9 @@ def test_a_jailed_update_rule_steps_exactly_like_the_rule_in_process(box):
     local = LocalUpdateRule(namespace["update"])
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(8, 4, generator=g), torch.randn(4, generator=g)]
-    with box.session(JailSpec(source=adamw, slot="update", kind=UPDATE_RULE, allowed_imports=("torch", "math")),
-                     60) as session:
+    with box.session(
+        JailSpec(source=adamw, slot="update", kind=UPDATE_RULE, allowed_imports=("torch", "math")), 60
+    ) as session:
         jailed = JailedUpdateRule(session)
         ours, theirs = [p.clone() for p in params], [p.clone() for p in params]
         for rule in (local, jailed):
@@ -88,8 +89,10 @@ def test_a_jailed_update_rule_steps_exactly_like_the_rule_in_process(box):
         jailed.reset(0)  # a fresh copy: its state (Adam's moments) is gone
         local.reset(0)
         grads = [torch.ones(p.shape) for p in params]
-        assert all(torch.equal(a, b) for a, b in zip(local.step(params, grads, 1e-2, 1),
-                                                      jailed.step(params, grads, 1e-2, 1), strict=True))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(local.step(params, grads, 1e-2, 1), jailed.step(params, grads, 1e-2, 1), strict=True)
+        )
 
 
 class ScriptedSession:

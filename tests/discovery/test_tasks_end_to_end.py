@@ -78,11 +78,36 @@ def test_run_dashboard_and_export(task, short_run_db, tmp_path, monkeypatch):
 
     # export: a plain module that imports without this package and works in a torch loop
     out = tmp_path / "exported.py"
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "export", "--db", str(db), "--run", run["id"],
-                           "--top", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "discovery.cli",
+            "export",
+            "--db",
+            str(db),
+            "--run",
+            run["id"],
+            "--top",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    used = subprocess.run([sys.executable, "-c", "import sys\n" + USE_EXPORTED[task]
-                           + "\nassert not any(m.startswith('discovery') for m in sys.modules)"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    used = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n" + USE_EXPORTED[task] + "\nassert not any(m.startswith('discovery') for m in sys.modules)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert used.returncode == 0, used.stderr[-2000:]
     assert len(used.stdout.strip().splitlines()) >= 1

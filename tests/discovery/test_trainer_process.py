@@ -78,13 +78,21 @@ def test_a_killed_trainer_process_is_a_crash_of_that_job_only():
 
 
 def test_the_trainer_process_dies_with_the_agent_even_by_sigkill():
-    agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import sys, time
         from discovery.trainer_process import TrainerProcess
         worker = TrainerProcess(threads=1)
         print(worker._proc.pid, flush=True)
         time.sleep(600)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(agent.stdout.readline())
     assert _alive(child)
     agent.kill()

@@ -55,6 +55,7 @@ WORKERS = 2
 
 # ------------------------------------------------------------------------------------ fixtures
 
+
 class Listener:
     """A TCP listener on the host's 127.0.0.1 (never a routable address) that counts accepts."""
 
@@ -148,11 +149,26 @@ def train_inputs(evaluator: Evaluator) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ helpers
 
+
 def job_for(case: Case, source: str) -> Job:
-    limits = Limits(wall_seconds=case.wall_seconds, cpu_seconds=case.cpu_seconds, memory_mb=case.memory_mb,
-                    file_mb=case.file_mb, max_processes=case.max_processes, threads=1)
-    return Job(task="preference", source=source, stage=case.stage, suite="discover", configs=["clean"],
-               seeds=[0], limits=limits, guarded=case.guarded)
+    limits = Limits(
+        wall_seconds=case.wall_seconds,
+        cpu_seconds=case.cpu_seconds,
+        memory_mb=case.memory_mb,
+        file_mb=case.file_mb,
+        max_processes=case.max_processes,
+        threads=1,
+    )
+    return Job(
+        task="preference",
+        source=source,
+        stage=case.stage,
+        suite="discover",
+        configs=["clean"],
+        seeds=[0],
+        limits=limits,
+        guarded=case.guarded,
+    )
 
 
 class Unguarded(Sandbox):
@@ -192,8 +208,7 @@ def leftovers(box: Sandbox) -> set[str]:
         return found
     client = box.client  # type: ignore[attr-defined]
     live = getattr(getattr(box, "_container", None), "id", None)  # the worker's own container, kept warm
-    return {c.id for c in client.containers.list(all=True, filters={"label": "discovery.sandbox=job"})
-            if c.id != live}
+    return {c.id for c in client.containers.list(all=True, filters={"label": "discovery.sandbox=job"}) if c.id != live}
 
 
 def assert_contained(outcome: Outcome, listener: Listener, outside: dict[str, Path]) -> None:
@@ -211,6 +226,7 @@ def assert_contained(outcome: Outcome, listener: Listener, outside: dict[str, Pa
 
 # ------------------------------------------------------------------------------------ the corpus
 
+
 def make_sandbox(backend: str, docker_image: str | None = None) -> Sandbox:
     if backend == "local":
         return LocalSandbox()
@@ -221,7 +237,10 @@ def make_sandbox(backend: str, docker_image: str | None = None) -> Sandbox:
 
 @pytest.fixture(scope="module")
 def corpus(
-    sandbox: Sandbox, listener: Listener, outside: dict[str, Path], train_inputs: dict[str, Any],
+    sandbox: Sandbox,
+    listener: Listener,
+    outside: dict[str, Path],
+    train_inputs: dict[str, Any],
     request: pytest.FixtureRequest,
 ) -> dict[str, tuple[Outcome, float]]:
     """Every case of the corpus run once on this backend: (outcome, seconds it took).
@@ -237,8 +256,9 @@ def corpus(
     idle: queue.Queue[Sandbox] = queue.Queue()
     for box in [sandbox, *extra]:
         idle.put(box)
-    values = dict(PORT=str(listener.port), PROJECT=str(ROOT), SECRET_NAME=SECRET_NAME,
-                  **{k: str(v) for k, v in outside.items()})
+    values = dict(
+        PORT=str(listener.port), PROJECT=str(ROOT), SECRET_NAME=SECRET_NAME, **{k: str(v) for k, v in outside.items()}
+    )
 
     def run(case: Case) -> tuple[Outcome, float]:
         box = idle.get()
@@ -267,12 +287,14 @@ def corpus(
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_candidate_is_contained(
-    case: Case, sandbox: Sandbox, corpus: dict[str, tuple[Outcome, float]], listener: Listener,
+    case: Case,
+    sandbox: Sandbox,
+    corpus: dict[str, tuple[Outcome, float]],
+    listener: Listener,
     outside: dict[str, Path],
 ):
     outcome, elapsed = corpus[case.name]
-    assert outcome.status.value in case.expected(sandbox.name), (outcome.status, outcome.reason,
-                                                                 outcome.stderr_tail)
+    assert outcome.status.value in case.expected(sandbox.name), (outcome.status, outcome.reason, outcome.stderr_tail)
     assert outcome.reason, "every failure needs a reason"
     for text in case.reason_has:
         assert text in outcome.reason, outcome.reason
@@ -287,9 +309,21 @@ def test_hostile_candidate_is_contained(
 
 #: corpus cases the static policy lets through: they rely on the OS walls and the contract alone
 POLICY_PASSES = {
-    "infinite_loop", "cpu_limit", "memory_bomb_100gb", "memory_bomb_growing_list", "memory_bomb_torch",
-    "recursion_without_end", "value_error", "multiline_exception", "nan", "inf", "float64", "int_dtype",
-    "scalar", "column", "nan_in_training",
+    "infinite_loop",
+    "cpu_limit",
+    "memory_bomb_100gb",
+    "memory_bomb_growing_list",
+    "memory_bomb_torch",
+    "recursion_without_end",
+    "value_error",
+    "multiline_exception",
+    "nan",
+    "inf",
+    "float64",
+    "int_dtype",
+    "scalar",
+    "column",
+    "nan_in_training",
 }
 
 
@@ -307,6 +341,7 @@ def test_which_cases_the_static_policy_already_stops():
 
 
 # ------------------------------------------------------------------------------------ evaluation hacks
+
 
 def test_patched_scorer_and_fake_results_do_not_change_fitness(sandbox: Sandbox, evaluator: Evaluator):
     """Scoring happens on the trusted side: what the candidate patches or prints in its own
@@ -326,9 +361,11 @@ def test_patched_scorer_and_fake_results_do_not_change_fitness(sandbox: Sandbox,
 
 # ------------------------------------------------------------------------------------ isolation
 
+
 def test_nothing_leaks_into_the_next_candidate(sandbox: Sandbox):
-    first = run_job(sandbox, Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK,
-                            guarded=False))
+    first = run_job(
+        sandbox, Job(task="preference", source=hostile.LEAVE_TRACES, stage="contract", limits=QUICK, guarded=False)
+    )
     assert first.ok, (first.reason, first.stderr_tail)
     look = hostile.LOOK_FOR_TRACES
     second = run_job(sandbox, Job(task="preference", source=look, stage="contract", limits=QUICK, guarded=False))
@@ -341,8 +378,14 @@ def test_the_same_sandbox_keeps_working_after_timeouts_and_crashes(sandbox: Sand
     if isinstance(sandbox, LocalSandbox):  # the cases that hit the shared template hardest
         names += ["os_exit_early", "memory_bomb_growing_list", "signal_everyone", "thread_bomb"]
     for case in (hostile.BY_NAME[name] for name in names):
-        quick = Case(case.name, case.source, case.expect, wall_seconds=min(case.wall_seconds, 6.0),
-                     memory_mb=case.memory_mb, max_processes=case.max_processes)
+        quick = Case(
+            case.name,
+            case.source,
+            case.expect,
+            wall_seconds=min(case.wall_seconds, 6.0),
+            memory_mb=case.memory_mb,
+            max_processes=case.max_processes,
+        )
         broken = run_job(sandbox, job_for(quick, case.render()))
         assert broken.status.value in case.expected(sandbox.name), (case.name, broken.reason)
         after = run_job(sandbox, Job(task="preference", source=DPO, stage="contract", limits=QUICK))
@@ -356,22 +399,38 @@ def test_other_workers_are_unharmed(secret_env: None, train_inputs: dict[str, An
     """Bombs in one local worker while another trains DPO next to it."""
     if bubblewrap_problem():
         pytest.skip(bubblewrap_problem())
-    bombs = [hostile.BY_NAME[name] for name in ("memory_bomb_growing_list", "fork_bomb", "thread_bomb",
-                                                "stdout_spam", "disk_filler", "infinite_loop")]
+    bombs = [
+        hostile.BY_NAME[name]
+        for name in (
+            "memory_bomb_growing_list",
+            "fork_bomb",
+            "thread_bomb",
+            "stdout_spam",
+            "disk_filler",
+            "infinite_loop",
+        )
+    ]
     results: dict[str, Outcome] = {}
     with LocalSandbox() as noisy, LocalSandbox() as quiet:
+
         def bomb() -> None:
             for case in bombs:
-                quick = Case(case.name, case.source, case.expect, wall_seconds=8.0, file_mb=case.file_mb,
-                             memory_mb=case.memory_mb, max_processes=case.max_processes)
+                quick = Case(
+                    case.name,
+                    case.source,
+                    case.expect,
+                    wall_seconds=8.0,
+                    file_mb=case.file_mb,
+                    memory_mb=case.memory_mb,
+                    max_processes=case.max_processes,
+                )
                 results[case.name] = run_job(noisy, job_for(quick, case.render()))
 
         thread = threading.Thread(target=bomb)
         thread.start()
         calm: list[Outcome] = []
         while thread.is_alive() or not calm:
-            job = Job(task="preference", source=DPO, stage="train", configs=["clean"], seeds=[0],
-                      limits=QUICK)
+            job = Job(task="preference", source=DPO, stage="train", configs=["clean"], seeds=[0], limits=QUICK)
             calm.append(run_job(quiet, job, train_inputs))
         thread.join()
     for case in bombs:

@@ -15,11 +15,13 @@ from sandbox.wire import HEADER, MAX_DEPTH, Channel, ChannelClosed, ProtocolErro
 def roundtrip(message: dict) -> dict:
     frame = encode(message)
     size, _ = HEADER.unpack(frame[: HEADER.size])
-    return decode(frame[HEADER.size: HEADER.size + size], frame[HEADER.size + size:])
+    return decode(frame[HEADER.size : HEADER.size + size], frame[HEADER.size + size :])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-                                   torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool],
+)
 def test_tensors_of_every_allowed_dtype_round_trip_exactly(dtype):
     t = (torch.randn(3, 5) * 7).to(dtype)
     got = roundtrip({"args": [t, t.T, t[:, 1], torch.empty(0, 4, dtype=dtype)], "beta": 0.1, "n": 3, "s": None})
@@ -45,17 +47,20 @@ def _frame(document: dict, payload: bytes = b"") -> tuple[bytes, bytes]:
     return json.dumps(document).encode(), payload
 
 
-@pytest.mark.parametrize(("document", "payload", "why"), [
-    ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [4]]]}, b"\0" * 8, "run past the payload"),
-    ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [1]]]}, b"\0" * 8, "no tensor describes"),
-    ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["object", [1]]]}, b"\0" * 8, "malformed tensor"),
-    ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [-1]]]}, b"", "bad tensor shape"),
-    ({"tree": {"x": {"__tensor__": 3}}, "tensors": []}, b"", "malformed tensor reference"),
-    ({"tree": {"__class__": 1}, "tensors": []}, b"", "reserved key"),
-    ({"tree": [1, 2], "tensors": []}, b"", "a message is a dict"),
-    ({"tree": {"s": "x" * 5000}, "tensors": []}, b"", "longer than"),
-    ({"tensors": []}, b"", "lacks its tree"),
-])
+@pytest.mark.parametrize(
+    ("document", "payload", "why"),
+    [
+        ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [4]]]}, b"\0" * 8, "run past the payload"),
+        ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [1]]]}, b"\0" * 8, "no tensor describes"),
+        ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["object", [1]]]}, b"\0" * 8, "malformed tensor"),
+        ({"tree": {"x": {"__tensor__": 0}}, "tensors": [["float32", [-1]]]}, b"", "bad tensor shape"),
+        ({"tree": {"x": {"__tensor__": 3}}, "tensors": []}, b"", "malformed tensor reference"),
+        ({"tree": {"__class__": 1}, "tensors": []}, b"", "reserved key"),
+        ({"tree": [1, 2], "tensors": []}, b"", "a message is a dict"),
+        ({"tree": {"s": "x" * 5000}, "tensors": []}, b"", "longer than"),
+        ({"tensors": []}, b"", "lacks its tree"),
+    ],
+)
 def test_malformed_messages_are_refused_with_a_reason(document, payload, why):
     with pytest.raises(ProtocolError, match=why):
         decode(*_frame(document, payload))

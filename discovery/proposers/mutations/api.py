@@ -89,9 +89,7 @@ def crossover(
     raise ValueError(f"cannot cross {id_a!r} with {id_b!r}")
 
 
-def gate_blend(
-    code_a: str, id_a: str, code_b: str, id_b: str, rng: random.Random, slot_name: str = "loss"
-) -> Mutant:
+def gate_blend(code_a: str, id_a: str, code_b: str, id_b: str, rng: random.Random, slot_name: str = "loss") -> Mutant:
     """LRML-style blend: ``(1 - sigmoid(x / tau)) * A + sigmoid(x / tau) * B`` per example.
 
     ``x = beta * ((pc - rc) - (pr - rr))`` is the margin both parents share (read from the

@@ -26,9 +26,7 @@ from discovery.proposers.mutations.trees import (
 from sandbox.static.syntax import identifiers, import_table, is_docstring
 
 
-def blend(
-    a: Parent, b: Parent, id_a: str, id_b: str, rng: random.Random, slot_name: str, mode: str
-) -> Iterator[Edit]:
+def blend(a: Parent, b: Parent, id_a: str, id_b: str, rng: random.Random, slot_name: str, mode: str) -> Iterator[Edit]:
     """Both parents as helpers; the slot combines their per-example losses."""
     tree = _merge_parents(a, b, slot_name)
     try:
@@ -104,9 +102,7 @@ def _merge_parents(a: Parent, b: Parent, slot_name: str) -> ast.Module:
                 continue
             renames[k][name] = new
             claimed.add(new)
-    body: list[ast.stmt] = [
-        import_stmt(alias, target, is_from) for alias, (target, is_from) in imports.items()
-    ]
+    body: list[ast.stmt] = [import_stmt(alias, target, is_from) for alias, (target, is_from) in imports.items()]
     for tree, mapping in zip(trees, renames, strict=True):
         rename_globals(tree, mapping)
         for i, stmt in enumerate(tree.body):
@@ -116,9 +112,7 @@ def _merge_parents(a: Parent, b: Parent, slot_name: str) -> ast.Module:
     return ast.Module(body=body, type_ignores=[])
 
 
-def splice(
-    a: Parent, b: Parent, id_a: str, id_b: str, rng: random.Random, slot_name: str
-) -> Iterator[Edit]:
+def splice(a: Parent, b: Parent, id_a: str, id_b: str, rng: random.Random, slot_name: str) -> Iterator[Edit]:
     """Replace a subexpression of A's returned expression by one of B's (B's locals inlined)."""
     argmap = dict(zip(b.args, a.args, strict=True))
     b_tensors = {n for n in b.args if n not in SCALAR_ARGS | OPAQUE_ARGS}
@@ -206,9 +200,7 @@ def _substitute(expr: ast.expr, defs: dict[str, ast.expr]) -> ast.expr:
     return _Sub().visit(copy.deepcopy(expr))
 
 
-def _port(
-    expr: ast.expr, bindings: dict[str, tuple[str, bool]], argmap: dict[str, str], env: Env
-) -> ast.expr:
+def _port(expr: ast.expr, bindings: dict[str, tuple[str, bool]], argmap: dict[str, str], env: Env) -> ast.expr:
     """``expr`` from another program, with its arguments and module aliases rewritten for ``env``."""
 
     class _Port(ast.NodeTransformer):

@@ -81,10 +81,7 @@ def _op_swap_function(p: Parent, rng: random.Random) -> Iterator[Edit]:
         except NotApplicable:
             continue
         replace(tree, new_node, repl)
-        thought = (
-            f"Replaced {entry.label} with {target.label} in `{short(node)}`: "
-            f"{GROUP_RATIONALE[entry.group]}."
-        )
+        thought = f"Replaced {entry.label} with {target.label} in `{short(node)}`: {GROUP_RATIONALE[entry.group]}."
         yield Edit(tree, repl, fn_name, f"swap_fn({entry.label}->{target.label})", thought)
 
 
@@ -160,10 +157,7 @@ def _op_drop_term(p: Parent, rng: random.Random) -> Iterator[Edit]:
         replace(tree, new_root, new_expr)
         if not tensorish(new_expr if target is root else new_target, tensors):
             continue
-        thought = (
-            f"Dropped the term `{short(dropped)}` to test whether the loss does as well or better "
-            f"without it."
-        )
+        thought = f"Dropped the term `{short(dropped)}` to test whether the loss does as well or better without it."
         yield Edit(tree, new_expr, p.slot.name, f"drop_term({tag(dropped)})", thought)
 
 
@@ -186,9 +180,7 @@ def _op_perturb_constant(p: Parent, rng: random.Random) -> Iterator[Edit]:
         repl = number(new)
         replace(tree, new_node, repl)
         ratio = f" (x{new / old:.2f})" if old else ""
-        thought = (
-            f"Changed the constant {old!r} to {new!r}{ratio} to explore a nearby setting of the same loss."
-        )
+        thought = f"Changed the constant {old!r} to {new!r}{ratio} to explore a nearby setting of the same loss."
         yield Edit(tree, repl, fn_name, f"perturb_const({old!r}->{new!r})", thought)
     # no (usable) constant: put a temperature on the argument of a function call
     tensors = {fn.name: tensor_names(fn) for fn in p.functions}
@@ -251,15 +243,21 @@ def _op_rescale_scalar(p: Parent, rng: random.Random) -> Iterator[Edit]:
         expr, text = _rescale_expr(name, rng)
         assign = ast.Assign([ast.Name(name, ast.Store())], expr, lineno=0)
         first = body[start] if start < len(body) else None
-        replaces = (isinstance(first, ast.Assign) and len(first.targets) == 1
-                    and isinstance(first.targets[0], ast.Name) and first.targets[0].id == name
-                    and name in {n.id for n in ast.walk(first.value) if isinstance(n, ast.Name)})
+        replaces = (
+            isinstance(first, ast.Assign)
+            and len(first.targets) == 1
+            and isinstance(first.targets[0], ast.Name)
+            and first.targets[0].id == name
+            and name in {n.id for n in ast.walk(first.value) if isinstance(n, ast.Name)}
+        )
         if replaces:
             body[start] = assign
         else:
             body.insert(start, assign)
-        thought = (f"Gave `{name}` an effective value `{name} = {text}`: how strongly the loss reacts to the "
-                   f"{name} it is given decides how far training moves before the loss saturates.")
+        thought = (
+            f"Gave `{name}` an effective value `{name} = {text}`: how strongly the loss reacts to the "
+            f"{name} it is given decides how far training moves before the loss saturates."
+        )
         yield Edit(tree, None, None, f"rescale({name}={text})", thought)
 
 
@@ -298,11 +296,7 @@ def _constant_sites(fn: ast.FunctionDef, bindings: dict) -> list[ast.Constant]:
             continue
         if any(isinstance(a, ast.Subscript) and contains(a.slice, node) for a in ancestors(node, parents)):
             continue
-        if (
-            isinstance(node.value, int)
-            and isinstance(parent, ast.Call)
-            and any(a is holder for a in parent.args)
-        ):
+        if isinstance(node.value, int) and isinstance(parent, ast.Call) and any(a is holder for a in parent.args):
             # an integer argument of a method (x.sum(1)) or a later one (torch.sum(x, 1)) is a dimension
             position = next(i for i, a in enumerate(parent.args) if a is holder)
             if position > 0 or qualify(parent.func, bindings) is None:

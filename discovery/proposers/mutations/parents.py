@@ -81,6 +81,5 @@ def _valid_program(code: str, slot_name: str, args: list[str]) -> bool:
     if len(slots) != 1 or not isinstance(slots[0], ast.FunctionDef) or arg_names(slots[0]) != args:
         return False
     return not any(
-        isinstance(n, ast.Attribute) and n.attr.startswith("__") and n.attr.endswith("__")
-        for n in ast.walk(tree)
+        isinstance(n, ast.Attribute) and n.attr.startswith("__") and n.attr.endswith("__") for n in ast.walk(tree)
     )

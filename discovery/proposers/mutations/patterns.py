@@ -90,9 +90,7 @@ def _unify(t: ast.AST, n: ast.AST, bindings: dict, binds: dict[str, ast.expr]) -
         and t.args[0].id == "X"
     ):  # method form: x.exp() for torch.exp(x)
         method = _QUAL_ALIASES.get(f"torch.{n.func.attr}", f"torch.{n.func.attr}")
-        return method == qualify(t.func, _TEMPLATE_BINDINGS) and _unify(
-            t.args[0], n.func.value, bindings, binds
-        )
+        return method == qualify(t.func, _TEMPLATE_BINDINGS) and _unify(t.args[0], n.func.value, bindings, binds)
     if type(t) is not type(n):
         return False
     if isinstance(t, ast.Constant):

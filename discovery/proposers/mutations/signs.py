@@ -47,9 +47,7 @@ _ANY = frozenset({-1, 0, 1})
 _POSITIVE_FNS = frozenset(
     {"torch.exp", "torch.sigmoid", "torch.nn.functional.softplus", "torch.cosh", "math.exp", "math.cosh"}
 )
-_NONNEG_FNS = frozenset(
-    {"torch.sqrt", "torch.nn.functional.hardsigmoid", "math.sqrt", "torch.nn.functional.relu6"}
-)
+_NONNEG_FNS = frozenset({"torch.sqrt", "torch.nn.functional.hardsigmoid", "math.sqrt", "torch.nn.functional.relu6"})
 _EVEN_FNS = frozenset({"torch.abs", "torch.square", "math.fabs"})
 _ODD_FNS = frozenset(
     {
@@ -133,11 +131,7 @@ class Signs:
         self.bindings = import_table(tree)
         self.env: dict[str, frozenset] = {}
         for stmt in tree.body:
-            if (
-                isinstance(stmt, ast.Assign)
-                and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name)
-            ):
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
                 value = const_value(stmt.value)
                 if value is not None:
                     self.env[stmt.targets[0].id] = self._const_sign(value)
@@ -149,11 +143,7 @@ class Signs:
         for name in stores:
             self.env[name] = _ANY
         for stmt in fn.body:
-            if (
-                isinstance(stmt, ast.Assign)
-                and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name)
-            ):
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
                 name = stmt.targets[0].id
                 if stores[name] == 1 and name not in arg_names(fn):
                     self.env[name] = self.sign(stmt.value)
@@ -225,11 +215,7 @@ class Signs:
         if name == "torch.relu":
             return frozenset(x if x > 0 else 0 for x in inner)
         if name == "torch.clamp":
-            low = (
-                node.args[1]
-                if len(node.args) > 1
-                else next((k.value for k in node.keywords if k.arg == "min"), None)
-            )
+            low = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "min"), None)
             value = const_value(low) if low is not None else None
             if value is not None and value > 0:
                 return _POS

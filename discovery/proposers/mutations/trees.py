@@ -80,11 +80,7 @@ class Simplify(ast.NodeTransformer):
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
         self.generic_visit(node)
         inner = node.operand
-        if (
-            isinstance(node.op, ast.USub)
-            and isinstance(inner, ast.UnaryOp)
-            and isinstance(inner.op, ast.USub)
-        ):
+        if isinstance(node.op, ast.USub) and isinstance(inner, ast.UnaryOp) and isinstance(inner.op, ast.USub):
             return inner.operand
         return node
 
@@ -200,8 +196,9 @@ def tensor_names(fn: ast.FunctionDef) -> set[str]:
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
             assigned = node.targets if isinstance(node, ast.Assign) else [node.target]
             # only names bound here: storing into `state["m"]` does not make `state` a tensor
-            found = [n.id for t in assigned for n in ast.walk(t) if isinstance(n, ast.Name)
-                     and isinstance(n.ctx, ast.Store)]
+            found = [
+                n.id for t in assigned for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            ]
             flows.append((found, node.value))
         elif isinstance(node, (ast.For, ast.comprehension)):
             flows.append(([n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)], node.iter))
@@ -274,11 +271,7 @@ def const_value(node: ast.AST) -> float | None:
     """The value of a numeric literal, possibly signed (``-2.0``), else None."""
     if is_number(node):
         return cast(float, node.value)  # an int or a float
-    if (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, (ast.USub, ast.UAdd))
-        and is_number(node.operand)
-    ):
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) and is_number(node.operand):
         value = cast(float, node.operand.value)
         return -value if isinstance(node.op, ast.USub) else value
     return None

@@ -118,9 +118,7 @@ def add_noise(
 
 
 @functools.lru_cache(maxsize=128)
-def make_split(
-    dataset: str, noise: str, noise_rate: float, imbalance: float, test_fraction: float, seed: int
-) -> Split:
+def make_split(dataset: str, noise: str, noise_rate: float, imbalance: float, test_fraction: float, seed: int) -> Split:
     """The prepared split of one environment (a deterministic function of its arguments)."""
     x, y = load(dataset)
     num_classes = int(y.max()) + 1
@@ -131,8 +129,14 @@ def make_split(
     mean, std = x_train.mean(0), x_train.std(0)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant pixels of digits stay 0
     clean = y[train_idx]
-    noisy = add_noise(clean, num_classes, noise, noise_rate, ASYMMETRIC_MAPS.get(dataset, {}),
-                      generator("noise", dataset, noise, noise_rate, imbalance, seed))
+    noisy = add_noise(
+        clean,
+        num_classes,
+        noise,
+        noise_rate,
+        ASYMMETRIC_MAPS.get(dataset, {}),
+        generator("noise", dataset, noise, noise_rate, imbalance, seed),
+    )
     return Split(
         train_features=((x_train - mean) / std).to(torch.float32),
         train_labels=noisy,

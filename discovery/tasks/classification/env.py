@@ -70,8 +70,6 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
     }
 
 
-
-
 def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Sandboxed: train a fresh MLP with the candidate loss on ``device``; final weights and curves,
     on the CPU."""
@@ -137,8 +135,9 @@ def score_classifier(p: EnvParams, seed: int, state: dict[str, torch.Tensor]) ->
     labels = split.test_labels
     predicted = probs.argmax(1)
     accuracy = float((predicted == labels).double().mean())
-    recalls = [float((predicted[labels == c] == c).double().mean()) for c in range(split.num_classes)
-               if (labels == c).any()]
+    recalls = [
+        float((predicted[labels == c] == c).double().mean()) for c in range(split.num_classes) if (labels == c).any()
+    ]
     ece = expected_calibration_error(probs, labels, p.ece_bins)
     metrics = {
         "accuracy": accuracy,

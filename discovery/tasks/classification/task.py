@@ -74,8 +74,9 @@ HELDOUT = Suite(
     "heldout",
     (
         suite_config("wine_clean", dataset="wine", test_fraction=0.4),
-        suite_config("wine_imb3_sym30", dataset="wine", noise="symmetric", noise_rate=0.3, imbalance=3.0,
-                     test_fraction=0.4),
+        suite_config(
+            "wine_imb3_sym30", dataset="wine", noise="symmetric", noise_rate=0.3, imbalance=3.0, test_fraction=0.4
+        ),
         suite_config("iris_asym30", dataset="iris", noise="asymmetric", noise_rate=0.3, test_fraction=0.4),
         suite_config("iris_sym30", dataset="iris", noise="symmetric", noise_rate=0.3, test_fraction=0.4),
     ),
@@ -103,8 +104,9 @@ class ClassificationTask(LibraryTask):
         for batch, classes in ((10, 5), (6, 2)):
             logits = (torch.randn(batch, classes, generator=g) * 3).requires_grad_(True)
             targets = torch.randint(0, classes, (batch,), generator=g)
-            check_loss_contract(fn, (logits, targets.clone()), batch, "the logits",
-                                {"the logits": logits}, context=f" (C = {classes})")
+            check_loss_contract(
+                fn, (logits, targets.clone()), batch, "the logits", {"the logits": logits}, context=f" (C = {classes})"
+            )
 
     def prepare(self, config: SuiteConfig, seed: int, device: str = "cpu") -> dict[str, Any]:
         """The public inputs, built on the CPU whatever ``device`` is (the transport maps them)."""

@@ -96,8 +96,16 @@ BASELINES = {
 }
 
 #: multiplier of ``lr`` inside each rule (documentation; the rules carry it as a constant)
-LR_SCALE = {"sgd": 10.0, "momentum": 1.0, "nesterov": 1.0, "adagrad": 3.0, "rmsprop": 1.0,
-            "adam": 1.0, "adamw": 1.0, "lion": 1 / 3}
+LR_SCALE = {
+    "sgd": 10.0,
+    "momentum": 1.0,
+    "nesterov": 1.0,
+    "adagrad": 3.0,
+    "rmsprop": 1.0,
+    "adam": 1.0,
+    "adamw": 1.0,
+    "lion": 1 / 3,
+}
 
 
 def noop(param, grad, state, lr, step):

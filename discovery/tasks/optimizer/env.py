@@ -164,15 +164,20 @@ def init_params(p: ProblemParams, seed: int, extra: dict[str, torch.Tensor]) -> 
     if p.kind == "cnn":
         c = p.channels
         return {
-            "conv1": _normal((c, 1, 3, 3), 9, g), "bconv1": torch.zeros(c),
-            "conv2": _normal((c, c, 3, 3), 9 * c, g), "bconv2": torch.zeros(c),
-            "w": _normal((c * 4, n_cls), c * 4, g), "b": torch.zeros(n_cls),
+            "conv1": _normal((c, 1, 3, 3), 9, g),
+            "bconv1": torch.zeros(c),
+            "conv2": _normal((c, c, 3, 3), 9 * c, g),
+            "bconv2": torch.zeros(c),
+            "w": _normal((c * 4, n_cls), c * 4, g),
+            "b": torch.zeros(n_cls),
         }
     if p.kind == "charlm":
         return {
             "embed": torch.randn(vocab, p.embed, generator=g),
-            "w1": _normal((p.context * p.embed, p.hidden), p.context * p.embed, g), "b1": torch.zeros(p.hidden),
-            "w2": _normal((p.hidden, vocab), p.hidden, g) * 0.5, "b2": torch.zeros(vocab),
+            "w1": _normal((p.context * p.embed, p.hidden), p.context * p.embed, g),
+            "b1": torch.zeros(p.hidden),
+            "w2": _normal((p.hidden, vocab), p.hidden, g) * 0.5,
+            "b2": torch.zeros(vocab),
         }
     if p.kind == "nqm":
         return {"x": extra["optimum"] + torch.randn(p.dim, generator=g)}
@@ -289,21 +294,28 @@ class _Batches:
 
 def _check_update(new: Any, old: torch.Tensor, name: str, step: int) -> None:
     if not isinstance(new, torch.Tensor):
-        raise TrainingFailed(f"step {step}: update returned {type(new).__name__} for parameter {name!r}, "
-                             f"expected a tensor of shape {tuple(old.shape)}")
+        raise TrainingFailed(
+            f"step {step}: update returned {type(new).__name__} for parameter {name!r}, "
+            f"expected a tensor of shape {tuple(old.shape)}"
+        )
     if new.shape != old.shape:
-        raise TrainingFailed(f"step {step}: update returned shape {tuple(new.shape)} for parameter {name!r} "
-                             f"of shape {tuple(old.shape)}")
+        raise TrainingFailed(
+            f"step {step}: update returned shape {tuple(new.shape)} for parameter {name!r} of shape {tuple(old.shape)}"
+        )
     if new.dtype != old.dtype:
-        raise TrainingFailed(f"step {step}: update returned dtype {new.dtype} for parameter {name!r}, "
-                             f"expected {old.dtype}")
+        raise TrainingFailed(
+            f"step {step}: update returned dtype {new.dtype} for parameter {name!r}, expected {old.dtype}"
+        )
     if new.device != old.device:
-        raise TrainingFailed(f"step {step}: update returned a tensor on {new.device} for parameter {name!r} "
-                             f"on {old.device}; create new tensors like param (torch.zeros_like, device=)")
+        raise TrainingFailed(
+            f"step {step}: update returned a tensor on {new.device} for parameter {name!r} "
+            f"on {old.device}; create new tensors like param (torch.zeros_like, device=)"
+        )
 
 
-def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int,
-              device: str = "cpu") -> dict[str, Any]:
+def train_one(
+    rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int, device: str = "cpu"
+) -> dict[str, Any]:
     """One run of ``rule`` (an update rule with ``reset`` and ``step``, or a plain function) at
     learning rate ``lr`` on ``device``: final weights (on the CPU), loss curve, step it diverged
     at (0: never). The rule starts fresh (no state, no module globals kept) with its random
@@ -337,16 +349,18 @@ def train_one(rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, to
                 tensor.copy_(new)
     n_points = (p.steps - 1) // every + 1
     curve += [float("nan")] * (n_points - len(curve))
-    return {"final": {k: v.detach().to("cpu", copy=True) for k, v in w.items()},
-            "curve": torch.tensor(curve[:n_points]), "diverged_at": diverged}
+    return {
+        "final": {k: v.detach().to("cpu", copy=True) for k, v in w.items()},
+        "curve": torch.tensor(curve[:n_points]),
+        "diverged_at": diverged,
+    }
 
 
 def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Run ``rule`` on ``device`` once per learning rate of the grid; raw outputs only, on the CPU.
     Each learning rate gets a fresh copy of the rule (``reset``): nothing it remembers crosses runs."""
     rule = as_update_rule(rule)
-    runs = [train_one(rule, p, inputs, lr, int(inputs["order_seed"]) + i, device)
-            for i, lr in enumerate(p.lrs)]
+    runs = [train_one(rule, p, inputs, lr, int(inputs["order_seed"]) + i, device) for i, lr in enumerate(p.lrs)]
     return {
         "final": [r["final"] for r in runs],
         "curve_loss": torch.stack([r["curve"] for r in runs]),
@@ -428,13 +442,12 @@ def scoring_context(p: ProblemParams, seed: int, inputs: dict[str, Any]) -> Scor
     return _contexts[key]
 
 
-
-
 _references: dict[str, dict[str, float]] = {}
 
 
-def reference_means(p: ProblemParams, seed: int, inputs: dict[str, Any], rules: dict[str, Any],
-                    rule_sources: str) -> dict[str, float]:
+def reference_means(
+    p: ProblemParams, seed: int, inputs: dict[str, Any], rules: dict[str, Any], rule_sources: str
+) -> dict[str, float]:
     """Trusted: the grid mean of each trusted reference rule (plain SGD, AdamW) on this
     (configuration, seed), computed once (memory, then a disk cache keyed by the problem, the
     seed and the rules' source) by running the rules in this process."""

@@ -90,8 +90,9 @@ HELDOUT = Suite(
     (
         suite_config("mlp_deep_long", kind="mlp", steps=250, batch=64, hidden=64, depth=2, base_lr=0.01),
         suite_config("cnn_wide_long", kind="cnn", steps=200, batch=32, channels=16, base_lr=0.01),
-        suite_config("charlm_large_long", kind="charlm", steps=400, batch=64, hidden=128, embed=16, context=8,
-                base_lr=0.003),
+        suite_config(
+            "charlm_large_long", kind="charlm", steps=400, batch=64, hidden=128, embed=16, context=8, base_lr=0.003
+        ),
         suite_config("noisy_quadratic_long", kind="nqm", steps=300, dim=400, cond=10000.0, noise=0.3, base_lr=0.03),
         suite_config("rosenbrock_30d_long", kind="rosenbrock", steps=500, dim=30, base_lr=0.03),
         suite_config("autoencoder", kind="autoencoder", steps=250, batch=64, hidden=16, base_lr=0.01),
@@ -108,10 +109,13 @@ class OptimizerTask(LibraryTask):
     """Discover optimizer update rules (SGD, Adam, Lion and their relatives)."""
 
     name = "optimizer"
-    description = ("Optimizer update rules (Lion slot) on digits classifiers, a character-level LM "
-                   "and ill-conditioned problems, over a learning-rate grid")
-    slot = Slot(name="update", signature=SIGNATURE, contract=CONTRACT, allowed_imports=("torch", "math"),
-                kind="update_rule")
+    description = (
+        "Optimizer update rules (Lion slot) on digits classifiers, a character-level LM "
+        "and ill-conditioned problems, over a learning-rate grid"
+    )
+    slot = Slot(
+        name="update", signature=SIGNATURE, contract=CONTRACT, allowed_imports=("torch", "math"), kind="update_rule"
+    )
     fitness_doc = FITNESS_DOC
     reference_baseline = "adamw"
     cascade_configs = ("charlm", "quadratic")
@@ -167,8 +171,9 @@ class OptimizerTask(LibraryTask):
         grid = ctx.grid(finals)
         refs = reference_means(p, env, inputs, REFERENCES, _REFERENCE_SOURCES)
         mid = p.lr_grid.index(1.0) if 1.0 in p.lr_grid else len(p.lr_grid) // 2
-        diverged = sum(1 for d, m in zip(outputs["diverged_at"].tolist(), grid["raw"], strict=True)
-                       if d > 0 or m > ctx.init_metric)
+        diverged = sum(
+            1 for d, m in zip(outputs["diverged_at"].tolist(), grid["raw"], strict=True) if d > 0 or m > ctx.init_metric
+        )
         metrics = {
             "grid_mean": grid["mean"],
             "best": min(grid["per_lr"]),

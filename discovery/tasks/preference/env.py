@@ -79,9 +79,7 @@ class SequencePolicy(nn.Module):
         counts = torch.cumsum(onehot, dim=1) - onehot  # tokens strictly before t
         steps = torch.arange(length, device=y.device)
         prefix_mean = counts / steps.clamp(min=1).to(x.dtype).view(1, -1, 1)
-        h = torch.tanh(
-            self.prompt(x).unsqueeze(1) + self.prev(prev) + self.prefix(prefix_mean) + self.position(steps)
-        )
+        h = torch.tanh(self.prompt(x).unsqueeze(1) + self.prev(prev) + self.prefix(prefix_mean) + self.position(steps))
         h = torch.tanh(self.mix(h)) + h
         return self.out(h)
 
@@ -142,8 +140,6 @@ class GoldReward:
 
 def _prompts(p: EnvParams, seed: int, split: str, n: int) -> torch.Tensor:
     return torch.randn(n, p.prompt_dim, generator=_generator("prompts", split, p.prompt_dim, seed))
-
-
 
 
 def reference_policy(p: EnvParams, seed: int) -> dict[str, torch.Tensor]:

@@ -94,23 +94,26 @@ def _check_dpo_config(config):
     if getattr(config, "label_smoothing", 0.0):
         problems.append(f"label_smoothing={config.label_smoothing!r}")
     if problems:
-        raise ValueError(f"DiscoveredDPOTrainer trains the discovered loss, so {', '.join(problems)} would be "
-                         "ignored; leave them at their defaults (a discovered loss keeps its constants inside)")
+        raise ValueError(
+            f"DiscoveredDPOTrainer trains the discovered loss, so {', '.join(problems)} would be "
+            "ignored; leave them at their defaults (a discovered loss keeps its constants inside)"
+        )
 
 
 def _sequence_logps(log_probs, completion_mask, ld_alpha):
     """(chosen, rejected) summed completion log-probs from per-token ones, as TRL's ``_compute_loss`` sums
     them (``ld_alpha``: LD-DPO's down-weighting of the tokens past the shorter completion)."""
     mask = completion_mask[..., 1:]
-    per_token = log_probs[:, -mask.size(1):]
+    per_token = log_probs[:, -mask.size(1) :]
     if ld_alpha is None:
         logps = per_token.sum(dim=1)
     else:
         position = mask.cumsum(dim=1).to(per_token.device)
         chosen_lens, rejected_lens = mask.sum(dim=1).long().chunk(2, dim=0)
         shared = torch.minimum(chosen_lens, rejected_lens).repeat(2).unsqueeze(1).to(per_token.device)
-        logps = (per_token * ((position > 0) & (position <= shared))).sum(dim=1) \
-            + ld_alpha * (per_token * (position > shared)).sum(dim=1)
+        logps = (per_token * ((position > 0) & (position <= shared))).sum(dim=1) + ld_alpha * (
+            per_token * (position > shared)
+        ).sum(dim=1)
     return logps.chunk(2, dim=0)
 
 
@@ -126,12 +129,14 @@ def _discovered_dpo_trainer():
         raise ImportError("DiscoveredDPOTrainer needs TRL: pip install 'trl>=1.0'") from exc
     hook = getattr(DPOTrainer, "_compute_loss", None)
     hook_params = list(inspect.signature(hook).parameters) if callable(hook) else []
-    if hook_params != ["self", "model", "inputs", "return_outputs"] or \
-            not callable(getattr(DPOTrainer, "compute_ref_log_probs", None)):
+    if hook_params != ["self", "model", "inputs", "return_outputs"] or not callable(
+        getattr(DPOTrainer, "compute_ref_log_probs", None)
+    ):
         raise RuntimeError(
             f"DiscoveredDPOTrainer cannot hook into trl {trl.__version__}: it replaces the loss inside "
             "DPOTrainer._compute_loss(model, inputs, return_outputs) and needs DPOTrainer.compute_ref_log_probs "
-            "(trl 1.x). Install a trl 1.x, or train with make_dpo_loss in a trainer of your own.")
+            "(trl 1.x). Install a trl 1.x, or train with make_dpo_loss in a trainer of your own."
+        )
 
     class DiscoveredDPOTrainer(DPOTrainer):
         """``trl.DPOTrainer`` optimising a discovered loss: ``DiscoveredDPOTrainer(loss="NAME", model=...,
@@ -175,17 +180,21 @@ def _discovered_dpo_trainer():
             finally:
                 self.precompute_ref_logps = precompute
             if not calls or getattr(calls[0], "log_probs", None) is None:
-                raise RuntimeError(f"trl {trl.__version__}: DPOTrainer._compute_loss did not return per-token "
-                                   "log-probs from the policy's forward pass; DiscoveredDPOTrainer cannot hook in")
+                raise RuntimeError(
+                    f"trl {trl.__version__}: DPOTrainer._compute_loss did not return per-token "
+                    "log-probs from the policy's forward pass; DiscoveredDPOTrainer cannot hook in"
+                )
             outputs = calls[0]
-            chosen, rejected = _sequence_logps(outputs.log_probs, inputs["completion_mask"],
-                                               getattr(self, "ld_alpha", None))
+            chosen, rejected = _sequence_logps(
+                outputs.log_probs, inputs["completion_mask"], getattr(self, "ld_alpha", None)
+            )
             ref_chosen, ref_rejected = ref_chosen.to(chosen.device), ref_rejected.to(chosen.device)
             losses = self.discovered_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             if not isinstance(losses, torch.Tensor) or losses.shape != chosen.shape:
                 got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-                raise ValueError(f"the discovered loss returned {got}; per-example losses of shape "
-                                 f"{tuple(chosen.shape)} expected")
+                raise ValueError(
+                    f"the discovered loss returned {got}; per-example losses of shape {tuple(chosen.shape)} expected"
+                )
             loss = losses.mean()
             if getattr(self, "aux_loss_enabled", False):
                 loss = loss + self.router_aux_loss_coef * outputs.aux_loss
@@ -197,22 +206,31 @@ def _discovered_dpo_trainer():
             """The log-probs and rewards the discovered loss got must be the ones TRL logged for this batch."""
             mode = "train" if self.model.training else "eval"
             logged = getattr(self, "_metrics", {}).get(mode, {})
-            ours = {"logps/chosen": chosen, "logps/rejected": rejected,
-                    "rewards/chosen": self.beta * (chosen - ref_chosen),
-                    "rewards/rejected": self.beta * (rejected - ref_rejected)}
+            ours = {
+                "logps/chosen": chosen,
+                "logps/rejected": rejected,
+                "rewards/chosen": self.beta * (chosen - ref_chosen),
+                "rewards/rejected": self.beta * (rejected - ref_rejected),
+            }
             compared = 0
             for key, value in ours.items():
                 if not logged.get(key):
                     continue
                 mine, theirs = self.accelerator.gather(value.detach()).mean().item(), logged[key][-1]
                 if abs(mine - theirs) > 1e-4 * max(1.0, abs(theirs)):
-                    raise RuntimeError(f"trl {trl.__version__}: the {key} given to the discovered loss ({mine:.6g}) "
-                                       f"differ from the ones TRL logged ({theirs:.6g}); DiscoveredDPOTrainer does "
-                                       "not match this trl's DPOTrainer._compute_loss")
+                    raise RuntimeError(
+                        f"trl {trl.__version__}: the {key} given to the discovered loss ({mine:.6g}) "
+                        f"differ from the ones TRL logged ({theirs:.6g}); DiscoveredDPOTrainer does "
+                        "not match this trl's DPOTrainer._compute_loss"
+                    )
                 compared += 1
             if not compared:
-                warnings.warn(f"trl {trl.__version__} logged none of {', '.join(ours)}; DiscoveredDPOTrainer could not "
-                              "check its log-probs against TRL's", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"trl {trl.__version__} logged none of {', '.join(ours)}; DiscoveredDPOTrainer could not "
+                    "check its log-probs against TRL's",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             self._discovered_checked = True
 
     DiscoveredDPOTrainer.__module__, DiscoveredDPOTrainer.__qualname__ = __name__, "DiscoveredDPOTrainer"

@@ -27,8 +27,7 @@ from sandbox.base import Limits, Outcome, Status
 
 ROOT = Path(__file__).resolve().parents[3]
 TASK = get_task("preference")
-SIG = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, "
-       "beta):\n")
+SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
 
 
 def program(marker: float) -> str:
@@ -54,8 +53,14 @@ class FakeEvaluator:
 
     def static_check(self, source: str) -> EvaluationReport | None:
         if marker_of(source) in self.reject:
-            return EvaluationReport(task="preference", suite="", status=Status.POLICY, stage="policy",
-                                    reason="import of os is not allowed", line=1)
+            return EvaluationReport(
+                task="preference",
+                suite="",
+                status=Status.POLICY,
+                stage="policy",
+                reason="import of os is not allowed",
+                line=1,
+            )
         return None
 
     def limits_for(self, n_runs: int) -> Limits:
@@ -68,9 +73,13 @@ class FakeEvaluator:
         marker = marker_of(code)
         self.evaluated.append((marker, list(configs), list(seeds)))
         own = set(TASK.suite(suite).seeds)
-        rows = [SeedMetrics(config=c, seed=s, seconds=0.1,
-                            fitness=marker if s in own else self.extra_fitness.get(marker, marker))
-                for c in configs for s in seeds]
+        rows = [
+            SeedMetrics(
+                config=c, seed=s, seconds=0.1, fitness=marker if s in own else self.extra_fitness.get(marker, marker)
+            )
+            for c in configs
+            for s in seeds
+        ]
         overall, per_config = aggregate(TASK.suite(suite), rows)
         return EvaluationReport(task="preference", suite=suite, status=Status.OK, fitness=overall, configs=per_config)
 
@@ -82,8 +91,16 @@ class FakePool:
 
 
 def call(reply: str, error: str | None = None) -> CallRecord:
-    return CallRecord(model="openai/test", prompt_messages=[{"role": "user", "content": "p"}], reply_text=reply,
-                      prompt_tokens=10, completion_tokens=5, cost_usd=0.001, latency_s=0.1, error=error)
+    return CallRecord(
+        model="openai/test",
+        prompt_messages=[{"role": "user", "content": "p"}],
+        reply_text=reply,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_usd=0.001,
+        latency_s=0.1,
+        error=error,
+    )
 
 
 class ScriptedProposer:
@@ -101,11 +118,24 @@ class ScriptedProposer:
         if isinstance(item, Exception):
             raise item
         if item is None:
-            return Proposed(code=None, name="unusable-reply", thought="", parents=[], proposer="llm:openai/test",
-                            error="no code block in the reply", extra={"calls": [call("I cannot")]})
+            return Proposed(
+                code=None,
+                name="unusable-reply",
+                thought="",
+                parents=[],
+                proposer="llm:openai/test",
+                error="no code block in the reply",
+                extra={"calls": [call("I cannot")]},
+            )
         attempts = [call("", error="RateLimitError (429)"), call(f"code {item}")]
-        return Proposed(code=program(item), name=f"m{item}", thought="t", parents=[], proposer="llm:openai/test",
-                        extra={"calls": attempts})
+        return Proposed(
+            code=program(item),
+            name=f"m{item}",
+            thought="t",
+            parents=[],
+            proposer="llm:openai/test",
+            extra={"calls": attempts},
+        )
 
 
 @pytest.fixture
@@ -113,13 +143,23 @@ def make_rt(tmp_path):
     archives = []
 
     def make(script: list, evaluator: FakeEvaluator | None = None, **config) -> Runtime:
-        cfg = RunConfig(db=str(tmp_path / "runs.db"), cascade_configs=list(TASK.cascade_configs),
-                        **{"budget": 10, "leaders": 1, "extra_seeds": 2, **config})
+        cfg = RunConfig(
+            db=str(tmp_path / "runs.db"),
+            cascade_configs=list(TASK.cascade_configs),
+            **{"budget": 10, "leaders": 1, "extra_seeds": 2, **config},
+        )
         archive = Archive(cfg.db)
         archives.append(archive)
         run_id = archive.create_run("preference", cfg.model_dump(), 0, [])
-        return Runtime(config=cfg, task=TASK, archive=archive, evaluator=evaluator or FakeEvaluator(),
-                       pool=FakePool(), proposer=ScriptedProposer(script), run_id=run_id)
+        return Runtime(
+            config=cfg,
+            task=TASK,
+            archive=archive,
+            evaluator=evaluator or FakeEvaluator(),
+            pool=FakePool(),
+            proposer=ScriptedProposer(script),
+            run_id=run_id,
+        )
 
     yield make
     for archive in archives:
@@ -142,14 +182,34 @@ def rows(rt: Runtime) -> list:
 def test_the_graph_has_its_branches_as_conditional_edges():
     edges = {(e.source, e.target): e for e in graph_drawing.edges()}
     branches = {(s, t, e.label) for (s, t), e in edges.items() if e.conditional}
-    assert {("store", "propose", "retry"), ("store", "static_check", "usable"), ("store", "__end__", "not evaluated"),
-            ("static_check", "record_failure", "failed"), ("contract_check", "record_failure", "failed"),
-            ("cascade", "cull", "culled"), ("cascade", "full", "promoted"), ("full", "extra_seeds", "leader"),
-            ("extra_seeds", "extra_seeds", "seeds left"), ("__start__", "reopen", "resume"),
-            ("__start__", "propose", "new")} <= branches
+    assert {
+        ("store", "propose", "retry"),
+        ("store", "static_check", "usable"),
+        ("store", "__end__", "not evaluated"),
+        ("static_check", "record_failure", "failed"),
+        ("contract_check", "record_failure", "failed"),
+        ("cascade", "cull", "culled"),
+        ("cascade", "full", "promoted"),
+        ("full", "extra_seeds", "leader"),
+        ("extra_seeds", "extra_seeds", "seeds left"),
+        ("__start__", "reopen", "resume"),
+        ("__start__", "propose", "new"),
+    } <= branches
     assert not edges[("propose", "store")].conditional and not edges[("record_failure", "__end__")].conditional
-    assert set(graph_drawing.nodes()) == {"__start__", "__end__", "propose", "store", "reopen", "static_check",
-                                         "contract_check", "cascade", "cull", "full", "extra_seeds", "record_failure"}
+    assert set(graph_drawing.nodes()) == {
+        "__start__",
+        "__end__",
+        "propose",
+        "store",
+        "reopen",
+        "static_check",
+        "contract_check",
+        "cascade",
+        "cull",
+        "full",
+        "extra_seeds",
+        "record_failure",
+    }
 
 
 def test_the_architecture_doc_shows_what_the_code_draws():
@@ -159,7 +219,8 @@ def test_the_architecture_doc_shows_what_the_code_draws():
     assert block, "no mermaid block under '## The agent graph'"
     assert block[1] == graph_drawing.mermaid().strip(), (
         "docs/architecture.md is out of date: paste the output of "
-        "python -c 'from discovery.agent.graph_drawing import mermaid; print(mermaid())'")
+        "python -c 'from discovery.agent.graph_drawing import mermaid; print(mermaid())'"
+    )
 
 
 # -- the branches -----------------------------------------------------------------------------------
@@ -212,7 +273,11 @@ def test_a_rejected_candidate_goes_to_record_failure(make_rt):
     assert slot(rt) == ["propose", "store", "static_check", "record_failure"]
     (row,) = rows(rt)
     assert (row.status, row.failed_stage, row.reason, row.error_line) == (
-        Status.POLICY, "policy", "import of os is not allowed", 1)
+        Status.POLICY,
+        "policy",
+        "import of os is not allowed",
+        1,
+    )
 
 
 def test_the_cascade_culls_a_weak_candidate(make_rt):
@@ -241,15 +306,19 @@ def test_a_leader_gets_its_extra_seeds_one_round_at_a_time(make_rt):
     assert rows(rt)[2].n_seeds == len(seeds)
 
 
-
 def test_a_stored_candidate_resumes_at_the_checks_and_evaluates_only_what_is_missing(make_rt):
     rt = make_rt([], leaders=0)
     added = rt.archive.add_candidate(rt.run_id, name="left", code=program(0.4), code_hash="h", proposer="test")
     cell = (TASK.cascade_configs[0], TASK.suite("discover").seeds[0])
     rt.archive.record_evaluation(added.id, "discover", cell[0], cell[1], "cascade", 0.4)
     steps = list(build_pipeline(rt).stream({"candidate_id": added.id}, {"recursion_limit": 30}))
-    assert [node for update in steps for node in update] == ["reopen", "static_check", "contract_check", "cascade",
-                                                             "full"]
+    assert [node for update in steps for node in update] == [
+        "reopen",
+        "static_check",
+        "contract_check",
+        "cascade",
+        "full",
+    ]
     assert rt.evaluator.evaluated[0] == (0.4, [TASK.cascade_configs[1]], [cell[1]])  # the cascade's missing cell
     kept = [e for e in rt.archive.evaluations(added.id) if (e.config, e.seed) == cell]
     assert [(e.stage, e.fitness) for e in kept] == [("cascade", 0.4)]

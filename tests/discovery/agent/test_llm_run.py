@@ -8,8 +8,7 @@ from discovery.archive import Archive
 from discovery.config import ModelConfig, RunConfig
 from tests.openai_server import FakeOpenAIServer, Reply
 
-SIG = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-       "reference_rejected_logps, beta):")
+SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):"
 H = "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)"
 
 
@@ -17,32 +16,60 @@ def program(body: str) -> str:
     return f"import torch\nimport torch.nn.functional as F\n\n\n{SIG}\n{H}\n{body}\n"
 
 
-TAGGED = ("<thought>Smooth the hinge.</thought>\n<name>soft_hinge</name>\n<code>\n"
-          + program("    return F.softplus(1 - beta * h)") + "</code>")
-AS_JSON = json.dumps({"thought": "Scale DPO by 1.5.", "name": "dpo_x15",
-                      "code": program("    return -1.5 * F.logsigmoid(beta * h)")})
-FENCED = ("Name: ipo_half\nA gentler IPO target.\n```python\n"
-          + program("    return (h - 1 / (4 * beta)) ** 2 * 0.5") + "```")
+TAGGED = (
+    "<thought>Smooth the hinge.</thought>\n<name>soft_hinge</name>\n<code>\n"
+    + program("    return F.softplus(1 - beta * h)")
+    + "</code>"
+)
+AS_JSON = json.dumps(
+    {"thought": "Scale DPO by 1.5.", "name": "dpo_x15", "code": program("    return -1.5 * F.logsigmoid(beta * h)")}
+)
+FENCED = (
+    "Name: ipo_half\nA gentler IPO target.\n```python\n" + program("    return (h - 1 / (4 * beta)) ** 2 * 0.5") + "```"
+)
 GARBAGE = "I'm sorry, I cannot help with that."
 TRUNCATED = "<thought>x</thought><name>cut</name><code>\n" + program("    return -F.logsigmoid(beta * h")[:-3]
-CONTRACT = ("<thought>mean</thought><name>scalar_dpo</name><code>\n"
-            + program("    return -F.logsigmoid(beta * h).mean()") + "</code>")
-LATE = ("<thought>after retries</thought><name>exp_loss</name><code>\n"
-        + program("    return torch.exp(-beta * h)") + "</code>")
+CONTRACT = (
+    "<thought>mean</thought><name>scalar_dpo</name><code>\n"
+    + program("    return -F.logsigmoid(beta * h).mean()")
+    + "</code>"
+)
+LATE = (
+    "<thought>after retries</thought><name>exp_loss</name><code>\n"
+    + program("    return torch.exp(-beta * h)")
+    + "</code>"
+)
 
 
 def make_config(tmp_path, server, budget: int, retries: int = 3) -> RunConfig:
     return RunConfig(
         models=[ModelConfig(name="openai/test-model", api_base=server.base_url, api_key_env="FAKE_SERVER_KEY")],
-        budget=budget, workers=1, heldout_top=0, leaders=0, seeds=1, db=str(tmp_path / "runs.db"), llm_timeout=2.0,
-        llm_retries=retries, seed=1,
+        budget=budget,
+        workers=1,
+        heldout_top=0,
+        leaders=0,
+        seeds=1,
+        db=str(tmp_path / "runs.db"),
+        llm_timeout=2.0,
+        llm_retries=retries,
+        seed=1,
     )
 
 
 def test_every_reply_kind_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SERVER_KEY", "sk-test")
-    script = [Reply(TAGGED), Reply(AS_JSON), Reply(FENCED), Reply(GARBAGE), Reply(TRUNCATED), Reply(CONTRACT),
-              Reply(status=429), Reply(status=500), Reply(LATE, delay=5.0), Reply(LATE)]
+    script = [
+        Reply(TAGGED),
+        Reply(AS_JSON),
+        Reply(FENCED),
+        Reply(GARBAGE),
+        Reply(TRUNCATED),
+        Reply(CONTRACT),
+        Reply(status=429),
+        Reply(status=500),
+        Reply(LATE, delay=5.0),
+        Reply(LATE),
+    ]
     with FakeOpenAIServer(script) as server:
         run = DiscoveryRun(make_config(tmp_path, server, budget=7))
         result = run.execute()

@@ -27,8 +27,9 @@ seed = 3
 
 
 def cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "discovery.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def write_config(tmp_path: Path, budget: int) -> Path:
@@ -87,8 +88,12 @@ def test_offline_run_records_everything(tmp_path):
 def test_resume_after_sigkill_keeps_every_finished_evaluation_once(tmp_path):
     db = tmp_path / "runs.db"
     config = write_config(tmp_path, 8)
-    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # kill once some proposed candidates are mid-evaluation
@@ -98,7 +103,8 @@ def test_resume_after_sigkill_keeps_every_finished_evaluation_once(tmp_path):
             try:
                 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
                 evaluating = conn.execute(
-                    "SELECT COUNT(*) FROM candidates WHERE status = 'evaluating' AND is_baseline = 0").fetchone()[0]
+                    "SELECT COUNT(*) FROM candidates WHERE status = 'evaluating' AND is_baseline = 0"
+                ).fetchone()[0]
                 n_evals = conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
                 conn.close()
             except sqlite3.Error:
@@ -142,13 +148,16 @@ def existing_db(tmp_path):
     return db
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--model", "nosuchprovider/some-model"], "nosuchprovider"),
-    (["--model", "openai/gpt-4o"], "key"),
-    (["--model", "openai/local", "--api-base", "http://127.0.0.1:9"], "127.0.0.1:9"),
-    (["--budget", "0"], "budget"),
-    (["--proposer", "telepathy"], "proposer"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "nosuchprovider/some-model"], "nosuchprovider"),
+        (["--model", "openai/gpt-4o"], "key"),
+        (["--model", "openai/local", "--api-base", "http://127.0.0.1:9"], "127.0.0.1:9"),
+        (["--budget", "0"], "budget"),
+        (["--proposer", "telepathy"], "proposer"),
+    ],
+)
 def test_bad_options_fail_before_any_work(existing_db, args, fragment):
     before = file_digest(existing_db)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -198,9 +207,13 @@ def test_locked_database_is_a_clear_error(existing_db):
 def _start_and_wait_for_a_candidate(tmp_path, budget: int):
     db = tmp_path / "runs.db"
     config = write_config(tmp_path, budget)
-    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db),
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "discovery.cli", "run", "--config", str(config), "--db", str(db), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.5)

@@ -210,20 +210,14 @@ def test_record_evaluation_exactly_once(archive: Archive, run_id: str) -> None:
 
 def test_llm_calls_and_cost(archive: Archive, run_id: str) -> None:
     cid = add(archive, run_id, "a").id
-    first = archive.record_llm_call(
-        run_id, None, "gpt-4o", "propose", "def loss...", 100, 50, 0.01, 1.2, None
-    )
+    first = archive.record_llm_call(run_id, None, "gpt-4o", "propose", "def loss...", 100, 50, 0.01, 1.2, None)
     second = archive.record_llm_call(
         run_id, cid, "gpt-4o", [{"role": "user", "content": "fix"}], None, 10, 0, 0.0025, 0.3, "timeout"
     )
     assert second > first
     calls = archive.llm_calls(run_id)
     assert [c["id"] for c in calls] == [first, second]
-    assert (
-        calls[0]["prompt"] == "propose"
-        and calls[0]["reply"] == "def loss..."
-        and calls[0]["candidate_id"] is None
-    )
+    assert calls[0]["prompt"] == "propose" and calls[0]["reply"] == "def loss..." and calls[0]["candidate_id"] is None
     assert (calls[0]["prompt_tokens"], calls[0]["completion_tokens"], calls[0]["latency_s"]) == (100, 50, 1.2)
     assert json.loads(calls[1]["prompt"]) == [{"role": "user", "content": "fix"}]
     assert calls[1]["error"] == "timeout" and calls[1]["candidate_id"] == cid and calls[1]["reply"] is None
@@ -295,8 +289,9 @@ def old_archive(path: Path, version: int, monkeypatch: pytest.MonkeyPatch, candi
     conn = sqlite3.connect(path)
     for row in candidates:
         row = {"run_id": rid, "name": row["id"], "code": "", "created_at": "2026-01-01T00:00:00.000Z", **row}
-        conn.execute(f"INSERT INTO candidates ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                     list(row.values()))
+        conn.execute(
+            f"INSERT INTO candidates ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+        )
     conn.commit()
     conn.close()
     return rid
@@ -314,21 +309,52 @@ def test_v1_archive_migrates_keeping_data(path: Path, monkeypatch: pytest.Monkey
 
 def test_v3_archive_migrates_to_records_without_fake_hashes(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """v3 kept duplicates and unusable replies under fake hashes, and NaN outputs as status 'contract'."""
-    rid = old_archive(path, 3, monkeypatch, [
-        {"id": "c-orig", "code": "x", "code_hash": "abc", "status": "ok", "fitness": 0.5},
-        {"id": "c-dup", "code": "x", "code_hash": "duplicate:abc:0f0f", "status": "duplicate",
-         "failed_stage": "dedup", "reason": "same normalized syntax tree as c-orig (orig); not evaluated"},
-        {"id": "c-unusable", "code_hash": "unusable:1234", "status": "parse", "failed_stage": "reply",
-         "reason": "unusable reply: no code block"},
-        {"id": "c-unusable2", "code_hash": "unusable:5678", "status": "parse", "failed_stage": "reply"},
-        {"id": "c-nan", "code": "y", "code_hash": "def", "status": "contract", "failed_stage": "contract",
-         "reason": "loss returned NaN"},
-        {"id": "c-name", "code": "z", "code_hash": "ghi", "status": "error", "failed_stage": "contract",
-         "error_line": 3, "reason": "NameError: name 'hx' is not defined (line 3: `return hx`)"},
-    ])
+    rid = old_archive(
+        path,
+        3,
+        monkeypatch,
+        [
+            {"id": "c-orig", "code": "x", "code_hash": "abc", "status": "ok", "fitness": 0.5},
+            {
+                "id": "c-dup",
+                "code": "x",
+                "code_hash": "duplicate:abc:0f0f",
+                "status": "duplicate",
+                "failed_stage": "dedup",
+                "reason": "same normalized syntax tree as c-orig (orig); not evaluated",
+            },
+            {
+                "id": "c-unusable",
+                "code_hash": "unusable:1234",
+                "status": "parse",
+                "failed_stage": "reply",
+                "reason": "unusable reply: no code block",
+            },
+            {"id": "c-unusable2", "code_hash": "unusable:5678", "status": "parse", "failed_stage": "reply"},
+            {
+                "id": "c-nan",
+                "code": "y",
+                "code_hash": "def",
+                "status": "contract",
+                "failed_stage": "contract",
+                "reason": "loss returned NaN",
+            },
+            {
+                "id": "c-name",
+                "code": "z",
+                "code_hash": "ghi",
+                "status": "error",
+                "failed_stage": "contract",
+                "error_line": 3,
+                "reason": "NameError: name 'hx' is not defined (line 3: `return hx`)",
+            },
+        ],
+    )
     conn = sqlite3.connect(path)
-    conn.execute("INSERT INTO evaluations (candidate_id, suite, config, seed, created_at) "
-                 "VALUES ('c-orig', 'discover', 'small', 0, 'now')")
+    conn.execute(
+        "INSERT INTO evaluations (candidate_id, suite, config, seed, created_at) "
+        "VALUES ('c-orig', 'discover', 'small', 0, 'now')"
+    )
     conn.commit()
     conn.close()
     with Archive(path) as arc:
@@ -356,8 +382,9 @@ def test_unusable_replies_and_duplicates_are_recorded_without_fake_hashes(archiv
     orig = add(archive, run_id, "orig").id
     first = archive.add_unusable(run_id, reason="unusable reply: no code", name="u1", proposer="llm:m")
     second = archive.add_unusable(run_id, reason="unusable reply: empty", name="u2", proposer="llm:m", generation=3)
-    dup = archive.add_duplicate(run_id, original_id=orig, code="c", code_hash="h-orig", name="d", proposer="llm:m",
-                                thought="same again")
+    dup = archive.add_duplicate(
+        run_id, original_id=orig, code="c", code_hash="h-orig", name="d", proposer="llm:m", thought="same again"
+    )
     rows = {c.id: c for c in archive.candidates(run_id)}
     assert {rows[first].status, rows[second].status} == {"parse"} and rows[first].failed_stage == "reply"
     assert rows[first].code_hash is None and rows[second].generation == 3 and rows[first].evaluated_at

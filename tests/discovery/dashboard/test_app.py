@@ -79,9 +79,14 @@ def facts(run_db: Path) -> dict:
         rows = archive.candidates(run["id"], order_by_fitness=False)
         board = archive.leaderboard(run_id=run["id"])
         child = next(c for c in rows if c.parents and c.status is Status.OK)
-        return {"run": run, "rows": rows, "board": board, "child": child,
-                "parent": archive.get_candidate(child.parents[0]),
-                "baselines": [c for c in rows if c.is_baseline and c.status is Status.OK]}
+        return {
+            "run": run,
+            "rows": rows,
+            "board": board,
+            "child": child,
+            "parent": archive.get_candidate(child.parents[0]),
+            "baselines": [c for c in rows if c.is_baseline and c.status is Status.OK],
+        }
 
 
 def test_leaderboard_page_shows_ranked_candidates_with_ci_heldout_and_baselines(run_db, facts, monkeypatch):
@@ -100,7 +105,7 @@ def test_leaderboard_page_shows_ranked_candidates_with_ci_heldout_and_baselines(
     for c in heldout:
         assert data.fmt_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high) in text
     for b in facts["baselines"]:
-        assert re.search(rf'>{re.escape(b.name)}</a> · <b>baseline</b>', text)
+        assert re.search(rf">{re.escape(b.name)}</a> · <b>baseline</b>", text)
     assert f'href="?run={facts["run"]["id"]}"' in text
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Candidates"] == str(len(facts["rows"]))
@@ -148,17 +153,23 @@ def test_run_page_shows_progress_failures_cost_and_config(run_db, facts, monkeyp
     assert not any("Live:" in c.value for c in at.caption)  # the run has finished: no timer
 
     specs = charts(at)
-    progress = next(frames[0] for spec, frames in specs if "layer" in spec and
-                    any(layer.get("mark", {}).get("type") == "line" for layer in spec["layer"]))
+    progress = next(
+        frames[0]
+        for spec, frames in specs
+        if "layer" in spec and any(layer.get("mark", {}).get("type") == "line" for layer in spec["layer"])
+    )
     assert len(progress) == len(rows)  # every candidate is a point
     assert progress["best_so_far"].dropna().is_monotonic_increasing
     assert progress["best_so_far"].max() == pytest.approx(facts["board"][0].fitness)
     assert set(progress["id"]) == {c.id for c in rows}
     if failed:  # failures are marked by their status and stage, with the reason in the tooltip
         marked = progress[progress["status"] != "ok"]
-        assert set(marked["outcome"]) == {f"{c.status.value} at {c.failed_stage}"
-                                          if c.failed_stage and c.failed_stage != c.status.value
-                                          else c.status.value for c in failed}
+        assert set(marked["outcome"]) == {
+            f"{c.status.value} at {c.failed_stage}"
+            if c.failed_stage and c.failed_stage != c.status.value
+            else c.status.value
+            for c in failed
+        }
         by_reason = next(frames[0] for spec, frames in specs if spec.get("mark", {}).get("type") == "bar")
         assert by_reason["count"].sum() == len(failed)
     else:
@@ -188,9 +199,18 @@ def test_run_page_shows_llm_cost_and_tokens_over_time(run_db, facts, monkeypatch
     run_id = facts["run"]["id"]
     with Archive(copy) as archive:
         for i, (pt, ct, cost) in enumerate([(1200, 300, 0.002), (1500, 350, 0.0025), (900, 0, None)]):
-            archive.record_llm_call(run_id, facts["child"].id if i == 0 else None, "openai/test-model",
-                                    f"prompt {i}", None if cost is None else f"reply {i}", pt, ct, cost, 1.5,
-                                    "timeout" if cost is None else None)
+            archive.record_llm_call(
+                run_id,
+                facts["child"].id if i == 0 else None,
+                "openai/test-model",
+                f"prompt {i}",
+                None if cost is None else f"reply {i}",
+                pt,
+                ct,
+                cost,
+                1.5,
+                "timeout" if cost is None else None,
+            )
     at = page(copy, monkeypatch, run=run_id)
     assert {m.label: m.value for m in at.metric}["LLM cost"] == "$0.0045"
     usage = [frames[0] for spec, frames in charts(at) if "cumulative_cost_usd" in json.dumps(spec)]
@@ -218,8 +238,9 @@ def test_candidate_page_shows_code_diff_lineage_scores_curves_and_feedback(run_d
     assert f'href="?candidate={parent.id}"' in text  # diff header and lineage link to the parent
     assert re.search(r'<table class="dash" id="lineage">.*' + re.escape(parent.id), text, re.S)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Fitness (discover, 95% CI)"] == data.fmt_ci(child.fitness, child.fitness_ci_low,
-                                                                 child.fitness_ci_high)
+    assert metrics["Fitness (discover, 95% CI)"] == data.fmt_ci(
+        child.fitness, child.fitness_ci_low, child.fitness_ci_high
+    )
     assert metrics["Status"] == "ok"
     if child.thought:
         assert at.text[0].value == child.thought
@@ -306,8 +327,9 @@ def test_a_run_being_written_is_read_live(run_db, facts, monkeypatch, tmp_path):
     writer = Archive(copy)  # the run's own connection: WAL mode
     try:
         writer.reopen_run(run_id)
-        added = writer.add_candidate(run_id, name="written-while-watching", code="def loss(): pass\n",
-                                     code_hash="live-hash", proposer="test")
+        added = writer.add_candidate(
+            run_id, name="written-while-watching", code="def loss(): pass\n", code_hash="live-hash", proposer="test"
+        )
         other = sqlite3.connect(copy, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # a write in flight, not committed
         other.execute("UPDATE runs SET message = 'uncommitted' WHERE id = ?", [run_id])
@@ -344,17 +366,33 @@ def test_hostile_names_and_malformed_rows_are_shown_escaped_not_crashing(run_db,
     with sqlite3.connect(f"file:{run_db}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
     run_id = facts["run"]["id"]
-    name = '<script>alert(1)</script> *bold* ~~x~~ | $x$'
+    name = "<script>alert(1)</script> *bold* ~~x~~ | $x$"
     with Archive(copy) as archive:
-        added = archive.add_candidate(run_id, name=name, code="def loss(:\n", code_hash="hostile", proposer="test",
-                                      thought="line one\n\nline <b>two</b>", parents=[facts["child"].id, "c-gone"],
-                                      feedback_shown="exact\n  feedback <i>as shown</i>\n")
-        archive.update_candidate(added.id, status="ok", fitness=9.5, fitness_ci_low=None, fitness_ci_high=None,
-                                 per_config={"clean": "not a dict", "noise20": {"fitness": None}}, n_seeds=1)
-        archive.record_evaluation(added.id, "discover", "clean", 0, fitness=9.5, metrics={"kl": "high"},
-                                  curve=["not", "a", "mapping"])
-        archive.record_evaluation(added.id, "discover", "noise20", 0, fitness=9.5,
-                                  curve={"loss": [1.0, float("nan"), "x", 0.5]})
+        added = archive.add_candidate(
+            run_id,
+            name=name,
+            code="def loss(:\n",
+            code_hash="hostile",
+            proposer="test",
+            thought="line one\n\nline <b>two</b>",
+            parents=[facts["child"].id, "c-gone"],
+            feedback_shown="exact\n  feedback <i>as shown</i>\n",
+        )
+        archive.update_candidate(
+            added.id,
+            status="ok",
+            fitness=9.5,
+            fitness_ci_low=None,
+            fitness_ci_high=None,
+            per_config={"clean": "not a dict", "noise20": {"fitness": None}},
+            n_seeds=1,
+        )
+        archive.record_evaluation(
+            added.id, "discover", "clean", 0, fitness=9.5, metrics={"kl": "high"}, curve=["not", "a", "mapping"]
+        )
+        archive.record_evaluation(
+            added.id, "discover", "noise20", 0, fitness=9.5, curve={"loss": [1.0, float("nan"), "x", 0.5]}
+        )
     at = page(copy, monkeypatch)
     assert leaderboard_names(at)[0] == name  # the best fitness, listed first, text intact
     assert "<script>" not in html_of(at) and "&lt;script&gt;" in html_of(at)
@@ -377,10 +415,17 @@ def test_ranks_are_per_task_and_the_task_filter_splits_them(run_db, facts, monke
     with Archive(copy) as archive:
         other = archive.create_run("other-task", {"budget": 2})
         for i, fitness in enumerate([0.1, 0.3]):
-            cid = archive.add_candidate(other, name=f"other-{i}", code=f"x = {i}\n", code_hash=f"o{i}",
-                                        proposer="test").id
-            archive.update_candidate(cid, status="ok", fitness=fitness, fitness_ci_low=fitness - 0.05,
-                                     fitness_ci_high=fitness + 0.05, n_seeds=2)
+            cid = archive.add_candidate(
+                other, name=f"other-{i}", code=f"x = {i}\n", code_hash=f"o{i}", proposer="test"
+            ).id
+            archive.update_candidate(
+                cid,
+                status="ok",
+                fitness=fitness,
+                fitness_ci_low=fitness - 0.05,
+                fitness_ci_high=fitness + 0.05,
+                n_seeds=2,
+            )
         archive.finish_run(other, "finished")
     at = page(copy, monkeypatch)
     assert "<th>task</th>" in html_of(at)
@@ -413,27 +458,54 @@ def outcomes_db(tmp_path) -> tuple[Path, dict[str, str]]:
     ids: dict[str, str] = {}
     with Archive(db) as archive:
         run = archive.create_run("preference", {"task": "preference", "budget": 8})
-        ids["dpo"] = archive.add_candidate(run, name="dpo", code=_code(), code_hash="dpo", proposer="baseline",
-                                           is_baseline=True).id
-        archive.update_candidate(ids["dpo"], status=Status.OK, fitness=0.5, fitness_ci_low=0.4, fitness_ci_high=0.6,
-                                 n_seeds=2)
-        ids["bad_contract"] = archive.add_candidate(run, name="bad_contract", code=_code("    h = h * 2\n"),
-                                                    code_hash="bc", proposer="mutation", parents=[ids["dpo"]]).id
-        archive.update_candidate(ids["bad_contract"], status=Status.INVALID, failed_stage="contract",
-                                 reason="loss returns shape (1,), expected (10,)")
-        ids["raises"] = archive.add_candidate(run, name="raises", code=_code("    h = hx\n"), code_hash="r",
-                                              proposer="mutation").id
-        archive.update_candidate(ids["raises"], status=Status.ERROR, failed_stage="contract",
-                                 reason="NameError: name 'hx' is not defined (line 7: `h = hx`)",
-                                 error_class="NameError", error_line=7, error_message="name 'hx' is not defined")
-        ids["culled"] = archive.add_candidate(run, name="culled", code=_code("    h = h * 3\n"), code_hash="c",
-                                              proposer="mutation").id
-        archive.update_candidate(ids["culled"], status=Status.CULLED, failed_stage="cascade", fitness=0.2,
-                                 reason="cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run")
-        ids["dup"] = archive.add_duplicate(run, original_id=ids["dpo"], code=_code(), code_hash="dpo", name="dup",
-                                           proposer="mutation")
-        ids["unusable"] = archive.add_unusable(run, reason="no code block in the reply", name="unusable",
-                                               proposer="llm")
+        ids["dpo"] = archive.add_candidate(
+            run, name="dpo", code=_code(), code_hash="dpo", proposer="baseline", is_baseline=True
+        ).id
+        archive.update_candidate(
+            ids["dpo"], status=Status.OK, fitness=0.5, fitness_ci_low=0.4, fitness_ci_high=0.6, n_seeds=2
+        )
+        ids["bad_contract"] = archive.add_candidate(
+            run,
+            name="bad_contract",
+            code=_code("    h = h * 2\n"),
+            code_hash="bc",
+            proposer="mutation",
+            parents=[ids["dpo"]],
+        ).id
+        archive.update_candidate(
+            ids["bad_contract"],
+            status=Status.INVALID,
+            failed_stage="contract",
+            reason="loss returns shape (1,), expected (10,)",
+        )
+        ids["raises"] = archive.add_candidate(
+            run, name="raises", code=_code("    h = hx\n"), code_hash="r", proposer="mutation"
+        ).id
+        archive.update_candidate(
+            ids["raises"],
+            status=Status.ERROR,
+            failed_stage="contract",
+            reason="NameError: name 'hx' is not defined (line 7: `h = hx`)",
+            error_class="NameError",
+            error_line=7,
+            error_message="name 'hx' is not defined",
+        )
+        ids["culled"] = archive.add_candidate(
+            run, name="culled", code=_code("    h = h * 3\n"), code_hash="c", proposer="mutation"
+        ).id
+        archive.update_candidate(
+            ids["culled"],
+            status=Status.CULLED,
+            failed_stage="cascade",
+            fitness=0.2,
+            reason="cascade fitness 0.200 < best 0.500 - margin 0.05; full suite not run",
+        )
+        ids["dup"] = archive.add_duplicate(
+            run, original_id=ids["dpo"], code=_code(), code_hash="dpo", name="dup", proposer="mutation"
+        )
+        ids["unusable"] = archive.add_unusable(
+            run, reason="no code block in the reply", name="unusable", proposer="llm"
+        )
         archive.finish_run(run, "finished")
     return db, ids
 
@@ -442,9 +514,13 @@ def test_failures_show_status_at_stage_and_the_structured_error(outcomes_db, mon
     db, ids = outcomes_db
     at = page(db, monkeypatch)
     table = re.search(r'<table class="dash" id="leaderboard">.*?</table>', html_of(at), re.S)[0]
-    for fragment in ("invalid at contract<br><small>loss returns shape (1,), expected (10,)",
-                     "error at contract<br><small>NameError line 7 — name &#x27;hx&#x27; is not defined",
-                     "culled at cascade", "duplicate at dedup", "parse at reply"):
+    for fragment in (
+        "invalid at contract<br><small>loss returns shape (1,), expected (10,)",
+        "error at contract<br><small>NameError line 7 — name &#x27;hx&#x27; is not defined",
+        "culled at cascade",
+        "duplicate at dedup",
+        "parse at reply",
+    ):
         assert fragment in table, fragment
     assert "contract:" not in table  # the stage is next to the status, not repeated in the reason
 
@@ -466,8 +542,13 @@ def test_failures_show_status_at_stage_and_the_structured_error(outcomes_db, mon
     with Archive.open_readonly(db) as archive:
         run_id = archive.list_runs()[0]["id"]
         fails = data.failures(archive, run_id)
-    assert set(fails["label"]) == {"invalid at contract", "error at contract", "culled at cascade",
-                                   "duplicate at dedup", "parse at reply"}
+    assert set(fails["label"]) == {
+        "invalid at contract",
+        "error at contract",
+        "culled at cascade",
+        "duplicate at dedup",
+        "parse at reply",
+    }
     at = page(db, monkeypatch, run=run_id)
     assert {m.label: m.value for m in at.metric}["Not ok"] == "5"
     bars = next(frames[0] for spec, frames in charts(at) if spec.get("mark", {}).get("type") == "bar")

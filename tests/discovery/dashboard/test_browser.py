@@ -23,8 +23,15 @@ from discovery.archive import Archive
 from discovery.dashboard import data
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT_MS = 60_000
 
 
@@ -49,8 +56,12 @@ def server(short_run_db, tmp_path):
         src.backup(dst)
     port = _free_port()
     log = (tmp_path / "dashboard.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "discovery.cli", "dashboard", "--db", str(db), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "discovery.cli", "dashboard", "--db", str(db), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
@@ -123,8 +134,13 @@ def test_click_from_leaderboard_into_candidate_and_watch_a_live_run(server, tmp_
                 page.goto(f"{url}?run={run['id']}")
                 expect(page.get_by_text("Live: this page re-reads the archive")).to_be_visible()
                 expect(page.locator("table#run-candidates")).to_be_visible()
-                added = writer.add_candidate(run["id"], name="arrived-while-watching", code="def loss(): pass\n",
-                                             code_hash="browser-live", proposer="test")
+                added = writer.add_candidate(
+                    run["id"],
+                    name="arrived-while-watching",
+                    code="def loss(): pass\n",
+                    code_hash="browser-live",
+                    proposer="test",
+                )
                 writer.update_candidate(added.id, status="crashed", failed_stage="train", reason="boom at line 1")
                 expect(page.locator("table#run-candidates")).to_contain_text("arrived-while-watching")
                 expect(page.locator("table#run-candidates")).to_contain_text("boom at line 1")

@@ -61,9 +61,7 @@ def closed_port() -> int:
 
 def test_good_reply():
     records: list[CallRecord] = []
-    with FakeOpenAIServer(
-        [Reply("<code>def loss(): pass</code>", prompt_tokens=11, completion_tokens=7)]
-    ) as srv:
+    with FakeOpenAIServer([Reply("<code>def loss(): pass</code>", prompt_tokens=11, completion_tokens=7)]) as srv:
         c = client(srv, records=records)
         rec = c.complete([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
         reqs = srv.chat_requests
@@ -219,9 +217,7 @@ def test_budget_refuses_when_estimate_exceeds_budget():
 
 
 def test_budget_counts_calls_in_flight():
-    with FakeOpenAIServer(
-        [Reply("slow", delay=0.5, completion_tokens=2), Reply("fast", completion_tokens=2)]
-    ) as srv:
+    with FakeOpenAIServer([Reply("slow", delay=0.5, completion_tokens=2), Reply("fast", completion_tokens=2)]) as srv:
         m = spec(srv, price_in=0.0, price_out=1e6, max_tokens=10)  # estimate $10, actual $2 a call
         c = client(srv, models=[m], max_cost_usd=15.0)
         results: list = []
@@ -365,8 +361,14 @@ def test_fake_server_shutdown_interrupts_delays():
 
 def test_connection_refused_says_so_not_500():
     records: list[CallRecord] = []
-    c = LLMClient([ModelSpec(MODEL, api_base=f"http://127.0.0.1:{closed_port()}/v1", api_key="sk-test")],
-                  on_call=records.append, max_retries=1, timeout=5.0, base_delay=0.01, sleep=lambda s: None)
+    c = LLMClient(
+        [ModelSpec(MODEL, api_base=f"http://127.0.0.1:{closed_port()}/v1", api_key="sk-test")],
+        on_call=records.append,
+        max_retries=1,
+        timeout=5.0,
+        base_delay=0.01,
+        sleep=lambda s: None,
+    )
     with pytest.raises(LLMUnavailable) as info:
         c.complete("hi")
     assert "connection refused" in info.value.reason and "500" not in info.value.reason

@@ -186,9 +186,7 @@ def test_mutation_is_deterministic_for_a_seed():
             assert mutate(code, "p", random.Random(seed)) == mutate(code, "p", random.Random(seed))
     assert len({mutate(DPO, "p", random.Random(s)).code for s in range(10)}) > 5
     assert crossover(DPO, "a", IPO, "b", random.Random(3)) == crossover(DPO, "a", IPO, "b", random.Random(3))
-    assert gate_blend(DPO, "a", IPO, "b", random.Random(3)) == gate_blend(
-        DPO, "a", IPO, "b", random.Random(3)
-    )
+    assert gate_blend(DPO, "a", IPO, "b", random.Random(3)) == gate_blend(DPO, "a", IPO, "b", random.Random(3))
 
 
 def test_swap_function_stays_in_family_and_skips_equivalent_spellings():
@@ -244,9 +242,7 @@ def test_drop_term_keeps_the_loss_a_tensor():
         m = mutate(IPO, "ipo", random.Random(seed), operators=["drop_term"])
         assert m.operator == "drop_term"
         assert "return logits ** 2" in m.code  # dropping `logits` would leave a constant
-    three = DPO.replace(
-        "-F.logsigmoid(beta * logits)", "-F.logsigmoid(beta * logits) + 0.1 * logits**2 - 0.01"
-    )
+    three = DPO.replace("-F.logsigmoid(beta * logits)", "-F.logsigmoid(beta * logits) + 0.1 * logits**2 - 0.01")
     dropped = {mutate(three, "t", random.Random(s), operators=["drop_term"]).name for s in range(30)}
     assert len(dropped) >= 3
 
@@ -307,9 +303,7 @@ def test_rescale_scalar_without_a_scalar_argument_falls_back():
 
 def test_imports_are_added_when_a_swap_needs_them():
     m = next(
-        m
-        for s in range(200)
-        if "F." in (m := mutate(EXP, "exp", random.Random(s), operators=["swap_function"])).code
+        m for s in range(200) if "F." in (m := mutate(EXP, "exp", random.Random(s), operators=["swap_function"])).code
     )
     assert "import torch.nn.functional as F" in m.code
     assert m.code.index("import torch.nn.functional as F") < m.code.index("def loss")

@@ -13,12 +13,20 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "regression_task.py
 
 
 def test_tasks_command_shows_a_task_file_in_full():
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "tasks", "--task", str(EXAMPLE)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery.cli", "tasks", "--task", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "def loss(pred, target)" in proc.stdout and "mse, mae, huber, log_cosh" in proc.stdout
-    missing = subprocess.run([sys.executable, "-m", "discovery.cli", "tasks", "--task", "no/such_task.py"],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "discovery.cli", "tasks", "--task", "no/such_task.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
@@ -27,11 +35,13 @@ def test_task_file_candidates_run_in_the_sandbox_and_robust_losses_win_under_out
     assert task.ref == str(EXAMPLE)  # what jobs carry: the sandbox gets a copy of the file
     evaluator = Evaluator(task)
     with LocalSandbox() as box:
-        reports = {name: evaluator.evaluate(task.baselines[name], box, "discover", configs=["outliers30"],
-                                            seeds=[0, 1])
-                   for name in ("mse", "huber", "mae")}
-        broken = evaluator.evaluate(task.baselines["mse"].replace("** 2", "** 2 * float('nan')"), box,
-                                    "discover", configs=["clean"], seeds=[0])
+        reports = {
+            name: evaluator.evaluate(task.baselines[name], box, "discover", configs=["outliers30"], seeds=[0, 1])
+            for name in ("mse", "huber", "mae")
+        }
+        broken = evaluator.evaluate(
+            task.baselines["mse"].replace("** 2", "** 2 * float('nan')"), box, "discover", configs=["clean"], seeds=[0]
+        )
     assert all(r.ok for r in reports.values()), {n: r.one_line() for n, r in reports.items()}
     assert reports["huber"].fitness.mean > reports["mse"].fitness.mean + 0.5
     assert reports["mae"].fitness.mean > reports["mse"].fitness.mean + 0.5

@@ -88,8 +88,9 @@ def _limits(**changes: Any) -> Limits:
 def _probe(box: DockerSandbox, body: str, limits: Limits = SESSION) -> dict[str, Any]:
     """What a session's process reports about itself: ``body`` fills the dict ``out``."""
     lines = "\n".join("    " + line for line in body.strip().splitlines())
-    out, outcome = _call(box, f"def f():\n    import json, os\n    out = {{}}\n{lines}\n    return json.dumps(out)\n",
-                         limits)
+    out, outcome = _call(
+        box, f"def f():\n    import json, os\n    out = {{}}\n{lines}\n    return json.dumps(out)\n", limits
+    )
     assert outcome.ok and out is not None, (outcome.reason, outcome.stderr_tail)
     return json.loads(out)
 
@@ -99,7 +100,10 @@ def _probe(box: DockerSandbox, body: str, limits: Limits = SESSION) -> dict[str,
 
 def test_container_limits_leave_room_for_the_template():
     assert container_limits(Limits(memory_mb=1024, max_processes=64, threads=2)) == (
-        1024 + TEMPLATE_MEMORY_MB, 64 + TEMPLATE_PIDS, 2)
+        1024 + TEMPLATE_MEMORY_MB,
+        64 + TEMPLATE_PIDS,
+        2,
+    )
     assert container_limits(Limits(max_processes=0, threads=0))[1:] == (0, 1)  # no pids limit asked: none
 
 
@@ -115,8 +119,19 @@ def test_missing_image_is_reported(docker_image: str):
 @pytest.mark.docker
 def test_isolation_notes(box: DockerSandbox):
     notes = " ".join(box.isolation_notes)
-    for word in ("one docker container per worker", "warm template", "network", "read-only", "65534",
-                 "capabilities", "IPC", "memory", "pids", "wiped after each session", "no GPU"):
+    for word in (
+        "one docker container per worker",
+        "warm template",
+        "network",
+        "read-only",
+        "65534",
+        "capabilities",
+        "IPC",
+        "memory",
+        "pids",
+        "wiped after each session",
+        "no GPU",
+    ):
         assert word in notes
 
 
@@ -321,7 +336,9 @@ def test_a_session_is_unprivileged_and_cannot_reach_its_template(box: DockerSand
     under no-new-privileges and its own seccomp filter, and cannot signal or inspect the
     template, init or anything but itself, nor write outside its own directory; the image's
     ``discovery/`` (the tasks, their environments, the trainer) is covered by an empty tmpfs."""
-    report = _probe(box, """
+    report = _probe(
+        box,
+        """
 out["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()]
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 keys = ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd", "NoNewPrivs", "Seccomp")
@@ -362,7 +379,8 @@ except ImportError as exc:
     out["import"] = type(exc).__name__
 import sandbox.jail.function_server  # noqa: F401 - the jail's own package is there
 out["env"] = dict(os.environ)
-""")
+""",
+    )
     assert report["ids"] == [SANDBOX_UID, SANDBOX_UID, SANDBOX_UID, []], report
     status = report["status"]
     assert status["CapEff"] == status["CapPrm"] == status["CapInh"] == status["CapAmb"] == "0" * 16, status
@@ -424,8 +442,14 @@ def test_dpo_trains_as_it_does_in_the_local_backend(box: DockerSandbox):
 
     task = get_task("preference")
     inputs = {input_key("clean", 0): Evaluator(task).inputs_for(task.suite("discover"), "clean", 0)}
-    job = Job(task="preference", source=DPO, stage="train", configs=["clean"], seeds=[0],
-              limits=Limits(wall_seconds=120, memory_mb=3072))
+    job = Job(
+        task="preference",
+        source=DPO,
+        stage="train",
+        configs=["clean"],
+        seeds=[0],
+        limits=Limits(wall_seconds=120, memory_mb=3072),
+    )
     outcome = run_job(box, job, inputs)
     assert outcome.ok, (outcome.reason, outcome.stderr_tail)
     with LocalSandbox() as local:
@@ -443,8 +467,7 @@ def test_a_timeout_kills_the_session_not_the_worker(box: DockerSandbox):
     _call(box, "def f():\n    return 1\n")
     container = box._container.id
     start = time.monotonic()
-    out, outcome = _call(box, "def f():\n    import time\n    while True:\n        time.sleep(0.1)\n",
-                         seconds=3.0)
+    out, outcome = _call(box, "def f():\n    import time\n    while True:\n        time.sleep(0.1)\n", seconds=3.0)
     assert out is None and outcome.status is Status.TIMEOUT, outcome.reason
     assert "wall-clock limit of 3 s" in outcome.reason
     assert "line 4" in outcome.reason  # the stack dumped just before the kill names the line

@@ -33,8 +33,10 @@ DPO = TASK.baselines["dpo"]
 LIMITS = Limits(wall_seconds=60, memory_mb=2048, max_processes=64)
 KEY = input_key("clean", 0)
 
-needs_bwrap = pytest.mark.skipif(bool(bubblewrap_problem()) and os.environ.get("CI") != "true",
-                                 reason=f"bubblewrap unusable here: {bubblewrap_problem()}")
+needs_bwrap = pytest.mark.skipif(
+    bool(bubblewrap_problem()) and os.environ.get("CI") != "true",
+    reason=f"bubblewrap unusable here: {bubblewrap_problem()}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,10 @@ def test_isolation_notes_name_the_walls(warm: LocalSandbox):
 def test_each_sandbox_runs_its_jobs_as_its_own_uid():
     if os.geteuid() != 0:
         pytest.skip("jobs keep the caller's uid when the sandbox is not started as root")
-    with LocalSandbox(isolation="none" if bubblewrap_problem() else "auto") as a, \
-            LocalSandbox(isolation="none" if bubblewrap_problem() else "auto") as b:
+    with (
+        LocalSandbox(isolation="none" if bubblewrap_problem() else "auto") as a,
+        LocalSandbox(isolation="none" if bubblewrap_problem() else "auto") as b,
+    ):
         assert a.job_uid != b.job_uid
         assert a.job_uid not in (0, 65534) and b.job_uid not in (0, 65534)
 
@@ -110,7 +114,7 @@ def test_template_restarts_after_being_killed(warm: LocalSandbox):
 @needs_bwrap
 def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbox):
 
-    sleeper = ("import time\n\ndef loss(a, b, c, d, beta):\n    time.sleep(30)\n    return a\n")
+    sleeper = "import time\n\ndef loss(a, b, c, d, beta):\n    time.sleep(30)\n    return a\n"
     assert run_job(warm, Job(task="preference", source=DPO, stage="contract", limits=LIMITS)).ok
     assert warm._proc is not None
     victim = warm._proc.pid
@@ -127,8 +131,9 @@ def test_template_killed_during_a_job_is_a_crash_then_replaced(warm: LocalSandbo
 
 @needs_bwrap
 def test_scratch_is_wiped_after_every_job(warm: LocalSandbox):
-    writer = ("import os\n\ndef loss(a, b, c, d, beta):\n"
-              "    open('left-behind', 'w').write('x')\n    return (a - b) * beta\n")
+    writer = (
+        "import os\n\ndef loss(a, b, c, d, beta):\n    open('left-behind', 'w').write('x')\n    return (a - b) * beta\n"
+    )
     outcome = run_job(warm, past_the_guard(Job(task="preference", source=writer, stage="contract", limits=LIMITS)))
     assert outcome.ok, outcome.reason
     assert list(warm.root.iterdir()) == []
@@ -155,15 +160,17 @@ def test_timeout_names_the_line_in_both_modes(mode: str, warm: LocalSandbox):
 def test_bubblewrap_view_is_reachable_by_the_job_user(warm: LocalSandbox, tmp_path: Path):
     """bwrap run as root creates the directories leading to its binds 0700; ours are 0755, so
     the unprivileged job user can import lazily from the project and the Python prefix."""
-    probe = ("import importlib\n\ndef loss(a, b, c, d, beta):\n"
-             "    importlib.import_module('sandbox.host.jobfiles')\n"
-             "    importlib.import_module('json.tool')\n"
-             "    return (a - b) * beta\n")
+    probe = (
+        "import importlib\n\ndef loss(a, b, c, d, beta):\n"
+        "    importlib.import_module('sandbox.host.jobfiles')\n"
+        "    importlib.import_module('json.tool')\n"
+        "    return (a - b) * beta\n"
+    )
     outcome = run_job(warm, past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
     assert outcome.ok, (outcome.reason, outcome.stderr_tail)
 
 
-LEAKY = '''import torch
+LEAKY = """import torch
 import torch.nn.functional as F
 
 STATE = {"calls": 0}
@@ -175,7 +182,7 @@ def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, ref
         raise RuntimeError("module state survived from an earlier training")
     h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
     return -F.logsigmoid(beta * h)
-'''
+"""
 
 
 @needs_bwrap
@@ -194,7 +201,7 @@ def test_each_training_gets_a_fresh_copy_of_the_candidate(warm: LocalSandbox, in
 ROOT = Path(__file__).resolve().parents[3]
 
 #: reports what the job sees of the checkout (the policy is bypassed: LocalSandbox.run gets it directly)
-LOOK_AT_THE_CHECKOUT = '''import os
+LOOK_AT_THE_CHECKOUT = """import os
 import resource
 
 
@@ -216,7 +223,7 @@ def loss(a, b, c, d, beta):
     listing = ",".join(sorted(os.listdir(root)))
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     raise ValueError(f"listing={listing} nofile={nofile} errors={','.join(sorted(errors))} read={read}")
-'''
+"""
 
 
 @needs_bwrap
@@ -231,8 +238,10 @@ def test_jail_shows_only_the_sandbox_package_of_the_checkout(tmp_path: Path):
     files = ["README.md", ".git/HEAD", "pyproject.toml", *(p.name for p in planted)]
     try:
         with LocalSandbox(env_extra={"PROBE_ROOT": str(ROOT), "PROBE_FILES": ",".join(files)}) as box:
-            outcome = run_job(box, past_the_guard(
-                Job(task="preference", source=LOOK_AT_THE_CHECKOUT, stage="contract", limits=LIMITS)))
+            outcome = run_job(
+                box,
+                past_the_guard(Job(task="preference", source=LOOK_AT_THE_CHECKOUT, stage="contract", limits=LIMITS)),
+            )
     finally:
         for path in planted:
             path.unlink(missing_ok=True)
@@ -281,7 +290,7 @@ def test_unix_socket_under_a_bound_path_hears_nothing(tmp_path: Path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     path = jobs / "listener.sock"
-    probe = f'''import os
+    probe = f"""import os
 import socket
 import stat
 
@@ -298,7 +307,7 @@ def loss(a, b, c, d, beta):
         except OSError as exc:
             report.append(name + "=" + type(exc).__name__ + str(exc.errno))
     raise ValueError(" ".join(report))
-'''
+"""
     with unix_listener(str(path)) as received, LocalSandbox(jobs_root=jobs) as box:
         outcome = run_job(box, past_the_guard(Job(task="preference", source=probe, stage="contract", limits=LIMITS)))
         time.sleep(0.5)
@@ -307,7 +316,7 @@ def loss(a, b, c, d, beta):
     assert received == []
 
 
-EXHAUST_DESCRIPTORS = '''import torch.nn.functional as F
+EXHAUST_DESCRIPTORS = """import torch.nn.functional as F
 
 HELD = []
 
@@ -315,7 +324,7 @@ HELD = []
 def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
     while True:
         HELD.append(open(f"held-{len(HELD)}", "w"))
-'''
+"""
 
 
 @needs_bwrap

@@ -45,9 +45,16 @@ def eight_cores(monkeypatch):
     monkeypatch.delenv(THREADS_VARIABLE, raising=False)
 
 
-@pytest.mark.parametrize(("value", "gpus"), [
-    ("0", ["0"]), ("0,2", ["0", "2"]), ("3,,5,", ["3", "5"]), ("", []), (",", []),
-])
+@pytest.mark.parametrize(
+    ("value", "gpus"),
+    [
+        ("0", ["0"]),
+        ("0,2", ["0", "2"]),
+        ("3,,5,", ["3", "5"]),
+        ("", []),
+        (",", []),
+    ],
+)
 def test_visible_gpus_from_cuda_visible_devices(monkeypatch, value, gpus):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # the variable wins over what torch sees
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
@@ -76,15 +83,18 @@ def test_one_thread_per_worker_by_default():
 
 
 @pytest.mark.usefixtures("eight_cores")
-@pytest.mark.parametrize(("wanted", "workers", "threads"), [
-    ("3", 2, 3),  # within the share of 8 // 2 = 4 cores
-    ("8", 4, 2),  # capped at the share of 8 // 4 = 2 cores
-    ("8", 16, 1),  # more workers than cores: still one thread each
-    ("4", 0, 4),  # a worker count below one counts as one
-    ("0", 1, 1),
-    ("-2", 1, 1),
-    ("many", 1, 1),  # not a number: the default
-])
+@pytest.mark.parametrize(
+    ("wanted", "workers", "threads"),
+    [
+        ("3", 2, 3),  # within the share of 8 // 2 = 4 cores
+        ("8", 4, 2),  # capped at the share of 8 // 4 = 2 cores
+        ("8", 16, 1),  # more workers than cores: still one thread each
+        ("4", 0, 4),  # a worker count below one counts as one
+        ("0", 1, 1),
+        ("-2", 1, 1),
+        ("many", 1, 1),  # not a number: the default
+    ],
+)
 def test_threads_per_worker_from_the_environment(monkeypatch, wanted, workers, threads):
     monkeypatch.setenv(THREADS_VARIABLE, wanted)
     assert threads_per_worker(workers) == threads

@@ -28,8 +28,9 @@ DPO_BODY = """\
     logits = pi_logratios - ref_logratios
     return -F.logsigmoid(beta * logits)
 """
-SIGNATURE = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-             "reference_rejected_logps, beta):")
+SIGNATURE = (
+    "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):"
+)
 
 
 @dataclass(frozen=True)
@@ -83,42 +84,86 @@ def program(body: str, header: str = "", dpo_tail: bool = False) -> str:
 
 CASES: list[Case] = [
     # ------------------------------------------------------------------ time
-    Case("infinite_loop", program("""
+    Case(
+        "infinite_loop",
+        program("""
         n = 0
         while True:  # <-- line
             n += 1  # <-- line
-    """), ("timeout",), wall_seconds=6, reason_has=("wall-clock limit",)),
-    Case("sleep_forever", program("""
+    """),
+        ("timeout",),
+        wall_seconds=6,
+        reason_has=("wall-clock limit",),
+    ),
+    Case(
+        "sleep_forever",
+        program("""
         import time
         time.sleep(10 ** 6)  # <-- line
-    """), ("timeout",), wall_seconds=6, reason_has=("wall-clock limit",)),
-    Case("cpu_limit", program("""
+    """),
+        ("timeout",),
+        wall_seconds=6,
+        reason_has=("wall-clock limit",),
+    ),
+    Case(
+        "cpu_limit",
+        program("""
         n = 0
         while True:  # <-- line
             n += 1  # <-- line
-    """), ("timeout",), wall_seconds=30, cpu_seconds=2, reason_has=("CPU-time limit",)),
-    Case("cpu_limit_ignoring_sigxcpu", program("""
+    """),
+        ("timeout",),
+        wall_seconds=30,
+        cpu_seconds=2,
+        reason_has=("CPU-time limit",),
+    ),
+    Case(
+        "cpu_limit_ignoring_sigxcpu",
+        program("""
         import signal
         signal.signal(signal.SIGXCPU, signal.SIG_IGN)
         n = 0
         while True:
             n += 1
-    """), ("timeout",), wall_seconds=30, cpu_seconds=1, reason_has=("CPU-time limit",)),
+    """),
+        ("timeout",),
+        wall_seconds=30,
+        cpu_seconds=1,
+        reason_has=("CPU-time limit",),
+    ),
     # ------------------------------------------------------------------ memory
-    Case("memory_bomb_100gb", program("""
+    Case(
+        "memory_bomb_100gb",
+        program("""
         hoard = bytearray(100 * 1024 ** 3)  # <-- line
         return hoard
-    """), ("memory",), reason_has=("out of memory",)),
-    Case("memory_bomb_growing_list", program("""
+    """),
+        ("memory",),
+        reason_has=("out of memory",),
+    ),
+    Case(
+        "memory_bomb_growing_list",
+        program("""
         hoard = []
         while True:
             hoard.append(b"x" * (32 * 1024 * 1024))  # <-- line
-    """), ("memory",), memory_mb=1024, reason_has=("out of memory",)),
-    Case("memory_bomb_torch", program("""
+    """),
+        ("memory",),
+        memory_mb=1024,
+        reason_has=("out of memory",),
+    ),
+    Case(
+        "memory_bomb_torch",
+        program("""
         hoard = torch.ones(50_000_000_000)  # <-- line
         return hoard
-    """), ("memory",), reason_has=("out of memory",)),
-    Case("raise_rlimits_then_hoard", program("""
+    """),
+        ("memory",),
+        reason_has=("out of memory",),
+    ),
+    Case(
+        "raise_rlimits_then_hoard",
+        program("""
         import resource
         try:
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -127,14 +172,25 @@ CASES: list[Case] = [
         hoard = []
         while True:
             hoard.append(b"x" * (32 * 1024 * 1024))  # <-- line
-    """), ("memory",), memory_mb=1024, reason_has=("out of memory",)),
+    """),
+        ("memory",),
+        memory_mb=1024,
+        reason_has=("out of memory",),
+    ),
     # ------------------------------------------------------------------ processes
-    Case("fork_bomb", program("""
+    Case(
+        "fork_bomb",
+        program("""
         import os
         while True:
             os.fork()  # <-- line
-    """), ("error",), reason_has=("PermissionError",)),
-    Case("thread_bomb", program("""
+    """),
+        ("error",),
+        reason_has=("PermissionError",),
+    ),
+    Case(
+        "thread_bomb",
+        program("""
         import threading
         import time
         threads = []
@@ -142,14 +198,24 @@ CASES: list[Case] = [
             t = threading.Thread(target=time.sleep, args=(600,), daemon=True)
             t.start()  # <-- line
             threads.append(t)
-    """), ("error", "memory"), max_processes=64),
-    Case("os_system_and_subprocess", program("""
+    """),
+        ("error", "memory"),
+        max_processes=64,
+    ),
+    Case(
+        "os_system_and_subprocess",
+        program("""
         import os
         import subprocess
         rc = os.system("touch @OUTSIDE_TMP@/system-ran")
         subprocess.run(["/bin/sh", "-c", "touch @OUTSIDE_TMP@/subprocess-ran"])  # <-- line
-    """), ("error",), reason_has=("PermissionError",)),
-    Case("signal_everyone", program("""
+    """),
+        ("error",),
+        reason_has=("PermissionError",),
+    ),
+    Case(
+        "signal_everyone",
+        program("""
         import os
         import signal
         results = []
@@ -162,51 +228,89 @@ CASES: list[Case] = [
             except OSError as exc:
                 results.append(f"kill({target}) {type(exc).__name__}")
         raise ValueError("; ".join(results))  # <-- line
-    """), ("error",)),
+    """),
+        ("error",),
+    ),
     # ------------------------------------------------------------------ output and disk
-    Case("stdout_spam", program("""
+    Case(
+        "stdout_spam",
+        program("""
         import sys
         block = "x" * (1 << 20)
         while True:
             sys.stdout.write(block)  # <-- line
-    """), ("output",), reason_has=("file-size limit",)),
-    Case("stderr_spam_raw_fd", program("""
+    """),
+        ("output",),
+        reason_has=("file-size limit",),
+    ),
+    Case(
+        "stderr_spam_raw_fd",
+        program("""
         import os
         block = b"y" * (1 << 20)
         while True:
             os.write(2, block)  # <-- line
-    """), ("output",), reason_has=("file-size limit",)),
-    Case("stdout_spam_default_sigxfsz", program("""
+    """),
+        ("output",),
+        reason_has=("file-size limit",),
+    ),
+    Case(
+        "stdout_spam_default_sigxfsz",
+        program("""
         import os
         import signal
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         block = b"z" * (1 << 20)
         while True:
             os.write(1, block)
-    """), ("output",), reason_has=("file-size limit",)),
-    Case("disk_filler", program("""
+    """),
+        ("output",),
+        reason_has=("file-size limit",),
+    ),
+    Case(
+        "disk_filler",
+        program("""
         block = b"d" * (16 * 1024 * 1024)
         i = 0
         while True:
             with open(f"fill-{i}.bin", "wb") as fh:
                 fh.write(block)
             i += 1
-    """), ("output",), wall_seconds=30, file_mb=32, reason_has=("scratch directory",)),
-    Case("inode_filler", program("""
+    """),
+        ("output",),
+        wall_seconds=30,
+        file_mb=32,
+        reason_has=("scratch directory",),
+    ),
+    Case(
+        "inode_filler",
+        program("""
         i = 0
         while True:
             open(f"empty-{i}", "w").close()
             i += 1
-    """), ("output",), wall_seconds=30, reason_has=("files in its scratch directory",)),
+    """),
+        ("output",),
+        wall_seconds=30,
+        reason_has=("files in its scratch directory",),
+    ),
     # ------------------------------------------------------------------ network, filesystem, secrets
-    Case("socket_to_host_loopback", program("""
+    Case(
+        "socket_to_host_loopback",
+        program("""
         import socket
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # <-- line
         s.settimeout(3)
         s.connect(("127.0.0.1", @PORT@))
         raise ValueError("CONNECTED")
-    """), ("error",), reason_has=("PermissionError",), reason_lacks=("CONNECTED",)),
-    Case("write_outside_scratch", program("""
+    """),
+        ("error",),
+        reason_has=("PermissionError",),
+        reason_lacks=("CONNECTED",),
+    ),
+    Case(
+        "write_outside_scratch",
+        program("""
         import os
         report = []
         for path in ("@OUTSIDE_TMP@/pwned", "@OUTSIDE_WORK@/pwned", "@PROJECT@/pwned-by-candidate",
@@ -219,8 +323,12 @@ CASES: list[Case] = [
             except OSError as exc:
                 report.append(f"{path}: {type(exc).__name__}")
         raise ValueError("; ".join(report))  # <-- line
-    """), ("error",)),
-    Case("read_api_key", program("""
+    """),
+        ("error",),
+    ),
+    Case(
+        "read_api_key",
+        program("""
         import glob
         import os
         found = [repr(dict(torch.os.environ)), repr(dict(os.environ))]
@@ -235,8 +343,12 @@ CASES: list[Case] = [
         print("\\n".join(found))
         hits = [f for f in found if "@SECRET_NAME@" in f]
         raise ValueError("found: " + " | ".join(hits or found))  # <-- line
-    """), ("error",)),
-    Case("symlinked_results", program("""
+    """),
+        ("error",),
+    ),
+    Case(
+        "symlinked_results",
+        program("""
         import os
         for name in ("log.txt", "result.pt"):
             try:
@@ -245,8 +357,13 @@ CASES: list[Case] = [
                 pass
             os.symlink("/proc/self/environ", name)
         os._exit(0)
-    """), ("crashed",), reason_has=("without a result",)),
-    Case("privileges", program("""
+    """),
+        ("crashed",),
+        reason_has=("without a result",),
+    ),
+    Case(
+        "privileges",
+        program("""
         import os
         import resource
         status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
@@ -265,38 +382,74 @@ CASES: list[Case] = [
         except OSError:
             report.append("sysctl=refused")
         raise ValueError(" ".join(report))  # <-- line
-    """), ("error",), reason_has=("caps=0000000000000000", "rlimit=refused", "sysctl=refused"),
-        reason_lacks=("uid=0 ",)),
+    """),
+        ("error",),
+        reason_has=("caps=0000000000000000", "rlimit=refused", "sysctl=refused"),
+        reason_lacks=("uid=0 ",),
+    ),
     # ------------------------------------------------------------------ crashes and exceptions
-    Case("recursion_without_end", program("""
+    Case(
+        "recursion_without_end",
+        program("""
         def deeper(n):
             return deeper(n + 1)  # <-- line
         return deeper(0)
-    """), ("error",), reason_has=("recursion without end",)),
-    Case("c_stack_overflow", program("""
+    """),
+        ("error",),
+        reason_has=("recursion without end",),
+    ),
+    Case(
+        "c_stack_overflow",
+        program("""
         import sys
         sys.setrecursionlimit(10 ** 7)
         def deeper(n):  # <-- line
             return list(map(deeper, [n + 1]))  # <-- line
         return deeper(0)
-    """), ("crashed",), reason_has=("SIGSEGV",)),
-    Case("value_error", program("""
+    """),
+        ("crashed",),
+        reason_has=("SIGSEGV",),
+    ),
+    Case(
+        "value_error",
+        program("""
         x = policy_chosen_logps - policy_rejected_logps
         raise ValueError("the candidate gave up")  # <-- line
-    """), ("error",), reason_has=("ValueError: the candidate gave up",)),
-    Case("multiline_exception", program("""
+    """),
+        ("error",),
+        reason_has=("ValueError: the candidate gave up",),
+    ),
+    Case(
+        "multiline_exception",
+        program("""
         message = "first line" + chr(10) + "second line" + chr(10) + "z" * 5000
         raise RuntimeError(message)  # <-- line
-    """), ("error",), reason_has=("RuntimeError: first line",), reason_lacks=("second line",)),
-    Case("sys_exit", program("""
+    """),
+        ("error",),
+        reason_has=("RuntimeError: first line",),
+        reason_lacks=("second line",),
+    ),
+    Case(
+        "sys_exit",
+        program("""
         import sys
         sys.exit(3)  # <-- line
-    """), ("error",), reason_has=("SystemExit",)),
-    Case("os_exit_early", program("""
+    """),
+        ("error",),
+        reason_has=("SystemExit",),
+    ),
+    Case(
+        "os_exit_early",
+        program("""
         import os
         os._exit(0)
-    """), ("crashed",), reason_has=("without a result",)),
-    Case("exit_at_import", """\
+    """),
+        ("crashed",),
+        reason_has=("without a result",),
+    ),
+    Case(
+        "exit_at_import",
+        """\
 import os
 
 import torch
@@ -307,39 +460,85 @@ os._exit(0)
 
 def loss(a, b, c, d, beta):
     return a - b
-""", ("crashed",), reason_has=("without a result",)),
-    Case("syntax_error", program("""
+""",
+        ("crashed",),
+        reason_has=("without a result",),
+    ),
+    Case(
+        "syntax_error",
+        program("""
         return (policy_chosen_logps -  # <-- line
-    """), ("parse",)),
+    """),
+        ("parse",),
+    ),
     Case("no_loss_function", "import torch\n\ndef lost(a, b, c, d, beta):\n    return a\n", ("parse",)),
     # ------------------------------------------------------------------ contract
-    Case("nan", program("""
+    Case(
+        "nan",
+        program("""
         return (policy_chosen_logps - policy_rejected_logps) * float("nan")
-    """), ("invalid",), reason_has=("NaN",)),
-    Case("inf", program("""
+    """),
+        ("invalid",),
+        reason_has=("NaN",),
+    ),
+    Case(
+        "inf",
+        program("""
         return (policy_chosen_logps - policy_rejected_logps).abs() + float("inf")
-    """), ("invalid",), reason_has=("infinite",)),
-    Case("float64", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
-                                             "return -F.logsigmoid(beta * logits).double()")),
-         ("invalid",), reason_has=("float64",)),
-    Case("int_dtype", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
-                                               "return (-F.logsigmoid(beta * logits)).long()")),
-         ("invalid",), reason_has=("int64",)),
-    Case("scalar", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
-                                            "return -F.logsigmoid(beta * logits).mean()")),
-         ("invalid",), reason_has=("shape ()",)),
-    Case("column", program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)",
-                                            "return -F.logsigmoid(beta * logits).unsqueeze(1)")),
-         ("invalid",), reason_has=("shape (10, 1)",)),
-    Case("nan_in_training", program("""
+    """),
+        ("invalid",),
+        reason_has=("infinite",),
+    ),
+    Case(
+        "float64",
+        program(
+            DPO_BODY.replace("return -F.logsigmoid(beta * logits)", "return -F.logsigmoid(beta * logits).double()")
+        ),
+        ("invalid",),
+        reason_has=("float64",),
+    ),
+    Case(
+        "int_dtype",
+        program(
+            DPO_BODY.replace("return -F.logsigmoid(beta * logits)", "return (-F.logsigmoid(beta * logits)).long()")
+        ),
+        ("invalid",),
+        reason_has=("int64",),
+    ),
+    Case(
+        "scalar",
+        program(DPO_BODY.replace("return -F.logsigmoid(beta * logits)", "return -F.logsigmoid(beta * logits).mean()")),
+        ("invalid",),
+        reason_has=("shape ()",),
+    ),
+    Case(
+        "column",
+        program(
+            DPO_BODY.replace("return -F.logsigmoid(beta * logits)", "return -F.logsigmoid(beta * logits).unsqueeze(1)")
+        ),
+        ("invalid",),
+        reason_has=("shape (10, 1)",),
+    ),
+    Case(
+        "nan_in_training",
+        program(
+            """
         calls[0] += 1
         logits = policy_chosen_logps - policy_rejected_logps
         out = -F.logsigmoid(beta * (logits - reference_chosen_logps + reference_rejected_logps))
         return out * float("nan") if calls[0] > 4 else out
-    """, header="calls = [0]"), ("invalid",), stage="train", reason_has=("clean seed 0", "NaN")),
+    """,
+            header="calls = [0]",
+        ),
+        ("invalid",),
+        stage="train",
+        reason_has=("clean seed 0", "NaN"),
+    ),
     # ------------------------------------------------------------------ the walls below the policy (evaluation
     # integrity): no socket of any family, a bounded number of descriptors, only the project's packages visible
-    Case("unix_socket_and_socketpair", program("""
+    Case(
+        "unix_socket_and_socketpair",
+        program("""
         import socket
         report = []
         for name, make in (("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
@@ -350,13 +549,24 @@ def loss(a, b, c, d, beta):
             except OSError as exc:
                 report.append(f"{name}={type(exc).__name__}")
         raise ValueError(" ".join(report))  # <-- line
-    """), ("error",), reason_has=("unix=PermissionError", "pair=PermissionError"), reason_lacks=("OPENED",)),
-    Case("descriptor_exhaustion", program("""
+    """),
+        ("error",),
+        reason_has=("unix=PermissionError", "pair=PermissionError"),
+        reason_lacks=("OPENED",),
+    ),
+    Case(
+        "descriptor_exhaustion",
+        program("""
         held = []
         while True:
             held.append(open(f"held-{len(held)}", "w"))  # <-- line
-    """), ("error",), reason_has=("Too many open files",)),
-    Case("read_the_checkout", program("""
+    """),
+        ("error",),
+        reason_has=("Too many open files",),
+    ),
+    Case(
+        "read_the_checkout",
+        program("""
         import os
         report = []
         for name in ("README.md", ".git/HEAD", "runs.db", "pyproject.toml", ".gitignore"):
@@ -366,38 +576,68 @@ def loss(a, b, c, d, beta):
             except OSError as exc:
                 report.append(f"{name}: {type(exc).__name__}")
         raise ValueError("; ".join(report))  # <-- line
-    """), ("error",), reason_lacks=("OPENED",)),
+    """),
+        ("error",),
+        reason_lacks=("OPENED",),
+    ),
     # ------------------------------------------------------------------ the run-time guard (sandbox.jail.guard)
     # attacks that once passed the static policy; the guarded compiler or the guard refuses them
-    Case("generator_frame_builtins", program("""
+    Case(
+        "generator_frame_builtins",
+        program("""
         g = (i for i in [0])  # <-- line
         b = g.gi_frame.f_builtins
         os = b["__import__"]("os")
         os.system("touch @OUTSIDE_TMP@/generator-frame-ran")
-    """), ("parse",), reason_has=("GuardRefusal", "generator expressions are not allowed"), guarded=True),
-    Case("call_result_module", program("""
+    """),
+        ("parse",),
+        reason_has=("GuardRefusal", "generator expressions are not allowed"),
+        guarded=True,
+    ),
+    Case(
+        "call_result_module",
+        program("""
         T = next(iter([F.torch]))  # <-- line
         T.set_num_threads(64)
         T.storage.io.FileIO("@OUTSIDE_TMP@/call-result-ran", "w")
-    """), ("error",), reason_has=("GuardError", "'torch' of module 'torch.nn.functional' is not allowed"),
-        guarded=True),
-    Case("call_result_global_state", program("""
+    """),
+        ("error",),
+        reason_has=("GuardError", "'torch' of module 'torch.nn.functional' is not allowed"),
+        guarded=True,
+    ),
+    Case(
+        "call_result_global_state",
+        program("""
         T = (lambda: torch)()
         T.set_num_threads(64)  # <-- line
-    """), ("error",), reason_has=("GuardError", "'set_num_threads' of module 'torch'", "global torch state"),
-        guarded=True),
-    Case("call_result_tensor_storage", program("""
+    """),
+        ("error",),
+        reason_has=("GuardError", "'set_num_threads' of module 'torch'", "global torch state"),
+        guarded=True,
+    ),
+    Case(
+        "call_result_tensor_storage",
+        program("""
         t = max([policy_chosen_logps], key=len)
         s = t.untyped_storage()  # <-- line
-    """), ("error",), reason_has=("GuardError", "'untyped_storage' of a torch.Tensor", "raw storage"),
-        guarded=True),
-    Case("format_string_dunders", program("""
+    """),
+        ("error",),
+        reason_has=("GuardError", "'untyped_storage' of a torch.Tensor", "raw storage"),
+        guarded=True,
+    ),
+    Case(
+        "format_string_dunders",
+        program("""
         def helper():
             return 0
         text = "{0.__globals__[__builtins__].__loader__}".format(helper)  # <-- line
         raise ValueError(text)
-    """), ("error",), reason_has=("GuardError", "'format' of a str is not allowed"),
-        reason_lacks=("_frozen_importlib",), guarded=True),
+    """),
+        ("error",),
+        reason_has=("GuardError", "'format' of a str is not allowed"),
+        reason_lacks=("_frozen_importlib",),
+        guarded=True,
+    ),
 ]
 
 BY_NAME = {case.name: case for case in CASES}
@@ -405,7 +645,9 @@ BY_NAME = {case.name: case for case in CASES}
 # ---------------------------------------------------------------------- evaluation hacks (train stage)
 
 #: DPO that also replaces the trusted scorer in every module the sandbox process has loaded
-PATCH_SCORER = program(DPO_BODY, header="""
+PATCH_SCORER = program(
+    DPO_BODY,
+    header="""
 import sys
 
 def _fake_score(*args, **kwargs):
@@ -419,10 +661,13 @@ _task = getattr(sys.modules.get("discovery.tasks.preference.task"), "TASK", None
 if _task is not None:
     type(_task).score = lambda self, *args, **kwargs: 1e9
 print('{"fitness": 1e9}')
-""")
+""",
+)
 
 #: DPO that prints a fake fitness and plants a fake result.pt before training normally
-FAKE_RESULT = program(DPO_BODY, header="""
+FAKE_RESULT = program(
+    DPO_BODY,
+    header="""
 import json
 import os
 
@@ -431,12 +676,15 @@ torch.save({"status": "ok", "stage": "train", "reason": "", "outputs": {"clean/0
            "result.pt")
 with open(os.path.join(os.environ.get("HOME", "."), "result.json"), "w") as fh:
     fh.write(json.dumps({"fitness": 1e9}))
-""")
+""",
+)
 
 # ---------------------------------------------------------------------- leaks between candidates
 
 #: candidate A: leaves traces everywhere it can, then behaves
-LEAVE_TRACES = program(DPO_BODY, header="""
+LEAVE_TRACES = program(
+    DPO_BODY,
+    header="""
 import builtins
 import ctypes
 import os
@@ -458,10 +706,12 @@ torch.HOSTILE_TRACE = True
 sys.modules["sandbox.jail.function_server"].HOSTILE_TRACE = True
 F.log_softmax = lambda *args, **kwargs: None
 torch.manual_seed = lambda *args, **kwargs: None
-""")
+""",
+)
 
 #: candidate B: behaves only if nothing of A is visible
-LOOK_FOR_TRACES = program("""
+LOOK_FOR_TRACES = program(
+    """
     import builtins
     import ctypes
     import os
@@ -487,4 +737,6 @@ LOOK_FOR_TRACES = program("""
         seen.append("patched log_softmax")
     if seen:
         raise ValueError("LEAKED: " + ", ".join(seen))  # <-- line
-""", dpo_tail=True)
+""",
+    dpo_tail=True,
+)

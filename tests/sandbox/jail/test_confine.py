@@ -99,11 +99,24 @@ VFORK_FLAGS = 0x00004111  # posix_spawn: CLONE_VM|CLONE_VFORK|SIGCHLD
 
 # Written out independently of confine's table: (x86_64 nr, aarch64 nr or None).
 NUMBERS = {
-    "read": (0, 63), "getpid": (39, 172), "socket": (41, 198), "socketpair": (53, 199), "clone": (56, 220),
+    "read": (0, 63),
+    "getpid": (39, 172),
+    "socket": (41, 198),
+    "socketpair": (53, 199),
+    "clone": (56, 220),
     "fork": (57, None),
-    "vfork": (58, None), "execve": (59, 221), "ptrace": (101, 117), "mount": (165, 40), "unshare": (272, 97),
-    "setns": (308, 268), "bpf": (321, 280), "execveat": (322, 281), "clone3": (435, 435),
-    "io_uring_setup": (425, 425), "mmap": (9, 222), "futex": (202, 98),
+    "vfork": (58, None),
+    "execve": (59, 221),
+    "ptrace": (101, 117),
+    "mount": (165, 40),
+    "unshare": (272, 97),
+    "setns": (308, 268),
+    "bpf": (321, 280),
+    "execveat": (322, 281),
+    "clone3": (435, 435),
+    "io_uring_setup": (425, 425),
+    "mmap": (9, 222),
+    "futex": (202, 98),
 }
 
 
@@ -143,8 +156,7 @@ def test_filter_program_decisions(arch: str) -> None:
 
     for name in ("read", "getpid", "mmap", "futex"):
         assert verdict(name) == ALLOW, name
-    for name in ("fork", "vfork", "execve", "execveat", "ptrace", "mount", "unshare", "setns", "bpf",
-                 "io_uring_setup"):
+    for name in ("fork", "vfork", "execve", "execveat", "ptrace", "mount", "unshare", "setns", "bpf", "io_uring_setup"):
         if NUMBERS[name][column] is not None:
             assert verdict(name) == EPERM, name
     assert verdict("clone3") == ENOSYS
@@ -185,6 +197,7 @@ def test_syscall_numbers_match_kernel_headers(arch: str, header: str, pattern: s
 
 
 # --------------------------------------------------------------------------- seccomp, live
+
 
 @needs_seccomp_arch
 def test_seccomp_refuses_process_creation_and_exec() -> None:
@@ -355,8 +368,9 @@ def test_seccomp_keeps_torch_thread_pool_working(mode: str) -> None:
     repo = Path(__file__).resolve().parents[3]
     path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, mode], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", TORCH_SCRIPT, mode], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout == "ok", proc.stdout + proc.stderr
 
 
@@ -374,6 +388,7 @@ def test_seccomp_unsupported_machine_installs_nothing(monkeypatch: pytest.Monkey
 
 
 # --------------------------------------------------------------------------- rlimits
+
 
 def _vm_size_mb() -> int:
     match = re.search(r"^VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
@@ -493,6 +508,7 @@ def test_rlimit_cpu_kills_a_busy_loop() -> None:
 
 # --------------------------------------------------------------------------- network namespace
 
+
 @pytest.fixture
 def listener() -> socket.socket:
     """A TCP listener on 127.0.0.1 in the test process (the host network namespace)."""
@@ -544,6 +560,7 @@ def test_network_namespace_user_namespace_fallback(listener: socket.socket) -> N
 
 
 # --------------------------------------------------------------------------- privileges
+
 
 @pytest.fixture
 def root_dir() -> Path:

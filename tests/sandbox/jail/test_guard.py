@@ -39,13 +39,16 @@ ROOT = Path(__file__).resolve().parents[3]
 PREFERENCE = get_task("preference")
 LIMITS = Limits(wall_seconds=60, memory_mb=2048, max_processes=64)
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F\n\n\n"
-SIGNATURE = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
-             "reference_rejected_logps, beta):\n")
+SIGNATURE = (
+    "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
+)
 BODY_LINE = 8  # the first line of a body inside candidate()
 DPO_RETURN = "    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))\n"
 
-needs_bwrap = pytest.mark.skipif(bool(bubblewrap_problem()) and os.environ.get("CI") != "true",
-                                 reason=f"bubblewrap unusable here: {bubblewrap_problem()}")
+needs_bwrap = pytest.mark.skipif(
+    bool(bubblewrap_problem()) and os.environ.get("CI") != "true",
+    reason=f"bubblewrap unusable here: {bubblewrap_problem()}",
+)
 
 
 def candidate(body: str) -> str:
@@ -72,8 +75,11 @@ def shipped_candidates() -> Iterator[tuple[str, str, str]]:
     """(task, name, source) of every baseline, control and seed program, the example task's and the README's."""
     for ref in [*task_names(), str(ROOT / "examples" / "regression_task.py")]:
         task = get_task(ref)
-        programs = {**task.baselines, **{f"control {k}": v for k, v in getattr(task, "controls", {}).items()},
-                    "seed program": task.seed_program}
+        programs = {
+            **task.baselines,
+            **{f"control {k}": v for k, v in getattr(task, "controls", {}).items()},
+            "seed program": task.seed_program,
+        }
         for name, source in programs.items():
             yield ref, name, source
     readme = (ROOT / "README.md").read_text()
@@ -225,8 +231,11 @@ def test_decisions_are_cached_per_type_and_name():
     guard = make_getattr()
     t = torch.ones(2)
     assert guard(t, "sum") == t.sum
-    cache = next(c.cell_contents for c in guard.__closure__ or () if isinstance(c.cell_contents, dict)
-                 and (torch.Tensor, "sum") in c.cell_contents)
+    cache = next(
+        c.cell_contents
+        for c in guard.__closure__ or ()
+        if isinstance(c.cell_contents, dict) and (torch.Tensor, "sum") in c.cell_contents
+    )
     assert cache[(torch.Tensor, "sum")] is True
 
 
@@ -248,13 +257,46 @@ def test_the_allow_list_is_derived_from_torch():
     table = vetted()
     assert {"logsigmoid", "softplus", "cross_entropy", "one_hot"} <= table.module_names["torch.nn.functional"]
     assert {"exp", "sigmoid", "relu", "where", "einsum", "float32", "Tensor", "special"} <= table.module_names["torch"]
-    assert not {"load", "save", "set_num_threads", "manual_seed", "utils", "hub", "jit", "compile", "cuda",
-                "ops", "from_numpy", "frombuffer", "default_generator", "backends"} & table.module_names["torch"]
-    assert not {"torch", "np", "importlib", "warnings", "grad", "handle_torch_function"} & table.module_names[
-        "torch.nn.functional"]
+    assert (
+        not {
+            "load",
+            "save",
+            "set_num_threads",
+            "manual_seed",
+            "utils",
+            "hub",
+            "jit",
+            "compile",
+            "cuda",
+            "ops",
+            "from_numpy",
+            "frombuffer",
+            "default_generator",
+            "backends",
+        }
+        & table.module_names["torch"]
+    )
+    assert (
+        not {"torch", "np", "importlib", "warnings", "grad", "handle_torch_function"}
+        & table.module_names["torch.nn.functional"]
+    )
     assert {"mean", "clamp", "gather", "detach", "to", "shape", "dtype", "device", "grad"} <= table.tensor
-    assert not {"storage", "untyped_storage", "data_ptr", "share_memory_", "pin_memory", "cuda", "numpy",
-                "grad_fn", "register_hook", "type", "new"} & table.tensor
+    assert (
+        not {
+            "storage",
+            "untyped_storage",
+            "data_ptr",
+            "share_memory_",
+            "pin_memory",
+            "cuda",
+            "numpy",
+            "grad_fn",
+            "register_hook",
+            "type",
+            "new",
+        }
+        & table.tensor
+    )
     assert "format" not in table.any_value and "gi_frame" not in table.any_value
 
 
@@ -362,44 +404,81 @@ def test_builtins_are_the_allow_list():
 
 #: candidates that pass the static policy and are refused at run time, on the line marked
 RUN_TIME_ONLY = {
-    "module through a call": (candidate("""
+    "module through a call": (
+        candidate("""
         G = (lambda: torch.nn.functional)()
         m = G.grad
-    """), BODY_LINE + 1, "'grad' of module 'torch.nn.functional' is not allowed"),
-    "module through a list": (candidate("""
+    """),
+        BODY_LINE + 1,
+        "'grad' of module 'torch.nn.functional' is not allowed",
+    ),
+    "module through a list": (
+        candidate("""
         M = [torch.special][0]
         y = M.norm(policy_chosen_logps)
-    """), BODY_LINE + 1, "'norm' of module 'torch.special' is not allowed"),
-    "name of another type": (candidate("""
+    """),
+        BODY_LINE + 1,
+        "'norm' of module 'torch.special' is not allowed",
+    ),
+    "name of another type": (
+        candidate("""
         k = policy_chosen_logps.keys()
-    """), BODY_LINE, "'keys' of a torch.Tensor is not allowed"),
+    """),
+        BODY_LINE,
+        "'keys' of a torch.Tensor is not allowed",
+    ),
 }
 
 #: the review's attacks, handed to the sandbox past the static policy (which refuses each of them)
 PAST_THE_POLICY = {
-    "generator frame": (candidate("""
+    "generator frame": (
+        candidate("""
         g = (i for i in [0])
         b = g.gi_frame.f_builtins
         os = b["__import__"]("os")
-    """), BODY_LINE, Status.PARSE, "GuardRefusal: generator expressions are not allowed"),
-    "call result": (candidate("""
+    """),
+        BODY_LINE,
+        Status.PARSE,
+        "GuardRefusal: generator expressions are not allowed",
+    ),
+    "call result": (
+        candidate("""
         T = next(iter([F.torch]))
         T.set_num_threads(64)
         T.storage.io.FileIO("x", "w")
-    """), BODY_LINE, Status.ERROR, "GuardError: 'torch' of module 'torch.nn.functional' is not allowed"),
-    "call result, torch itself": (candidate("""
+    """),
+        BODY_LINE,
+        Status.ERROR,
+        "GuardError: 'torch' of module 'torch.nn.functional' is not allowed",
+    ),
+    "call result, torch itself": (
+        candidate("""
         T = (lambda: torch)()
         T.set_num_threads(64)
-    """), BODY_LINE + 1, Status.ERROR, "GuardError: 'set_num_threads' of module 'torch' is not allowed"),
-    "format string": (candidate("""
+    """),
+        BODY_LINE + 1,
+        Status.ERROR,
+        "GuardError: 'set_num_threads' of module 'torch' is not allowed",
+    ),
+    "format string": (
+        candidate("""
         g = [0]
         s = "{0.gi_frame.f_globals[__builtins__].__loader__}".format(g)
-    """), BODY_LINE + 1, Status.ERROR, "GuardError: 'format' of a str is not allowed"),
-    "format string on a function": (candidate("""
+    """),
+        BODY_LINE + 1,
+        Status.ERROR,
+        "GuardError: 'format' of a str is not allowed",
+    ),
+    "format string on a function": (
+        candidate("""
         def helper():
             return 0
         s = "{0.__globals__[__builtins__]}".format(helper)
-    """), BODY_LINE + 2, Status.ERROR, "GuardError: 'format' of a str is not allowed"),
+    """),
+        BODY_LINE + 2,
+        Status.ERROR,
+        "GuardError: 'format' of a str is not allowed",
+    ),
 }
 
 
@@ -456,8 +535,12 @@ def test_a_run_time_refusal_through_the_cli(tmp_path: Path):
     source, line, fragment = RUN_TIME_ONLY["module through a call"]
     path = tmp_path / "sneaky.py"
     path.write_text(source)
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--json", "--seeds", "1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--json", "--seeds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["status"] == "error" and report["stage"] == "contract", report
@@ -470,8 +553,12 @@ def test_a_policy_refusal_of_an_attack_through_the_cli(tmp_path: Path):
     source = PAST_THE_POLICY["call result"][0]
     path = tmp_path / "attack.py"
     path.write_text(source)
-    proc = subprocess.run([sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery.cli", "evaluate", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["status"] == "policy" and report["line"] == BODY_LINE, report

@@ -16,7 +16,7 @@ from sandbox.host.local import LocalSandbox, bubblewrap_problem
 TASK = get_task("preference")
 
 #: passes the contract check (batch 10), then never returns from the first training step (batch 64)
-HANGS_IN_TRAINING = '''
+HANGS_IN_TRAINING = """
 import torch.nn.functional as F
 
 
@@ -26,7 +26,7 @@ def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, ref
         n += 1
     h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
     return -F.logsigmoid(beta * h)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,14 @@ def box():
 
 def test_a_training_past_its_limit_ends_the_job_at_that_limit(box):
     inputs = {input_key("clean", 0): Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 0)}
-    job = Job(task="preference", source=HANGS_IN_TRAINING, stage="train", configs=["clean"], seeds=[0],
-              limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=3))
+    job = Job(
+        task="preference",
+        source=HANGS_IN_TRAINING,
+        stage="train",
+        configs=["clean"],
+        seeds=[0],
+        limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=3),
+    )
     started = time.monotonic()
     outcome = run_job(box, job, inputs)
     elapsed = time.monotonic() - started
@@ -53,15 +59,27 @@ def test_a_training_past_its_limit_ends_the_job_at_that_limit(box):
 
 def test_without_a_training_limit_the_job_wall_applies(box):
     inputs = {input_key("clean", 0): Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 0)}
-    job = Job(task="preference", source=HANGS_IN_TRAINING, stage="train", configs=["clean"], seeds=[0],
-              limits=Limits(wall_seconds=6, cpu_seconds=240))
+    job = Job(
+        task="preference",
+        source=HANGS_IN_TRAINING,
+        stage="train",
+        configs=["clean"],
+        seeds=[0],
+        limits=Limits(wall_seconds=6, cpu_seconds=240),
+    )
     outcome = run_job(box, job, inputs)
     assert outcome.status is Status.TIMEOUT and "wall-clock limit of 6 s" in outcome.reason
 
 
 def test_an_honest_training_is_untouched_by_its_limit(box):
     inputs = {input_key("clean", 0): Evaluator(TASK).inputs_for(TASK.suite("discover"), "clean", 0)}
-    job = Job(task="preference", source=TASK.seed_program, stage="train", configs=["clean"], seeds=[0],
-              limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=60))
+    job = Job(
+        task="preference",
+        source=TASK.seed_program,
+        stage="train",
+        configs=["clean"],
+        seeds=[0],
+        limits=Limits(wall_seconds=120, cpu_seconds=240, training_seconds=60),
+    )
     outcome = run_job(box, job, inputs)
     assert outcome.ok, outcome

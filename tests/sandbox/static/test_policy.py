@@ -419,8 +419,9 @@ def test_the_reviews_call_result_attack_is_refused_at_parse_time() -> None:
         T.set_num_threads(64)
         T.storage.io.FileIO("x", "w")
     """)
-    assert_rejected(source, BODY_LINE, "'F.torch' is not allowed ('torch.nn.functional.torch' is a module that is not "
-                                       "vetted)")
+    assert_rejected(
+        source, BODY_LINE, "'F.torch' is not allowed ('torch.nn.functional.torch' is a module that is not vetted)"
+    )
     assert_rejected(source, BODY_LINE + 1, "'T.set_num_threads' is not allowed (it changes global torch state")
     assert_rejected(source, BODY_LINE + 2, "'T.storage' is not allowed (it reaches the tensor's raw storage")
     assert_rejected(source, BODY_LINE + 2, "'T.storage.io.FileIO' is not allowed")
@@ -432,8 +433,11 @@ def test_the_reviews_format_string_attack_is_refused_at_parse_time() -> None:
         s = "{0.gi_frame.f_globals[__builtins__].__loader__}".format(g)
         t = "{x.__class__}".format_map({"x": g})
     """)
-    assert_rejected(source, BODY_LINE + 1, "is not allowed (format fields read attributes and items of the arguments; "
-                                           "use an f-string)")
+    assert_rejected(
+        source,
+        BODY_LINE + 1,
+        "is not allowed (format fields read attributes and items of the arguments; use an f-string)",
+    )
     assert_rejected(source, BODY_LINE + 2, "format_map' is not allowed (format fields")
     assert reasons(program("s = f'{x.shape[0]} rows, {x.mean():.3f}'")) == []
 
@@ -513,8 +517,24 @@ def test_vetted_attributes_and_builtins_pass(body: str) -> None:
     assert reasons(program(body)) == []
 
 
-@pytest.mark.parametrize("name", ["hasattr", "id", "issubclass", "format", "ascii", "classmethod", "property",
-                                  "staticmethod", "NotImplemented", "Ellipsis", "aiter", "anext", "undefined"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hasattr",
+        "id",
+        "issubclass",
+        "format",
+        "ascii",
+        "classmethod",
+        "property",
+        "staticmethod",
+        "NotImplemented",
+        "Ellipsis",
+        "aiter",
+        "anext",
+        "undefined",
+    ],
+)
 def test_names_must_be_bound_or_vetted_builtins(name: str) -> None:
     assert_rejected(program(f"y = {name}"), BODY_LINE, f"name '{name}' is not allowed (it is not defined")
 
@@ -568,8 +588,14 @@ def test_imports_come_from_the_allow_list(statement: str, word: str) -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["import torch.linalg", "from torch import special", "from torch.special import expit", "from torch import pi",
-     "from torch import Tensor", "from math import tau"],
+    [
+        "import torch.linalg",
+        "from torch import special",
+        "from torch.special import expit",
+        "from torch import pi",
+        "from torch import Tensor",
+        "from math import tau",
+    ],
 )
 def test_vetted_imports_pass(statement: str) -> None:
     assert reasons(f"{statement}\n\n\ndef loss(x):\n    return x\n") == []
@@ -579,8 +605,9 @@ def test_imports_resolve_statically() -> None:
     """An imported name's attributes are checked against the object it is bound to."""
     assert reasons(program("from torch import nn\ny = nn.functional.relu(x)")) == []
     assert_rejected(program("from torch import nn\ny = nn.Module"), BODY_LINE + 1, "'nn.Module' is not allowed")
-    assert_rejected(program("from torch.nn import functional as G\ny = G.torch"), BODY_LINE + 1,
-                    "'G.torch' is not allowed")
+    assert_rejected(
+        program("from torch.nn import functional as G\ny = G.torch"), BODY_LINE + 1, "'G.torch' is not allowed"
+    )
     assert_rejected(program("from math import exp\ny = exp.__self__"), BODY_LINE + 1, "double-underscore")
 
 

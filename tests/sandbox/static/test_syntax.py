@@ -51,13 +51,16 @@ def test_docstrings_are_recognised_and_replaced_or_inserted():
 
 
 def test_alias_names_of_every_import_form():
-    names = {ast.unparse(s): [syntax.alias_name(a) for a in s.names] for s in parse("""
+    names = {
+        ast.unparse(s): [syntax.alias_name(a) for a in s.names]
+        for s in parse("""
         import torch
         import torch.nn.functional
         import torch.nn.functional as F
         from math import log as ln, exp
         from math import *
-    """).body}
+    """).body
+    }
     assert names == {
         "import torch": ["torch"],
         "import torch.nn.functional": ["torch"],
@@ -174,7 +177,13 @@ def test_statement_names_of_top_level_statements():
         class K: pass
     """)
     assert [syntax.statement_names(s) for s in tree.body] == [
-        ["loss"], ["F", "math"], ["A", "B", "C"], ["D", "E"], ["i", "acc"], [], ["K"],
+        ["loss"],
+        ["F", "math"],
+        ["A", "B", "C"],
+        ["D", "E"],
+        ["i", "acc"],
+        [],
+        ["K"],
     ]
 
 
@@ -246,8 +255,23 @@ def test_scope_bindings_of_a_function_with_nested_scopes():
             return inner, lam, pairs
     """)
     bound, declared = syntax.scope_bindings(fn.body)
-    assert bound == ["F", "math", "ln", "total", "inner", "default", "lam", "squares", "pairs", "i", "j", "_",
-                     "handle", "other", "err"]
+    assert bound == [
+        "F",
+        "math",
+        "ln",
+        "total",
+        "inner",
+        "default",
+        "lam",
+        "squares",
+        "pairs",
+        "i",
+        "j",
+        "_",
+        "handle",
+        "other",
+        "err",
+    ]
     assert declared == set()
 
 

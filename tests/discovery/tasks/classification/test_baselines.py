@@ -25,12 +25,14 @@ def per_example(formula):
 EXPECTED = {
     "cross_entropy": lambda: per_example(lambda p, y: -math.log(p[y])),
     "label_smoothing": lambda: per_example(
-        lambda p, y: 0.9 * -math.log(p[y]) + 0.1 * sum(-math.log(pk) for pk in p) / len(p)),
+        lambda p, y: 0.9 * -math.log(p[y]) + 0.1 * sum(-math.log(pk) for pk in p) / len(p)
+    ),
     "focal": lambda: per_example(lambda p, y: -((1 - p[y]) ** 2) * math.log(p[y])),
     "generalized_ce": lambda: per_example(lambda p, y: (1 - p[y] ** 0.7) / 0.7),
     "mae": lambda: per_example(lambda p, y: 1 - p[y]),
     "symmetric_ce": lambda: per_example(
-        lambda p, y: 0.1 * -math.log(p[y]) + sum(-pk * math.log(1.0 if k == y else 1e-4) for k, pk in enumerate(p))),
+        lambda p, y: 0.1 * -math.log(p[y]) + sum(-pk * math.log(1.0 if k == y else 1e-4) for k, pk in enumerate(p))
+    ),
     "poly1": lambda: per_example(lambda p, y: -math.log(p[y]) + (1 - p[y])),
     "brier": lambda: per_example(lambda p, y: sum((pk - (k == y)) ** 2 for k, pk in enumerate(p))),
 }
@@ -55,8 +57,11 @@ def test_pinned_cross_entropy_values():
 
 def candidate(body: str):
     namespace: dict = {}
-    exec("import math\nimport torch\nimport torch.nn.functional as F\n\n\ndef loss(logits, targets):\n"
-         + "".join(f"    {line}\n" for line in body.splitlines()), namespace)
+    exec(
+        "import math\nimport torch\nimport torch.nn.functional as F\n\n\ndef loss(logits, targets):\n"
+        + "".join(f"    {line}\n" for line in body.splitlines()),
+        namespace,
+    )
     return namespace["loss"]
 
 
@@ -68,16 +73,19 @@ def test_contract_check_accepts_every_baseline_and_the_seed_program():
         task.contract_check(namespace["loss"])
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    ("return F.cross_entropy(logits, targets)", "shape ()"),
-    ("return -F.log_softmax(logits, dim=1)", "shape (10, 5)"),
-    ("return F.cross_entropy(logits, targets, reduction='none').double()", "dtype torch.float64"),
-    ("return F.cross_entropy(logits, targets, reduction='none') * float('nan')", "NaN or infinite"),
-    ("return torch.log(torch.softmax(logits, 1)[:, 0] - 1)", "NaN or infinite"),
-    ("return targets.float()", "no gradient"),
-    ("return F.cross_entropy(logits, targets, reduction='none').tolist()", "returned list"),
-    ("return torch.sqrt(logits[:, 0] - logits[:, 0])", "gradient with respect to the logits is NaN"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("return F.cross_entropy(logits, targets)", "shape ()"),
+        ("return -F.log_softmax(logits, dim=1)", "shape (10, 5)"),
+        ("return F.cross_entropy(logits, targets, reduction='none').double()", "dtype torch.float64"),
+        ("return F.cross_entropy(logits, targets, reduction='none') * float('nan')", "NaN or infinite"),
+        ("return torch.log(torch.softmax(logits, 1)[:, 0] - 1)", "NaN or infinite"),
+        ("return targets.float()", "no gradient"),
+        ("return F.cross_entropy(logits, targets, reduction='none').tolist()", "returned list"),
+        ("return torch.sqrt(logits[:, 0] - logits[:, 0])", "gradient with respect to the logits is NaN"),
+    ],
+)
 def test_contract_check_rejects_bad_candidates_with_the_reason(body, reason):
     task = get_task("classification")
     with pytest.raises(ContractError, match=reason.replace("(", r"\(").replace(")", r"\)")):

@@ -19,10 +19,13 @@ def scored():
     library = task.baselines
     programs = {name: library[name] for name in ("cross_entropy", "generalized_ce", "mae")} | task.controls
     with LocalSandbox(threads=1) as box:  # passive OpenMP wait: robust on a busy machine
-        reports = {name: evaluator.evaluate(src, box, "discover", configs=CONFIGS, seeds=SEEDS)
-                   for name, src in programs.items()}
-        reports["again"] = evaluator.evaluate(library["cross_entropy"], box, "discover",
-                                              configs=["digits_sym40"], seeds=[0])
+        reports = {
+            name: evaluator.evaluate(src, box, "discover", configs=CONFIGS, seeds=SEEDS)
+            for name, src in programs.items()
+        }
+        reports["again"] = evaluator.evaluate(
+            library["cross_entropy"], box, "discover", configs=["digits_sym40"], seeds=[0]
+        )
     return reports
 
 

@@ -93,8 +93,10 @@ BAD = {
     "wrong shape": ("def update(param, grad, state, lr, step):\n    return param.sum()\n", "returned shape ()"),
     "wrong dtype": ("def update(param, grad, state, lr, step):\n    return param.double()\n", "dtype torch.float64"),
     "nan": ("def update(param, grad, state, lr, step):\n    return param * float('nan')\n", "NaN"),
-    "nan later": ("import torch\n\ndef update(param, grad, state, lr, step):\n"
-                  "    return param - lr * grad / (step - 2)\n", "step 2"),
+    "nan later": (
+        "import torch\n\ndef update(param, grad, state, lr, step):\n    return param - lr * grad / (step - 2)\n",
+        "step 2",
+    ),
 }
 
 

@@ -17,7 +17,7 @@ from discovery.archive import Archive
 from discovery.export import export
 from discovery.tasks import get_task
 
-OWN_STEP_RULE = '''import math
+OWN_STEP_RULE = """import math
 import torch
 
 
@@ -25,7 +25,7 @@ def update(param, grad, state, lr, step):
     state["step"] = state.get("step", 0) + 10
     state["seen"] = sorted([k for k in state if k != "seen"])
     return param - lr * grad
-'''
+"""
 
 
 @pytest.fixture(scope="module")

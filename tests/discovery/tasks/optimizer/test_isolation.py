@@ -4,7 +4,7 @@ from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
 from sandbox.host.local import LocalSandbox
 
-REMEMBERS_LR = '''import torch
+REMEMBERS_LR = """import torch
 
 SEEN = {"lr": None}
 
@@ -14,7 +14,7 @@ def update(param, grad, state, lr, step):
         raise RuntimeError("module state survived from another learning rate of the grid")
     SEEN["lr"] = lr
     return param - 10.0 * lr * grad
-'''
+"""
 
 
 def test_every_learning_rate_of_the_grid_gets_a_fresh_copy_of_the_rule():

@@ -31,8 +31,10 @@ def controls(box, evaluator):
 @pytest.fixture(scope="module")
 def ordered(box, evaluator):
     task = evaluator.task
-    return {name: evaluator.evaluate(task.baselines[name], box, "discover", configs=ORDER_CONFIGS)
-            for name in ("sgd", "nesterov", "adam", "adamw")}
+    return {
+        name: evaluator.evaluate(task.baselines[name], box, "discover", configs=ORDER_CONFIGS)
+        for name in ("sgd", "nesterov", "adam", "adamw")
+    }
 
 
 def test_every_program_is_scored(controls, ordered):
@@ -105,6 +107,5 @@ def test_a_broken_rule_fails_at_the_right_stage(box, evaluator):
     assert not shape.ok and shape.stage == "contract" and "shape" in shape.reason
     args = evaluator.evaluate("def update(param, grad, lr):\n    return param\n", box)
     assert not args.ok and args.stage == "contract" and "5 arguments" in args.reason
-    state = evaluator.evaluate("def update(param, grad, state, lr, step):\n    return param - lr * state['m']\n",
-                               box)
+    state = evaluator.evaluate("def update(param, grad, state, lr, step):\n    return param - lr * state['m']\n", box)
     assert not state.ok and "KeyError" in state.reason and state.line == 2

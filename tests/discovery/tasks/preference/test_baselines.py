@@ -59,7 +59,8 @@ EXPECTED = {
     "kto_pair": kto_expected,
     "bco_pair": bco_expected,
     "nca_pair": lambda: per_example(
-        lambda a, b, h: -logsig(BETA * a) - 0.5 * logsig(-BETA * a) - 0.5 * logsig(-BETA * b)),
+        lambda a, b, h: -logsig(BETA * a) - 0.5 * logsig(-BETA * a) - 0.5 * logsig(-BETA * b)
+    ),
     "sppo_hard": lambda: per_example(lambda a, b, h: (a - 1 / (2 * BETA)) ** 2 + (b + 1 / (2 * BETA)) ** 2),
     "apo_zero": lambda: per_example(lambda a, b, h: (1 - sig(BETA * a)) + sig(BETA * b)),
     "discopop": lambda: per_example(lambda a, b, h: lrml(h)),

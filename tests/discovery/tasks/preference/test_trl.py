@@ -41,8 +41,11 @@ HEAD = "import math\nimport torch\nimport torch.nn.functional as F\n\n\n"
 SIG = "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):\n"
 CANDIDATES = {  # name -> (code, is_baseline)
     "dpo": (HEAD + inspect.getsource(lib.dpo).replace("def dpo(", "def loss(", 1), True),
-    "twice_dpo": (HEAD + SIG + "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - "
-                  "reference_rejected_logps)\n    return -2.0 * F.logsigmoid(beta * h)\n", False),
+    "twice_dpo": (
+        HEAD + SIG + "    h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - "
+        "reference_rejected_logps)\n    return -2.0 * F.logsigmoid(beta * h)\n",
+        False,
+    ),
     "zero": (HEAD + SIG + "    return 0 * (policy_chosen_logps - policy_rejected_logps)\n", False),
     "my_loss": (HEAD + inspect.getsource(lib.cell).replace("def cell(", "def loss(", 1), False),  # the README's
 }
@@ -56,6 +59,7 @@ PAIRS = {
 
 # ------------------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """An exported module, written as ``discovery export --candidate ...`` writes it."""
@@ -65,8 +69,9 @@ def exported(tmp_path_factory) -> Path:
     with Archive(db) as archive:
         run = archive.create_run("preference", {"task": "preference"})
         for i, (name, (code, baseline)) in enumerate(CANDIDATES.items()):
-            added = archive.add_candidate(run, name=name, code=code, code_hash=name, proposer="test",
-                                          is_baseline=baseline)
+            added = archive.add_candidate(
+                run, name=name, code=code, code_hash=name, proposer="test", is_baseline=baseline
+            )
             archive.update_candidate(added.id, status="ok", fitness=1.0 - 0.1 * i)
             ids.append(added.id)
     text, chosen, skipped = export(db, candidate_ids=ids)
@@ -95,17 +100,39 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_llama(seed: int, vocab_size: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
     return LlamaForCausalLM(config)
 
 
 def config(out: Path, **overrides) -> DPOConfig:
-    settings = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, logging_steps=1,
-                    learning_rate=1e-2, weight_decay=0.0, beta=0.1, max_length=32, seed=0, report_to=[],
-                    use_cpu=True, save_strategy="no", disable_tqdm=True, gradient_checkpointing=False,
-                    dataloader_num_workers=0)
+    settings = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        beta=0.1,
+        max_length=32,
+        seed=0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+    )
     return DPOConfig(**{**settings, **overrides})
 
 
@@ -115,9 +142,14 @@ def train(trainer_class, tokenizer, out: Path, precompute: bool = False, **kwarg
     policy = tiny_llama(0, len(tokenizer))
     initial = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     trainer_kwargs = {k: kwargs.pop(k) for k in ("loss",) if k in kwargs}
-    trainer = trainer_class(model=policy, ref_model=tiny_llama(1, len(tokenizer)),
-                            args=config(out, precompute_ref_log_probs=precompute, **kwargs),
-                            train_dataset=Dataset.from_dict(PAIRS), processing_class=tokenizer, **trainer_kwargs)
+    trainer = trainer_class(
+        model=policy,
+        ref_model=tiny_llama(1, len(tokenizer)),
+        args=config(out, precompute_ref_log_probs=precompute, **kwargs),
+        train_dataset=Dataset.from_dict(PAIRS),
+        processing_class=tokenizer,
+        **trainer_kwargs,
+    )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
@@ -129,6 +161,7 @@ def losses(logs: list[dict]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------- the exported module
+
 
 def test_module_imports_without_trl_and_builds_the_trainer_on_first_use(exported, dl, tmp_path):
     code = f"""
@@ -204,8 +237,13 @@ def test_a_plain_function_and_ld_alpha(dl, runs):
 
 
 def test_misuse_fails_loudly(dl, tokenizer, tmp_path, monkeypatch):
-    for setting in ({"loss_type": "hinge"}, {"loss_type": ["sigmoid", "sft"]}, {"label_smoothing": 0.1},
-                    {"f_divergence_type": "js_divergence"}, {"use_weighting": True}):
+    for setting in (
+        {"loss_type": "hinge"},
+        {"loss_type": ["sigmoid", "sft"]},
+        {"label_smoothing": 0.1},
+        {"f_divergence_type": "js_divergence"},
+        {"use_weighting": True},
+    ):
         with pytest.raises(ValueError, match="DiscoveredDPOTrainer trains the discovered loss"):
             train(dl.DiscoveredDPOTrainer, tokenizer, tmp_path / "bad", loss="dpo", **setting)
     with pytest.raises(KeyError, match="unknown loss 'nope'"):
@@ -230,8 +268,12 @@ def test_the_readme_recipe_runs_as_written(exported, dl, tokenizer, tmp_path, mo
     monkeypatch.syspath_prepend(str(exported.parent))
     monkeypatch.delitem(sys.modules, "discovered_losses", raising=False)
     monkeypatch.chdir(tmp_path)
-    namespace = {"model": tiny_llama(0, len(tokenizer)), "ref_model": tiny_llama(1, len(tokenizer)),
-                 "dataset": Dataset.from_dict(PAIRS), "tokenizer": tokenizer}
+    namespace = {
+        "model": tiny_llama(0, len(tokenizer)),
+        "ref_model": tiny_llama(1, len(tokenizer)),
+        "dataset": Dataset.from_dict(PAIRS),
+        "tokenizer": tokenizer,
+    }
     exec(compile(recipe, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     trainer = namespace["trainer"]
     assert trainer.discovered_loss is namespace["dl"].REGISTRY["my_loss"] and trainer.args.beta == 0.1
@@ -262,8 +304,9 @@ class PerTokenLogps:
         shifted = completion_mask[:, 1:].float()
         per_token = shifted * (logps / shifted.sum(1)).unsqueeze(1)
         zeros = torch.zeros_like(per_token)
-        self.outputs = SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros,
-                                       is_top1=zeros.bool(), aux_loss=None)
+        self.outputs = SimpleNamespace(
+            log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), aux_loss=None
+        )
 
     def __call__(self, **kwargs):
         return self.outputs
@@ -280,8 +323,13 @@ def trl_losses(trainer, loss_type, settings, pc, pr, rc, rr, lengths):
     out = []
     for i in range(len(pc)):
         model = PerTokenLogps(torch.stack([pc[i], pr[i]]), mask)
-        inputs = {"input_ids": torch.ones_like(mask), "attention_mask": torch.ones_like(mask),
-                  "completion_mask": mask, "ref_chosen_logps": rc[i:i + 1], "ref_rejected_logps": rr[i:i + 1]}
+        inputs = {
+            "input_ids": torch.ones_like(mask),
+            "attention_mask": torch.ones_like(mask),
+            "completion_mask": mask,
+            "ref_chosen_logps": rc[i : i + 1],
+            "ref_rejected_logps": rr[i : i + 1],
+        }
         out.append(DPOTrainer._compute_loss(trainer, model, inputs, False))
     return torch.stack(out)
 
@@ -290,8 +338,13 @@ def trl_losses(trainer, loss_type, settings, pc, pr, rc, rr, lengths):
 def plain_trainer(tokenizer, tmp_path_factory) -> DPOTrainer:
     """A real DPOTrainer (for its accelerator, metrics and settings); only its ``_compute_loss`` is used."""
     out = tmp_path_factory.mktemp("trl-baselines")
-    return DPOTrainer(model=tiny_llama(0, len(tokenizer)), ref_model=tiny_llama(1, len(tokenizer)), args=config(out),
-                      train_dataset=Dataset.from_dict(PAIRS), processing_class=tokenizer)
+    return DPOTrainer(
+        model=tiny_llama(0, len(tokenizer)),
+        ref_model=tiny_llama(1, len(tokenizer)),
+        args=config(out),
+        train_dataset=Dataset.from_dict(PAIRS),
+        processing_class=tokenizer,
+    )
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
@@ -317,5 +370,8 @@ def test_baseline_equals_trls_loss_on_the_same_tensors(plain_trainer, name, beta
     if name == "ipo":  # without the per-token average they differ as soon as a completion is longer than 1 token
         assert not torch.allclose(ours_fn(pc, pr, rc, rr, beta), theirs, rtol=1e-3)
     if name == "bco_pair":
-        assert not torch.allclose(ours_fn(pc, pr, rc, rr, beta), trl_losses(
-            plain_trainer, loss_type, settings, pc, pr, rc, rr, lengths=(1, 1)), rtol=1e-3)
+        assert not torch.allclose(
+            ours_fn(pc, pr, rc, rr, beta),
+            trl_losses(plain_trainer, loss_type, settings, pc, pr, rc, rr, lengths=(1, 1)),
+            rtol=1e-3,
+        )
