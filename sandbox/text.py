@@ -1,9 +1,11 @@
 """Plain text helpers for one-line reasons: both sides quote a candidate's line the same way.
 
-Nothing here imports anything: the jail, the trusted side and the static check all use it.
+Nothing here imports anything but the standard library: the jail, the trusted side and the static check all use it.
 """
 
 from __future__ import annotations
+
+import re
 
 #: characters one reason may take
 REASON_CHARS = 300
@@ -26,3 +28,18 @@ def where(source: str, lineno: int) -> str:
     if lineno <= 0:
         return ""
     return f" (line {lineno}: `{candidate_line_text(source, lineno)[:120]}`)"
+
+
+def annotate(source: str, line: int, note: str) -> str:
+    """The candidate's source with ``  <--- note`` appended to line ``line`` (OPTO-style), for feedback.
+
+    Lines are counted the way :mod:`ast` counts them; a line outside the source is clamped to
+    the first or last line, and newlines in ``note`` become spaces.
+    """
+    parts = re.split(r"(\r\n|\r|\n)", source)  # line, separator, line, separator, ..., line
+    n_lines = (len(parts) + 1) // 2
+    if n_lines > 1 and parts[-1] == "":
+        n_lines -= 1  # a trailing newline does not start another line
+    index = 2 * (min(max(line, 1), n_lines) - 1)
+    parts[index] += "  <--- " + " ".join(note.splitlines())
+    return "".join(parts)

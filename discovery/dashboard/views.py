@@ -52,6 +52,19 @@ SORTABLE = {
 }
 
 
+def _over_time(usage: Any, column: str, title: str, tooltip: list[str]) -> alt.Chart:
+    """A line of ``usage[column]`` over the calls' times, with the call's id and model in the tooltip."""
+    return (
+        alt.Chart(usage)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("created_at:T", title="time"),
+            y=alt.Y(f"{column}:Q", title=title),
+            tooltip=["id", "model", *tooltip],
+        )
+    )
+
+
 def href(**params: str) -> str:
     """A same-page link target: ``?candidate=c-1``; no parameters is the leaderboard."""
     return "?" + urlencode(params) if params else "?"
@@ -350,23 +363,11 @@ def _run_body(db: str | Path, run_id: str, live: bool) -> None:
         else:
             c1, c2 = st.columns(2)
             c1.altair_chart(
-                alt.Chart(usage)
-                .mark_line(point=True)
-                .encode(
-                    x=alt.X("created_at:T", title="time"),
-                    y=alt.Y("cumulative_cost_usd:Q", title="cost so far (USD)"),
-                    tooltip=["id", "model", "cost_usd", "cumulative_cost_usd"],
-                ),
+                _over_time(usage, "cumulative_cost_usd", "cost so far (USD)", ["cost_usd", "cumulative_cost_usd"]),
                 width="stretch",
             )
             c2.altair_chart(
-                alt.Chart(usage)
-                .mark_line(point=True)
-                .encode(
-                    x=alt.X("created_at:T", title="time"),
-                    y=alt.Y("cumulative_tokens:Q", title="tokens so far"),
-                    tooltip=["id", "model", "prompt_tokens", "completion_tokens"],
-                ),
+                _over_time(usage, "cumulative_tokens", "tokens so far", ["prompt_tokens", "completion_tokens"]),
                 width="stretch",
             )
             by_model = usage.groupby("model", as_index=False).agg(

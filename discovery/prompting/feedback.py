@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,20 +43,7 @@ from discovery.untrusted import (
     quote_untrusted,
 )
 from sandbox.base import FAILURES, Status
-from sandbox.text import one_line, where
-
-__all__ = [
-    "SHOWN_AS_FAILED",
-    "annotated_error",
-    "candidate_trace",
-    "clip_code",
-    "config_deltas",
-    "config_summary",
-    "curve_digest",
-    "failure_digest",
-    "fitness_text",
-    "shown_as_failed",
-]
+from sandbox.text import annotate, one_line, where
 
 #: the statuses a proposer is shown as failures: the code failures, and duplicates (never evaluated;
 #: shown as failed so that the proposer does not offer the same program again)
@@ -243,18 +229,6 @@ def _slot_return_line(code: str, slot_name: str | None) -> int | None:
     return max(r.lineno for r in returns) if returns else fns[-1].lineno
 
 
-def _annotate(source: str, line: int, note: str) -> str:
-    """``source`` with ``  <--- note`` appended to line ``line`` (clamped into the source; lines as
-    :mod:`ast` counts them), newlines in ``note`` as spaces."""
-    parts = re.split(r"(\r\n|\r|\n)", source)  # line, separator, line, separator, ..., line
-    n_lines = (len(parts) + 1) // 2
-    if n_lines > 1 and parts[-1] == "":
-        n_lines -= 1  # a trailing newline does not start another line
-    index = 2 * (min(max(line, 1), n_lines) - 1)
-    parts[index] += "  <--- " + " ".join(note.splitlines())
-    return "".join(parts)
-
-
 def _marked_line(c: Candidate, slot_name: str | None) -> int | None:
     """The line to mark: ``error_line``; for a contract violation without one (wrong shape, NaN), the
     slot's last ``return``, which produced the offending value."""
@@ -276,7 +250,7 @@ def annotated_error(c: Candidate, slot_name: str | None = "loss") -> str | None:
     line = _marked_line(c, slot_name)
     if line is None:
         return None
-    return _annotate(c.code, line, _error_note(c))
+    return annotate(c.code, line, _error_note(c))
 
 
 # --------------------------------------------------------------------------------------------

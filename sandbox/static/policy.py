@@ -18,7 +18,6 @@ after that.
 from __future__ import annotations
 
 import ast
-import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -100,21 +99,6 @@ def check_source(source: str, policy: Policy) -> list[Violation]:
     except RecursionError:
         return [Violation(1, 0, "source is nested too deeply to check")]
     return sorted(set(found), key=lambda v: (v.line, v.col, v.reason))
-
-
-def annotate(source: str, line: int, note: str) -> str:
-    """The candidate's source with ``  <--- note`` appended to line ``line`` (OPTO-style), for feedback.
-
-    Lines are counted the way :mod:`ast` counts them; a line outside the source is clamped to
-    the first or last line, and newlines in ``note`` become spaces.
-    """
-    parts = re.split(r"(\r\n|\r|\n)", source)  # line, separator, line, separator, ..., line
-    n_lines = (len(parts) + 1) // 2
-    if n_lines > 1 and parts[-1] == "":
-        n_lines -= 1  # a trailing newline does not start another line
-    index = 2 * (min(max(line, 1), n_lines) - 1)
-    parts[index] += "  <--- " + " ".join(note.splitlines())
-    return "".join(parts)
 
 
 def _shown(node: ast.expr) -> str:

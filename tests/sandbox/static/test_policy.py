@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from sandbox.static.policy import Policy, Violation, annotate, check_source
+from sandbox.static.policy import Policy, Violation, check_source
+from sandbox.text import annotate
 
 POLICY = Policy()
 
