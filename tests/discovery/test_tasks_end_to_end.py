@@ -59,9 +59,9 @@ def test_run_dashboard_and_export(task, short_run_db, tmp_path, monkeypatch):
     with Archive.open_readonly(db) as archive:
         (run,) = archive.list_runs()
         assert run["status"] == "finished" and run["task"] == task
-        ok = [r for r in archive.candidates(run["id"], status="ok") if not r["is_baseline"]]
+        ok = [r for r in archive.candidates(run["id"], status="ok") if not r.is_baseline]
     assert ok, "the short run produced no scored candidate"
-    best = max(ok, key=lambda r: r["fitness"])
+    best = max(ok, key=lambda r: r.fitness)
 
     # dashboard: the leaderboard lists the run's candidates, the candidate page shows the winner
     monkeypatch.setenv("DISCOVERY_DB", str(db))
@@ -69,12 +69,12 @@ def test_run_dashboard_and_export(task, short_run_db, tmp_path, monkeypatch):
     board.run()
     assert not board.exception, [e.value for e in board.exception]
     shown = "\n".join(m.value for m in board.markdown)
-    assert best["id"] in shown and task in shown
+    assert best.id in shown and task in shown
     page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    page.query_params["candidate"] = best["id"]
+    page.query_params["candidate"] = best.id
     page.run()
     assert not page.exception, [e.value for e in page.exception]
-    assert any("def " in c.value and best["code"].strip().splitlines()[-1].strip() in c.value for c in page.code)
+    assert any("def " in c.value and best.code.strip().splitlines()[-1].strip() in c.value for c in page.code)
 
     # export: a plain module that imports without this package and works in a torch loop
     out = tmp_path / "exported.py"

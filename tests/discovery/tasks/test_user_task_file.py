@@ -54,7 +54,7 @@ def test_offline_run_on_a_task_file(short_run_db):
         (run,) = archive.list_runs()
         assert run["status"] == "finished" and run["config"]["task"] == str(EXAMPLE)
         rows = archive.candidates(run["id"], order_by_fitness=False)
-        assert [r["name"] for r in rows if r["is_baseline"]] == ["mse"]
-        ok = [r for r in rows if r["status"] == "ok"]
+        assert [r.name for r in rows if r.is_baseline] == ["mse"]
+        ok = [r for r in rows if r.status == "ok"]
         assert len(ok) >= 2
-        assert all(set(r["per_config"]) == {"clean", "outliers10", "outliers30"} for r in ok)
+        assert all(set(r.per_config) == {"clean", "outliers10", "outliers30"} for r in ok)

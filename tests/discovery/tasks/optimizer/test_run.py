@@ -13,26 +13,26 @@ def test_offline_run_on_the_optimizer_task(short_run_db):
         (run,) = archive.list_runs()
         assert run["status"] == "finished" and run["config"]["task"] == "optimizer"
         rows = archive.candidates(run["id"], order_by_fitness=False)
-        assert [r["name"] for r in rows if r["is_baseline"]] == ["adamw"]
-        proposed = [r for r in rows if not r["is_baseline"]]
-        assert len(proposed) == 6 and all(r["proposer"].startswith("mutation") for r in proposed)
+        assert [r.name for r in rows if r.is_baseline] == ["adamw"]
+        proposed = [r for r in rows if not r.is_baseline]
+        assert len(proposed) == 6 and all(r.proposer.startswith("mutation") for r in proposed)
         # every proposal ran: fully scored (ok) or stopped by the cascade (culled), none broken
-        assert all(r["status"] in ("ok", "culled") for r in proposed), [(r["name"], r["reason"]) for r in proposed]
+        assert all(r.status in ("ok", "culled") for r in proposed), [(r.name, r.reason) for r in proposed]
         cascade = set(task.cascade_configs)
         for r in proposed:
-            assert set(r["per_config"]) >= cascade and r["fitness"] is not None
-        ok = [r for r in proposed if r["status"] == "ok"]
-        assert ok, [(r["name"], r["reason"]) for r in proposed]
-        for r in ok + [r for r in rows if r["is_baseline"]]:
-            assert set(r["per_config"]) == discover
-            for score in r["per_config"].values():
+            assert set(r.per_config) >= cascade and r.fitness is not None
+        ok = [r for r in proposed if r.status == "ok"]
+        assert ok, [(r.name, r.reason) for r in proposed]
+        for r in ok + [r for r in rows if r.is_baseline]:
+            assert set(r.per_config) == discover
+            for score in r.per_config.values():
                 assert isinstance(score["fitness"], float) and "grid_mean" in score["metrics"]
-        scored_heldout = [r for r in rows if r["heldout_fitness"] is not None]
-        assert any(r["is_baseline"] for r in scored_heldout) and len(scored_heldout) >= 2
+        scored_heldout = [r for r in rows if r.heldout_fitness is not None]
+        assert any(r.is_baseline for r in scored_heldout) and len(scored_heldout) >= 2
         for r in scored_heldout:
-            assert set(r["heldout_per_config"]) == heldout
-        reference = next(r for r in rows if r["is_baseline"])
-        assert abs(reference["fitness"] - 1.0) < 0.1  # AdamW is the unit of fitness
+            assert set(r.heldout_per_config) == heldout
+        reference = next(r for r in rows if r.is_baseline)
+        assert abs(reference.fitness - 1.0) < 0.1  # AdamW is the unit of fitness
 
 
 def test_the_run_exports_a_torch_optimizer(short_run_db):
