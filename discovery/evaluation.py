@@ -189,13 +189,15 @@ class Evaluator:
         job_seconds: float | None = None,
         cpu_seconds: int | None = None,
         heldout_secret: str = "",
+        batched: bool = True,
     ):
         """``device``: resolved (``cpu``, ``cuda``, ``cuda:N``; see :mod:`discovery.devices`).
         ``limits``: per job; its ``training_seconds`` defaults to the task's. ``job_seconds``: the
         wall of a whole job, else JOB_OVERHEAD_SECONDS + training_seconds per training;
         ``cpu_seconds``: a job's CPU time, else its wall times its threads. ``heldout_secret``: mixed
         into the held-out suite's environment seeds (the archive's own, :meth:`Archive.heldout_secret`),
-        so that its environments cannot be rebuilt from the public code and seeds; "" leaves them public."""
+        so that its environments cannot be rebuilt from the public code and seeds; "" leaves them public.
+        ``batched``: train the cells a task batches as one vectorised training each (``Job.batched``)."""
         import torch
 
         # trusted scoring is small; one thread keeps the cores for the sandboxed trainings
@@ -210,6 +212,7 @@ class Evaluator:
         self.job_seconds = job_seconds
         self.cpu_seconds = cpu_seconds
         self.heldout_secret = heldout_secret
+        self.batched = batched
         self.policy = Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name)
         self._inputs: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._inputs_lock = threading.Lock()
@@ -274,6 +277,7 @@ class Evaluator:
             seeds=seed_list,
             device=self.device,
             limits=self.limits_for(len(inputs)),
+            batched=self.batched,
         )
         outcome = self.run(job, sandbox, inputs, suite)
         report = self._score(outcome, suite, config_names, seed_list, inputs)
@@ -350,6 +354,8 @@ class Evaluator:
                     return report
                 train_seconds = raw.get("train_seconds")
                 metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (time.monotonic() - t0)
+                path = raw.get("trainer_path")
+                metrics.path = path[:300] if isinstance(path, str) else ""
                 per_seed.append(metrics)
         report.fitness, report.configs = aggregate(suite, per_seed)
         return report

@@ -15,6 +15,12 @@ arguments and nothing else. Two kinds of slot:
 
 Every reply is validated before the trainer uses it: types, shapes, dtypes and the number of
 values; a reply that breaks them ends training with status ``invalid`` and a one-line reason.
+
+**Batched trainings.** With ``batch=S`` (a task's ``train_batch``), one proxy serves S trainings
+of equal shapes: every tensor argument has a leading dimension of S, and the jail applies the
+candidate's function per training (:mod:`sandbox.batching`: ``vmap``, or a copy per training).
+:attr:`JailedFunction.mode` then says which path the jail took. ``discovery.tasks.base.local_slot``
+gives the same interface for a trusted function run in this process (references, tests).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import TrainingFailed
+from sandbox.batching import FALLBACK_CHARS, LOOP, VMAP
 from sandbox.host.session import Session
 
 #: Python values a slot argument may be besides a tensor
@@ -87,33 +94,55 @@ class _Bridge(torch.autograd.Function):
         return (None, None, *ctx.call.backward(grad_output))
 
 
-class JailedFunction:
-    """A differentiable slot function (a loss) that runs in the jail; call it like the candidate."""
+def _note_mode(proxy: Any, reply: dict[str, Any]) -> None:
+    """Keep which path a batched call took in the jail (``vmap`` or ``loop``) and why it fell back."""
+    mode = reply.get("mode")
+    if mode in (VMAP, LOOP):
+        proxy.mode = mode
+        fallback = reply.get("fallback")
+        proxy.fallback = fallback[:FALLBACK_CHARS] if isinstance(fallback, str) else ""
 
-    def __init__(self, session: Session, call_seconds: float = 0.0):
-        self.session, self.call_seconds = session, call_seconds
+
+class JailedFunction:
+    """A differentiable slot function (a loss) that runs in the jail; call it like the candidate.
+
+    With ``batch=S`` every tensor argument carries S trainings along its first dimension, and the
+    output is [S, ...]: the gradient sent with the forward reply is that of each training's own mean."""
+
+    def __init__(self, session: Session, call_seconds: float = 0.0, batch: int = 0):
+        self.session, self.call_seconds, self.batch = session, call_seconds, batch
         self.serial = 0
+        self.mode = VMAP if batch else ""
+        self.fallback = ""
 
     def __call__(self, *args: Any) -> Any:
         wire = [_wire(a) for a in args]
         grad = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
         want_graph = bool(grad) and torch.is_grad_enabled()
-        reply = self.session.request(
-            {"op": "call", "args": wire, "grad": grad if want_graph else [], "seed": "mean" if want_graph else None},
-            self.call_seconds,
-        )
+        request: dict[str, Any] = {
+            "op": "call",
+            "args": wire,
+            "grad": grad if want_graph else [],
+            "seed": "mean" if want_graph else None,
+        }
+        if self.batch:
+            request["batch"] = self.batch
+        reply = self.session.request(request, self.call_seconds)
         self.serial += 1
+        _note_mode(self, reply)
         out = reply.get("out")
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        if self.batch and isinstance(out, list):  # per-training outputs that do not stack: the task's checks
+            return [o.to(device) if isinstance(o, torch.Tensor) else o for o in out]
         if not isinstance(out, torch.Tensor):
             return out  # the task's own checks say what is wrong with a non-tensor
-        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
         out = out.to(device)
         if not (want_graph and reply.get("graph") is True):
             return out  # no graph: the task's check reports "no gradient"
         if not out.is_floating_point():
             raise TrainingFailed(f"the loss has dtype {out.dtype}; a gradient needs a floating-point tensor")
         inputs = [args[i] for i in grad]
-        seed = 1.0 / max(1, out.numel())
+        seed = 1.0 / max(1, out.numel() // self.batch if self.batch else out.numel())
         call = _Call(self.session, inputs, seed, reply.get("grads"), self.serial, self)
         return _Bridge.apply(out, call, *inputs)
 
@@ -121,25 +150,34 @@ class JailedFunction:
 class JailedUpdateRule:
     """An update rule that runs in the jail; the task's trainer calls :meth:`step` once per step."""
 
-    def __init__(self, session: Session, call_seconds: float = 0.0):
-        self.session, self.call_seconds = session, call_seconds
+    def __init__(self, session: Session, call_seconds: float = 0.0, batch: int = 0):
+        self.session, self.call_seconds, self.batch = session, call_seconds, batch
+        self.mode = VMAP if batch else ""
+        self.fallback = ""
 
-    def reset(self, seed: int) -> None:
-        """A fresh copy of the rule (new module, no state), its random numbers seeded with ``seed``."""
-        self.session.request({"op": "reset", "seed": int(seed)}, self.call_seconds)
+    def reset(self, seed: int | list[int]) -> None:
+        """A fresh copy of the rule (new module, no state), its random numbers seeded with ``seed``;
+        batched, one seed per training."""
+        if self.batch:
+            seeds = [int(s) for s in seed] if isinstance(seed, list) else [int(seed)] * self.batch
+            self.session.request({"op": "reset", "seeds": seeds}, self.call_seconds)
+            self.mode, self.fallback = VMAP, ""
+        else:
+            self.session.request({"op": "reset", "seed": int(seed)}, self.call_seconds)  # type: ignore[arg-type]
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, step: int) -> list[Any]:
         """The rule's new value of every parameter (validated by the task against the old one)."""
-        reply = self.session.request(
-            {
-                "op": "update",
-                "params": [_wire(p) for p in params],
-                "grads": [_wire(g) for g in grads],
-                "lr": float(lr),
-                "step": int(step),
-            },
-            self.call_seconds,
-        )
+        request: dict[str, Any] = {
+            "op": "update",
+            "params": [_wire(p) for p in params],
+            "grads": [_wire(g) for g in grads],
+            "lr": float(lr),
+            "step": int(step),
+        }
+        if self.batch:
+            request["batch"] = self.batch
+        reply = self.session.request(request, self.call_seconds)
+        _note_mode(self, reply)
         new = reply.get("params")
         if not isinstance(new, list) or len(new) != len(params):
             raise TrainingFailed(
@@ -148,10 +186,10 @@ class JailedUpdateRule:
         return [v.to(p.device) if isinstance(v, torch.Tensor) else v for v, p in zip(new, params, strict=True)]
 
 
-def jailed_slot(kind: str, session: Session, call_seconds: float = 0.0) -> Any:
-    """The proxy a task's trainer gets for a slot of ``kind`` (``Slot.kind``)."""
+def jailed_slot(kind: str, session: Session, call_seconds: float = 0.0, batch: int = 0) -> Any:
+    """The proxy a task's trainer gets for a slot of ``kind`` (``Slot.kind``); ``batch``: of S trainings."""
     from sandbox.wire import UPDATE_RULE
 
     if kind == UPDATE_RULE:
-        return JailedUpdateRule(session, call_seconds)
-    return JailedFunction(session, call_seconds)
+        return JailedUpdateRule(session, call_seconds, batch)
+    return JailedFunction(session, call_seconds, batch)

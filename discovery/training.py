@@ -66,13 +66,42 @@ def _ended(outcome: Outcome, stage: str, prefix: str = "") -> Outcome:
     return outcome
 
 
-def _training_reason(outcome: Outcome, config: str, seed: int, limit: str) -> Outcome:
-    """The outcome of a training that ended the job, its reason naming the training (and, for a
+def _training_reason(outcome: Outcome, named: str, limit: str) -> Outcome:
+    """The outcome of a training that ended the job, its reason naming the training(s) (and, for a
     timeout, which limit it hit: ``limit`` says it in words)."""
     if outcome.status is Status.TIMEOUT and "wall-clock limit" in outcome.reason:
-        reason = f"{config} seed {seed}: {limit}; process killed"
+        reason = f"{named}: {limit}; process killed"
         return replace(outcome, reason=one_line(reason + outcome.reason.split("killed", 1)[1]), stage="train")
-    return _ended(outcome, "train", f"{config} seed {seed}")
+    return _ended(outcome, "train", named)
+
+
+#: ``trainer_path`` of a training run alone (the batched ones say ``batched-vmap xS`` or ``batched-loop xS``)
+SEQUENTIAL = "sequential"
+
+
+def training_units(task: Task, suite: Suite, job: Job) -> list[list[tuple[str, int]]]:
+    """The job's (configuration, seed) cells in the order they train: each unit is one training, or
+    (``job.batched`` and a task that batches) the cells whose configurations share a ``batch_key``."""
+    cells = [(c, s) for c in job.configs for s in job.seeds]
+    if not job.batched:
+        return [[cell] for cell in cells]
+    units: dict[Any, list[tuple[str, int]]] = {}
+    for config_name, seed in cells:
+        key = task.batch_key(suite.config(config_name))
+        units.setdefault(("alone", config_name, seed) if key is None else ("batch", key), []).append(
+            (config_name, seed)
+        )
+    return list(units.values())
+
+
+def _unit_name(unit: list[tuple[str, int]]) -> str:
+    """``clean seed 0``, or for a batch ``clean seeds 0-2 + noise20 seeds 0-2``."""
+    if len(unit) == 1:
+        return f"{unit[0][0]} seed {unit[0][1]}"
+    by_config: dict[str, list[int]] = {}
+    for config_name, seed in unit:
+        by_config.setdefault(config_name, []).append(seed)
+    return " + ".join(f"{c} seeds {','.join(map(str, seeds))}" for c, seeds in by_config.items())
 
 
 def run_job(
@@ -108,50 +137,54 @@ def run_job(
         suite = suite or task.suite(job.suite)
         job_deadline = started + job.limits.wall_seconds if job.limits.wall_seconds > 0 else math.inf
         training = job.limits.training_seconds or math.inf
-        for config_name in job.configs:
-            config = suite.config(config_name)
-            for seed in job.seeds:
-                key = input_key(config_name, seed)
-                t0 = time.monotonic()
-                seconds = min(training, job_deadline - t0)
-                limit = (
-                    f"training exceeded the per-training limit of {training:g} s"
-                    if seconds == training
-                    else f"wall-clock limit of {job.limits.wall_seconds:g} s exceeded"
-                )
-                if seconds <= 0:
-                    return Outcome(
-                        Status.TIMEOUT,
-                        one_line(f"{config_name} seed {seed}: {limit}"),
-                        stage="train",
-                        seconds=t0 - started,
-                    )
-                try:
-                    with box.session(replace(spec, limits=_session_limits(job, seconds)), seconds) as session:
+        for unit in training_units(task, suite, job):
+            t0 = time.monotonic()
+            seconds = min(training * len(unit), job_deadline - t0)
+            limit = (
+                f"training exceeded the per-training limit of {training:g} s"
+                + (f" ({len(unit)} trainings batched)" if len(unit) > 1 else "")
+                if seconds == training * len(unit)
+                else f"wall-clock limit of {job.limits.wall_seconds:g} s exceeded"
+            )
+            named = _unit_name(unit)
+            if seconds <= 0:
+                return Outcome(Status.TIMEOUT, one_line(f"{named}: {limit}"), stage="train", seconds=t0 - started)
+            try:
+                with box.session(replace(spec, limits=_session_limits(job, seconds)), seconds) as session:
+                    unit_inputs = [(inputs or {})[input_key(c, s)] for c, s in unit]
+                    if device != "cpu":  # inputs are prepared on the CPU; the trainer owns a GPU
+                        unit_inputs = [to_device(i, device) for i in unit_inputs]
+                    if len(unit) == 1:
+                        (config_name, seed), train_inputs = unit[0], unit_inputs[0]
                         fn = jailed_slot(task.slot.kind, session, call_seconds)
-                        train_inputs = (inputs or {})[key]
-                        if device != "cpu":  # inputs are prepared on the CPU; the trainer owns a GPU
-                            train_inputs = to_device(train_inputs, device)
-                        outputs[key] = task.train(fn, config, seed, train_inputs, device)
-                    tail = session.outcome.stderr_tail if session.outcome else tail
-                except JailEnded as ended:
-                    return _training_reason(ended.outcome, config_name, seed, limit)
-                except TrainingFailed as exc:
-                    return Outcome(
-                        Status.INVALID,
-                        one_line(f"{config_name} seed {seed}: {exc}"),
-                        stage="train",
-                        seconds=time.monotonic() - started,
-                    )
-                except Exception as exc:  # noqa: BLE001 - the trainer choked on what the jail returned
-                    return Outcome(
-                        Status.INVALID,
-                        one_line(
-                            f"{config_name} seed {seed}: training failed on the "
-                            f"candidate's values ({type(exc).__name__}: {exc})"
-                        ),
-                        stage="train",
-                        seconds=time.monotonic() - started,
-                    )
-                outputs[key]["train_seconds"] = time.monotonic() - t0
+                        results = [task.train(fn, suite.config(config_name), seed, train_inputs, device)]
+                        path = SEQUENTIAL
+                    else:
+                        fn = jailed_slot(task.slot.kind, session, call_seconds, batch=len(unit))
+                        items = [(suite.config(c), s, i) for (c, s), i in zip(unit, unit_inputs, strict=True)]
+                        results = task.train_batch(fn, items, device)
+                        path = f"batched-{fn.mode} x{len(unit)}"
+                        if fn.fallback:
+                            path += f" ({fn.fallback})"
+                tail = session.outcome.stderr_tail if session.outcome else tail
+            except JailEnded as ended:
+                return _training_reason(ended.outcome, named, limit)
+            except TrainingFailed as exc:
+                where = _unit_name([unit[exc.index]]) if exc.index is not None and len(unit) > 1 else named
+                return Outcome(
+                    Status.INVALID, one_line(f"{where}: {exc}"), stage="train", seconds=time.monotonic() - started
+                )
+            except Exception as exc:  # noqa: BLE001 - the trainer choked on what the jail returned
+                return Outcome(
+                    Status.INVALID,
+                    one_line(f"{named}: training failed on the candidate's values ({type(exc).__name__}: {exc})"),
+                    stage="train",
+                    seconds=time.monotonic() - started,
+                )
+            elapsed = (time.monotonic() - t0) / len(unit)
+            for (config_name, seed), result in zip(unit, results, strict=True):
+                key = input_key(config_name, seed)
+                outputs[key] = result
+                result["train_seconds"] = elapsed
+                result["trainer_path"] = path
     return Outcome(Status.OK, stage=job.stage, outputs=outputs, seconds=time.monotonic() - started, stderr_tail=tail)

@@ -99,6 +99,9 @@ class Job:
     #: run the candidate under the run-time guard (sandbox/jail/guard.py); only a trusted-side test of the
     #: OS walls behind it (the hostile corpus) turns it off
     guarded: bool = True
+    #: train the (configuration, seed) cells a task can batch (``Task.batch_key``) as one vectorised
+    #: training each; False: one training per cell, as a task without batching does
+    batched: bool = True
 
 
 @dataclass

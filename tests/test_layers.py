@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("discovery", "sandbox")
 #: modules both sides of the sandbox share
-SHARED = frozenset({"sandbox.base", "sandbox.text", "sandbox.wire"})
+SHARED = frozenset({"sandbox.base", "sandbox.batching", "sandbox.text", "sandbox.wire"})
 
 
 @cache

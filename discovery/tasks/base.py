@@ -30,7 +30,17 @@ class ContractError(Exception):
 
 
 class TrainingFailed(Exception):
-    """The candidate broke training (NaN, wrong shape or dtype, no gradient): status invalid."""
+    """The candidate broke training (NaN, wrong shape or dtype, no gradient): status invalid.
+
+    In a batched training, ``index`` is the position of the training that broke in the batch."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+
+
+#: one training of a batch: its configuration, seed and trusted inputs
+BatchItem = tuple["SuiteConfig", int, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,51 @@ def check_per_example(out: Any, batch: int, dtype: Any, where: str, wrt: str) ->
         raise TrainingFailed(f"{where}: loss is NaN or infinite")
     if not out.requires_grad:
         raise TrainingFailed(f"{where}: loss has no gradient with respect to {wrt}")
+
+
+def check_each(out: Any, batch: int, dtype: Any, where: str, wrt: str, trainings: int) -> None:
+    """:func:`check_per_example` for every training of a batched call (``out`` [S, batch], or the list
+    of S outputs that did not stack); the first that fails raises with its ``index``."""
+    for s in range(trainings):
+        try:
+            check_per_example(out[s], batch, dtype, where, wrt)
+        except TrainingFailed as exc:
+            raise TrainingFailed(str(exc), index=s) from None
+        except (IndexError, TypeError):
+            raise TrainingFailed(
+                f"{where}: loss returned {type(out).__name__}, expected per-example losses", s
+            ) from None
+
+
+def batch_norms(grads: list[Any]) -> Any:
+    """Each training's total gradient norm [S] over stacked gradients [S, ...] (None: no gradient)."""
+    import torch
+
+    norms = [torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads if g is not None]
+    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
+
+
+def descend_batch(loss: Any, opt: Any, parameters: Iterable[Any], step: int, max_norm: float | None = None) -> Any:
+    """:func:`descend` for S stacked trainings: ``loss`` [S] (each training's own loss), parameters
+    stacked [S, ...]; each training's gradient clipped by its own norm. Returns the norms [S]; raises
+    ``TrainingFailed`` (with the training's ``index``) when one is not finite."""
+    import torch
+
+    params = list(parameters)
+    opt.zero_grad()
+    loss.sum().backward()
+    grads = [q.grad for q in params]
+    norm = batch_norms(grads)
+    bad = (~torch.isfinite(norm)).nonzero()
+    if bad.numel():
+        raise TrainingFailed(f"gradient is not finite at step {step}", index=int(bad[0, 0]))
+    if max_norm is not None:  # as torch.nn.utils.clip_grad_norm_, per training
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            if g is not None:
+                g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+    opt.step()
+    return norm
 
 
 def check_loss_contract(
@@ -190,6 +245,8 @@ class SeedMetrics:
     metrics: dict[str, float] = field(default_factory=dict)
     curve: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: how it trained: ``sequential``, or ``batched-vmap xS`` / ``batched-loop xS (why vmap failed)``
+    path: str = ""
 
 
 class Task(ABC):
@@ -242,6 +299,19 @@ class Task(ABC):
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str
     ) -> SeedMetrics:
         """Trusted: turn the raw outputs of ``train`` into metrics and a fitness."""
+
+    def batch_key(self, config: SuiteConfig) -> Any:
+        """Configurations with equal keys (not None) train their seeds together as one vectorised
+        training (:meth:`train_batch`): what the trainer and the candidate's function see must agree
+        in shapes and in every plain argument. None (the default): one training per (config, seed)."""
+        return None
+
+    def train_batch(self, fn: Any, items: list[BatchItem], device: str) -> list[dict[str, Any]]:
+        """Trusted: the trainings of ``items`` (equal :meth:`batch_key`) as one; ``fn`` is the batched
+        proxy of the candidate (:mod:`discovery.slots`: tensors with a leading dimension of
+        ``len(items)``). Returns what :meth:`train` returns, per item; must agree with it to 1e-5 in
+        fitness. Raises TrainingFailed with the ``index`` of the training that broke."""
+        raise NotImplementedError(f"task {self.name!r} does not batch its trainings")
 
     @property
     def cascade_configs(self) -> tuple[str, ...]:
@@ -320,6 +390,88 @@ class LocalUpdateRule:
                 self.fn(p, g, self.states.setdefault(i, {}), lr, step)
                 for i, (p, g) in enumerate(zip(params, grads, strict=True))
             ]
+
+
+class LocalBatchedFunction:
+    """A trusted function run in this process for S trainings: the batched proxy's interface
+    (:mod:`sandbox.batching`: ``vmap``, else one call per training)."""
+
+    def __init__(self, fn: Callable[..., Any], batch: int):
+        from sandbox.batching import BatchedSlot
+
+        self.fn, self.batch = fn, batch
+        self.slot = BatchedSlot(lambda: fn, batch)
+
+    @property
+    def mode(self) -> str:
+        return self.slot.mode
+
+    @property
+    def fallback(self) -> str:
+        return self.slot.fallback
+
+    def __call__(self, *args: Any) -> Any:
+        return self.slot.call(list(args))
+
+
+class LocalBatchedUpdateRule(LocalBatchedFunction):
+    """A trusted update rule run in this process for S trainings (``reset`` takes one seed per training)."""
+
+    def reset(self, seed: int | list[int]) -> None:
+        """Fresh states; training ``s``'s random numbers seeded with ``seed[s]``."""
+        import torch
+
+        from sandbox.batching import BatchedSlot
+
+        seeds = [int(s) for s in seed] if isinstance(seed, list) else [int(seed)] * self.batch
+        torch.manual_seed(seeds[0])
+        self.slot = BatchedSlot(lambda: self.fn, self.batch, seeds)
+
+    def step(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:
+        """The rule's new value of every stacked parameter [S, ...]."""
+        return self.slot.update(params, grads, lr, step)
+
+
+class OneTraining:
+    """An unbatched slot function (a jailed proxy, or a trusted function) as a batch of one training:
+    called on slice 0 of every tensor argument, its tensor output given the batch dimension back."""
+
+    batch = 1
+    mode = "alone"
+    fallback = ""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        import torch
+
+        out = self.fn(*[a[0] if isinstance(a, torch.Tensor) else a for a in args])
+        return out.unsqueeze(0) if isinstance(out, torch.Tensor) else [out]
+
+    def reset(self, seed: int | list[int]) -> None:
+        """The update rule's reset, with the batch's one seed."""
+        self.fn.reset(seed[0] if isinstance(seed, list) else seed)
+
+    def step(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:
+        """The update rule's step on slice 0, each new value given the batch dimension back."""
+        import torch
+
+        new = self.fn.step([p[0] for p in params], [g[0] for g in grads], lr, step)
+        return [v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for v in new]
+
+
+def one_training(fn: Any) -> Any:
+    """``fn`` as a batch of one (:class:`OneTraining`), unless it is batched already."""
+    return fn if getattr(fn, "batch", 0) else OneTraining(fn)
+
+
+def local_slot(kind: str, fn: Any, batch: int) -> Any:
+    """``fn`` if it is already batched (a jailed proxy with ``batch``), else the batched interface of
+    the trusted function ``fn`` of a slot of ``kind``, run in this process."""
+    if getattr(fn, "batch", 0):
+        return fn
+    return LocalBatchedUpdateRule(fn, batch) if kind == "update_rule" else LocalBatchedFunction(fn, batch)
 
 
 def as_update_rule(rule: Any) -> Any:

@@ -20,6 +20,13 @@ Requests (one reply each):
 * ``{"op": "reset", "seed": n}``: a fresh copy of the candidate (new module, no state), for a task that
   trains several times within one configuration and seed (a learning-rate grid).
 
+Batched trainings (:mod:`sandbox.batching`): ``call`` and ``update`` with ``"batch": S`` carry
+tensors with a leading dimension of S, one slice per training, and the function is applied per
+training (under ``vmap``, or one copy per training when it cannot run under it); ``"seed": "mean"``
+is then the backward of each training's own mean. The reply's ``"mode"`` says which path ran, and
+``"fallback"`` why ``vmap`` was given up. ``{"op": "reset", "seeds": [n, ...]}`` starts S fresh
+trainings, training ``s``'s random numbers seeded with ``seeds[s]``.
+
 A failure of the candidate's code is a reply ``{"failure": {status, stage, reason, line}}``
 (after which the server exits); anything else ends the process.
 """
@@ -32,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sandbox.batching import BatchedSlot
 from sandbox.jail.runner import (
     _arm_diagnostics,
     _describe,
@@ -76,12 +84,19 @@ class Slot:
             self.code, self.base = compile(spec.source, CANDIDATE_FILE, "exec"), {"__builtins__": builtins}
         self.reset()
 
-    def reset(self, seed: int = 0) -> None:
+    def reset(self, seed: int = 0, seeds: list[int] | None = None) -> None:
         """A fresh copy: the module runs again (new globals, new defaults), every state is dropped,
-        and torch's random numbers start again from ``seed``."""
+        and torch's random numbers start again from ``seed``; with ``seeds``, S fresh batched trainings."""
         import torch
 
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if not seeds else seeds[0])
+        self.fn = self._load()
+        self.states: dict[int, dict[str, Any]] = {}
+        self.graph: tuple[Any, list[Any]] | None = None
+        self.batched = BatchedSlot(self._load, len(seeds), seeds) if seeds else None
+
+    def _load(self) -> Any:
+        """The candidate's function from a fresh run of its module."""
         namespace: dict[str, Any] = {"__name__": "candidate", **self.base}
         exec(self.code, namespace)  # the jail is the wall: this process is disposable
         fn = namespace.get(self.spec.slot)
@@ -89,11 +104,21 @@ class Slot:
             raise Failed(
                 {"status": "parse", "stage": "parse", "reason": f"no function named {self.spec.slot!r}", "line": -1}
             )
-        self.fn = fn
-        self.states: dict[int, dict[str, Any]] = {}
-        self.graph: tuple[Any, list[Any]] | None = None
+        return fn
 
-    def call(self, args: list[Any], grad: list[int], seed: float | None) -> dict[str, Any]:
+    def _batch(self, size: int) -> BatchedSlot:
+        """The batched slot of ``size`` trainings (made at the first batched request, as fresh trainings)."""
+        if self.batched is None:
+            self.batched = BatchedSlot(self._load, size, [0] * size)
+        if self.batched.batch != size:
+            raise ProtocolError(f"a batch of {size} trainings in a session of {self.batched.batch}")
+        return self.batched
+
+    def _mode(self) -> dict[str, Any]:
+        assert self.batched is not None
+        return {"mode": self.batched.mode, "fallback": self.batched.fallback}
+
+    def call(self, args: list[Any], grad: list[int], seed: float | str | None, batch: int = 0) -> dict[str, Any]:
         import torch
 
         self.graph = None
@@ -103,13 +128,18 @@ class Slot:
             args[i] = leaf
             leaves.append(leaf)
         with torch.enable_grad():
-            out = self.fn(*args)
+            out = self._batch(batch).call(args) if batch else self.fn(*args)
         graph = isinstance(out, torch.Tensor) and out.requires_grad and bool(leaves)
-        reply: dict[str, Any] = {"out": out.detach() if isinstance(out, torch.Tensor) else out, "graph": graph}
+        if isinstance(out, list):
+            sent: Any = [o.detach() if isinstance(o, torch.Tensor) else o for o in out]
+        else:
+            sent = out.detach() if isinstance(out, torch.Tensor) else out
+        reply: dict[str, Any] = {"out": sent, "graph": graph, **(self._mode() if batch else {})}
         if graph:
             self.graph = (out, leaves)
-            if seed is not None:  # "mean": the backward of out.mean()
-                value = 1.0 / max(1, out.numel()) if seed == "mean" else float(seed)
+            if seed is not None:  # "mean": the backward of out.mean() (of each training's mean, batched)
+                per_training = out.numel() // max(1, batch) if batch else out.numel()
+                value = 1.0 / max(1, per_training) if seed == "mean" else float(seed)
                 reply["grads"] = self._vjp(torch.full_like(out, value), keep=True)
         return reply
 
@@ -125,9 +155,14 @@ class Slot:
     def backward(self, grad_output: Any) -> dict[str, Any]:
         return {"grads": self._vjp(grad_output, keep=False)}
 
-    def update(self, params: list[Any], grads: list[Any], lr: float, step: int) -> dict[str, Any]:
+    def update(self, params: list[Any], grads: list[Any], lr: float, step: int, batch: int = 0) -> dict[str, Any]:
         import torch
 
+        if batch:
+            with torch.no_grad():
+                values = self._batch(batch).update(params, grads, lr, step)
+            sent = [p.detach() if isinstance(p, torch.Tensor) else p for p in values]
+            return {"params": sent, **self._mode()}
         new = []
         with torch.no_grad():
             for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
@@ -138,14 +173,16 @@ class Slot:
 def answer(slot: Slot, request: dict[str, Any]) -> dict[str, Any]:
     """The reply to one request (raises Failed for the candidate's own errors)."""
     op = request.get("op")
+    batch = int(request.get("batch") or 0)
     if op == "call":
-        return slot.call(list(request["args"]), list(request.get("grad", [])), request.get("seed"))
+        return slot.call(list(request["args"]), list(request.get("grad", [])), request.get("seed"), batch)
     if op == "backward":
         return slot.backward(request["grad_output"])
     if op == "update":
-        return slot.update(request["params"], request["grads"], float(request["lr"]), int(request["step"]))
+        return slot.update(request["params"], request["grads"], float(request["lr"]), int(request["step"]), batch)
     if op == "reset":
-        slot.reset(int(request.get("seed", 0)))
+        seeds = request.get("seeds")
+        slot.reset(int(request.get("seed", 0)), [int(s) for s in seeds] if seeds else None)
         return {"ok": True}
     raise ProtocolError(f"unknown request {str(op)[:40]!r}")
 

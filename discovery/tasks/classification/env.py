@@ -2,7 +2,7 @@
 
 * ``build_inputs`` (trusted) hands the sandbox only the standardised training features, the
   (possibly noisy) training labels, the number of classes and two seeds.
-* ``train_classifier`` (sandboxed) trains a two-hidden-layer ReLU MLP with Adam on shuffled
+* ``train_classifiers`` (trusted, against the jailed loss) trains a two-hidden-layer ReLU MLP with Adam on shuffled
   mini-batches with the candidate loss, and returns the final weights and training curves.
   No early stopping: with enough steps cross-entropy fits (memorises) flipped labels, which is
   what the noise-robust losses of the literature are meant to resist.
@@ -14,14 +14,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import check_per_example, descend
+from discovery.tasks.base import check_each, descend_batch
 from discovery.tasks.classification.data import Split, make_split
 
 
@@ -70,43 +70,78 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
     }
 
 
-def train_classifier(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Sandboxed: train a fresh MLP with the candidate loss on ``device``; final weights and curves,
-    on the CPU."""
-    x, y = inputs["features"].to(device), inputs["labels"].to(device)
-    classes = int(inputs["num_classes"])
-    n = x.shape[0]
-    batch = min(p.batch, n)
+def train_key(p: EnvParams) -> EnvParams:
+    """What a training depends on besides its labels: configurations with equal keys (they differ only in
+    label noise) train as one batch; the data's shapes follow from the dataset, imbalance and split."""
+    return replace(p, noise="none", noise_rate=0.0, ece_bins=0, ece_weight=0.0)
+
+
+def train_classifiers(
+    loss_fn: Any, p: EnvParams, batch: list[dict[str, Any]], device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """Trusted: train S fresh MLPs (S environments of equal :func:`train_key`) with the candidate loss, as
+    one vectorised training on ``device``; final weights and curves, on the CPU. Each network starts from
+    its own initialisation and sees its own minibatches in its own order; the stacked weights' forward is
+    ``vmap``-ed over ``functional_call``, one Adam steps them all (elementwise: S independent Adams), and
+    the batched ``loss_fn`` is called once per step. No early stopping: with enough steps cross-entropy
+    fits (memorises) flipped labels. A training's result does not depend on the others in its batch."""
+    size = len(batch)
+    shapes = {(tuple(i["features"].shape), int(i["num_classes"])) for i in batch}
+    if len(shapes) != 1:
+        raise RuntimeError(f"a batch of classification trainings with different shapes: {sorted(shapes)}")
+    x = torch.stack([i["features"] for i in batch]).to(device)
+    y = torch.stack([i["labels"] for i in batch]).to(device)
+    classes = int(batch[0]["num_classes"])
+    n = x.shape[1]
+    width = min(p.batch, n)
     # initialisation and minibatch order are drawn on the CPU (CUDA generators have other
     # streams), then moved: every device trains from the same weights on the same batches
-    torch.manual_seed(int(inputs["init_seed"]))
-    net = make_mlp(x.shape[1], p.hidden, classes).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=p.lr)
-    g = torch.Generator().manual_seed(int(inputs["order_seed"]))
-    order, cursor = torch.randperm(n, generator=g).to(device), 0
+    nets = []
+    for inputs in batch:
+        torch.manual_seed(int(inputs["init_seed"]))
+        nets.append(make_mlp(x.shape[2], p.hidden, classes))
+    net = nets[0].to(device)
+    params = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in nets]).to(device).requires_grad_(True)
+        for name, _ in nets[0].named_parameters()
+    }
+    opt = torch.optim.Adam(list(params.values()), lr=p.lr)
+    gens = [torch.Generator().manual_seed(int(inputs["order_seed"])) for inputs in batch]
+    orders, cursor = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device), 0
+    rows = torch.arange(size, device=device).unsqueeze(1)
+
+    def forward(weights: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(net, weights, (features,))
+
+    batched_forward = torch.func.vmap(forward)
     losses, grad_norms, train_acc = [], [], []
     every = max(1, p.steps // 20)
     for step in range(p.steps):
-        if cursor + batch > n:
-            order, cursor = torch.randperm(n, generator=g).to(device), 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
-        logits = net(x[idx])
-        targets = y[idx]
+        if cursor + width > n:
+            orders, cursor = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device), 0
+        idx = orders[:, cursor : cursor + width]
+        cursor += width
+        logits = batched_forward(params, x[rows, idx])
+        targets = y[rows, idx]
         out = loss_fn(logits, targets)
-        check_per_example(out, batch, logits.dtype, f"step {step}", "the logits")
-        loss = out.mean()
-        norm = descend(loss, opt, net.parameters(), step)
+        check_each(out, width, logits.dtype, f"step {step}", "the logits", size)
+        loss = out.mean(dim=1)
+        norm = descend_batch(loss, opt, params.values(), step)
         if step % every == 0 or step == p.steps - 1:
-            losses.append(float(loss.detach()))
-            grad_norms.append(float(norm))
-            train_acc.append(float((logits.detach().argmax(1) == targets).float().mean()))
-    return {
-        "model": {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()},
-        "curve_loss": torch.tensor(losses),
-        "curve_grad_norm": torch.tensor(grad_norms),
-        "curve_train_acc": torch.tensor(train_acc),
+            losses.append(loss.detach().cpu())
+            grad_norms.append(norm.detach().cpu())
+            train_acc.append((logits.detach().argmax(2) == targets).float().mean(dim=1).cpu())
+    curves = {
+        name: torch.stack(values, dim=1)
+        for name, values in (("curve_loss", losses), ("curve_grad_norm", grad_norms), ("curve_train_acc", train_acc))
     }
+    return [
+        {
+            "model": {k: v[s].detach().to("cpu", copy=True) for k, v in params.items()},
+            **{name: curve[s].clone() for name, curve in curves.items()},
+        }
+        for s in range(size)
+    ]
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
+    BatchItem,
     LibraryTask,
     SeedMetrics,
     Slot,
@@ -15,6 +16,8 @@ from discovery.tasks.base import (
     SuiteConfig,
     check_loss_contract,
     curves_from,
+    local_slot,
+    one_training,
     suite_config,
 )
 from discovery.tasks.base import env_seed as base_env_seed
@@ -23,7 +26,8 @@ from discovery.tasks.classification.env import (
     EnvParams,
     build_inputs,
     score_classifier,
-    train_classifier,
+    train_classifiers,
+    train_key,
 )
 
 SIGNATURE = "def loss(logits, targets) -> torch.Tensor"
@@ -115,8 +119,18 @@ class ClassificationTask(LibraryTask):
     def train(
         self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
-        """Train the MLP with ``fn`` on ``device``; the raw outputs come back on the CPU."""
-        return train_classifier(fn, EnvParams.from_mapping(config.params), inputs, device)
+        """Train the MLP with ``fn`` on ``device`` (the vectorised trainer, one training); the raw outputs
+        come back on the CPU."""
+        return train_classifiers(one_training(fn), EnvParams.from_mapping(config.params), [inputs], device)[0]
+
+    def batch_key(self, config: SuiteConfig) -> Any:
+        """Seeds of a configuration, and configurations that differ only in their label noise, train as one batch."""
+        return train_key(EnvParams.from_mapping(config.params))
+
+    def train_batch(self, fn: Any, items: list[BatchItem], device: str = "cpu") -> list[dict[str, Any]]:
+        """:meth:`train` for every item at once (:func:`train_classifiers`); ``fn`` batched over them."""
+        params = EnvParams.from_mapping(items[0][0].params)
+        return train_classifiers(local_slot(self.slot.kind, fn, len(items)), params, [i for _, _, i in items], device)
 
     def score(
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"

@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import cache_dir, check_per_example, descend
+from discovery.tasks.base import cache_dir, check_each, descend_batch
 
 ENV_VERSION = "pref-env-v1"
 #: what a preference loss must pass gradient to
@@ -91,6 +91,10 @@ class SequencePolicy(nn.Module):
     def sequence_logps(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Log-prob of each whole response [B]: the sum of its token log-probs, as in an LLM."""
         return self.token_logps(x, y).sum(dim=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`sequence_logps` (what ``torch.func.functional_call`` calls in a batched training)."""
+        return self.sequence_logps(x, y)
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
@@ -212,43 +216,78 @@ def build_inputs(p: EnvParams, seed: int) -> dict[str, Any]:
     }
 
 
-def train_policy(loss_fn: Any, p: EnvParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Sandboxed: start from the reference and train with the candidate loss on ``device``; the
-    returned weights and curves are on the CPU."""
+def train_key(p: EnvParams) -> EnvParams:
+    """What a training depends on besides its data: configurations with equal keys train as one batch
+    (the labels' noise, the reward family and the scoring settings only change the data or the score)."""
+    return replace(
+        p, reward_family="", label_noise=0.0, bt_temperature=0.0, eval_prompts=0, eval_samples=0, kl_coef=0.0
+    )
+
+
+def train_policies(
+    loss_fn: Any, p: EnvParams, batch: list[dict[str, Any]], device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """Trusted: train S policies (S environments of equal :func:`train_key`) from their references with
+    the candidate loss, as one vectorised training on ``device``; the returned weights and curves are on
+    the CPU. The S policies' weights are stacked, their forward is ``vmap``-ed over ``functional_call``,
+    one Adam steps the stacked weights (Adam is elementwise: S independent Adams), each training's
+    gradient is clipped by its own norm, and the batched ``loss_fn`` is called once per step for all S
+    (each training its own minibatches, in its own order). A training's result does not depend on S or
+    on the others in the batch: the same (configuration, seed) gives the same weights alone or batched."""
+    size = len(batch)
     policy = make_policy(p).to(device)
-    policy.load_state_dict(inputs["reference"])
-    opt = torch.optim.Adam(policy.parameters(), lr=p.lr)
-    x, chosen, rejected = (inputs[k].to(device) for k in ("prompts", "chosen", "rejected"))
-    ref_c, ref_r = (inputs[k].to(device) for k in ("reference_chosen_logps", "reference_rejected_logps"))
-    # the minibatch order is drawn on the CPU (CUDA generators have other streams), then moved
-    g = torch.Generator().manual_seed(int(inputs["order_seed"]))
-    n = x.shape[0]
-    order = torch.randperm(n, generator=g).to(device)
+    params = {
+        name: torch.stack([inputs["reference"][name] for inputs in batch]).to(device).requires_grad_(True)
+        for name, _ in policy.named_parameters()
+    }
+    opt = torch.optim.Adam(list(params.values()), lr=p.lr)
+
+    def stacked(key: str) -> torch.Tensor:
+        return torch.stack([inputs[key] for inputs in batch]).to(device)
+
+    x, chosen, rejected = stacked("prompts"), stacked("chosen"), stacked("rejected")
+    ref_c, ref_r = stacked("reference_chosen_logps"), stacked("reference_rejected_logps")
+    gens = [torch.Generator().manual_seed(int(inputs["order_seed"])) for inputs in batch]
+    n = x.shape[1]
+    orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+    rows = torch.arange(size, device=device).unsqueeze(1)
+
+    def logps(weights: dict[str, torch.Tensor], prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(policy, weights, (prompts, responses))
+
+    batched_logps = torch.func.vmap(logps)
     losses, grad_norms, margins = [], [], []
     every = max(1, p.steps // 20)
     cursor = 0
     for step in range(p.steps):
         if cursor + p.batch > n:
-            order, cursor = torch.randperm(n, generator=g).to(device), 0
-        idx = order[cursor : cursor + p.batch]
+            orders, cursor = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device), 0
+        idx = orders[:, cursor : cursor + p.batch]
         cursor += p.batch
-        both = policy.sequence_logps(x[idx].repeat(2, 1), torch.cat([chosen[idx], rejected[idx]]))
-        pc, pr = both[: p.batch], both[p.batch :]
-        out = loss_fn(pc, pr, ref_c[idx], ref_r[idx], p.beta)
-        check_per_example(out, p.batch, pc.dtype, f"step {step}", POLICY_LOGPS)
-        loss = out.mean()
-        norm = descend(loss, opt, policy.parameters(), step, max_norm=1.0)
+        xb = x[rows, idx]
+        both = batched_logps(params, xb.repeat(1, 2, 1), torch.cat([chosen[rows, idx], rejected[rows, idx]], dim=1))
+        pc, pr = both[:, : p.batch], both[:, p.batch :]
+        rc, rr = ref_c[rows, idx], ref_r[rows, idx]
+        out = loss_fn(pc, pr, rc, rr, p.beta)
+        check_each(out, p.batch, pc.dtype, f"step {step}", POLICY_LOGPS, size)
+        loss = out.mean(dim=1)
+        norm = descend_batch(loss, opt, params.values(), step, max_norm=1.0)
         if step % every == 0 or step == p.steps - 1:
-            losses.append(float(loss.detach()))
-            grad_norms.append(float(norm))
+            losses.append(loss.detach().cpu())
+            grad_norms.append(norm.detach().cpu())
             with torch.no_grad():
-                margins.append(float(((pc - ref_c[idx]) - (pr - ref_r[idx])).mean()))
-    return {
-        "policy": {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()},
-        "curve_loss": torch.tensor(losses),
-        "curve_grad_norm": torch.tensor(grad_norms),
-        "curve_margin": torch.tensor(margins),
+                margins.append(((pc - rc) - (pr - rr)).mean(dim=1).cpu())
+    curves = {
+        name: torch.stack(values, dim=1)
+        for name, values in (("curve_loss", losses), ("curve_grad_norm", grad_norms), ("curve_margin", margins))
     }
+    return [
+        {
+            "policy": {k: v[s].detach().to("cpu", copy=True) for k, v in params.items()},
+            **{name: curve[s].clone() for name, curve in curves.items()},
+        }
+        for s in range(size)
+    ]
 
 
 class ScoringContext:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
+    BatchItem,
     LibraryTask,
     SeedMetrics,
     Slot,
@@ -17,6 +18,8 @@ from discovery.tasks.base import (
     check_loss_contract,
     curves_from,
     env_seed,
+    local_slot,
+    one_training,
     suite_config,
 )
 from discovery.tasks.preference import baselines as library
@@ -25,7 +28,8 @@ from discovery.tasks.preference.env import (
     EnvParams,
     build_inputs,
     score_policy,
-    train_policy,
+    train_key,
+    train_policies,
 )
 
 SIGNATURE = (
@@ -116,8 +120,19 @@ class PreferenceTask(LibraryTask):
     def train(
         self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
-        """Train the policy with ``fn`` on ``device``; the raw outputs come back on the CPU."""
-        return train_policy(fn, EnvParams.from_mapping(config.params), inputs, device)
+        """Train the policy with ``fn`` on ``device`` (the vectorised trainer, one training); the raw outputs
+        come back on the CPU."""
+        return train_policies(one_training(fn), EnvParams.from_mapping(config.params), [inputs], device)[0]
+
+    def batch_key(self, config: SuiteConfig) -> Any:
+        """Seeds of a configuration, and configurations that differ only in their data (label noise), train
+        as one batch; ``beta`` is part of the key (the loss gets it as a plain number)."""
+        return train_key(EnvParams.from_mapping(config.params))
+
+    def train_batch(self, fn: Any, items: list[BatchItem], device: str = "cpu") -> list[dict[str, Any]]:
+        """:meth:`train` for every item at once (:func:`train_policies`); ``fn`` batched over them."""
+        params = EnvParams.from_mapping(items[0][0].params)
+        return train_policies(local_slot(self.slot.kind, fn, len(items)), params, [i for _, _, i in items], device)
 
     def score(
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
