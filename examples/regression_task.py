@@ -9,8 +9,11 @@ Run it with any command that takes ``--task``::
 The file only has to define ``TASK``, an instance of :class:`discovery.tasks.Task`. It runs on
 the trusted side only: ``train`` gets ``fn``, a proxy of the candidate's loss, which runs in a
 fresh jail per training and receives only each call's arguments (its output's backward is the
-jail's gradient). Heavy imports (scikit-learn here) sit inside :meth:`prepare` and :meth:`score`
-so that listing the task stays fast.
+jail's gradient). It opts in to batched trainings (``batch_key`` and ``train_batch``): the seeds
+of a configuration train as one vectorised training, with one call of the jailed loss per step
+for all of them; a task without these two methods trains one (configuration, seed) at a time.
+Heavy imports (scikit-learn here) sit inside :meth:`prepare` and :meth:`score` so that listing
+the task stays fast.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
+    BatchItem,
     ContractError,
     SeedMetrics,
     Slot,
@@ -29,6 +33,8 @@ from discovery.tasks.base import (
     Task,
     TrainingFailed,
     env_seed,
+    local_slot,
+    one_training,
 )
 
 IMPORTS = "import math\n\nimport torch\nimport torch.nn.functional as F"
@@ -147,28 +153,54 @@ class RobustRegressionTask(Task):
     def train(
         self, fn: Callable[..., Any], config: SuiteConfig, seed: int, inputs: dict[str, Any], device: str = "cpu"
     ) -> dict[str, Any]:
-        x, y = inputs["x"].to(device), inputs["y"].to(device)
-        torch.manual_seed(int(inputs["seed"]))
-        model = _model(x.shape[1]).to(device)  # initialised on the CPU: the same weights on every device
-        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        """One training: the batched trainer below with a batch of one, so that a (configuration, seed)
+        scores the same whether it trained alone or batched."""
+        return self.train_batch(one_training(fn), [(config, seed, inputs)], device)[0]
+
+    def batch_key(self, config: SuiteConfig) -> Any:
+        """Opt in to batched trainings: the seeds of a configuration, and configurations of the same
+        dataset (equal shapes), train as one vectorised training with one call of the loss per step."""
+        return config.params["data"]
+
+    def train_batch(self, fn: Any, items: list[BatchItem], device: str = "cpu") -> list[dict[str, Any]]:
+        """S trainings at once: weights stacked [S, ...], the model ``vmap``-ed over ``functional_call``,
+        one Adam for all (elementwise: S independent Adams); ``fn`` gets tensors [S, B] and returns [S, B]
+        (the candidate's loss applied per training, under ``vmap`` in the jail)."""
+        fn = local_slot(self.slot.kind, fn, len(items))  # a trusted function in process gets the same interface
+        x = torch.stack([inputs["x"] for _, _, inputs in items]).to(device)
+        y = torch.stack([inputs["y"] for _, _, inputs in items]).to(device)
+        models = []
+        for _, _, inputs in items:
+            torch.manual_seed(int(inputs["seed"]))
+            models.append(_model(x.shape[2]))  # initialised on the CPU: the same weights on every device
+        model = models[0].to(device)
+        weights = {
+            name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).to(device).requires_grad_()
+            for name, _ in model.named_parameters()
+        }
+        opt = torch.optim.Adam(list(weights.values()), lr=LR)
+        forward = torch.func.vmap(lambda w, features: torch.func.functional_call(model, w, (features,)).squeeze(-1))
         curve = []
         for step in range(STEPS):
-            losses = fn(model(x).squeeze(-1), y)
-            if not isinstance(losses, torch.Tensor) or losses.shape != y.shape:
-                raise TrainingFailed(f"step {step}: loss must have shape {tuple(y.shape)}")
-            value = losses.mean()
-            if not torch.isfinite(value):
-                raise TrainingFailed(f"step {step}: loss is NaN or infinite")
+            losses = fn(forward(weights, x), y)
+            for s in range(len(items)):
+                if not isinstance(losses, torch.Tensor) or losses[s].shape != y[s].shape:
+                    raise TrainingFailed(f"step {step}: loss must have shape {tuple(y[s].shape)}", index=s)
+            value = losses.mean(dim=1)  # each training's own mean
+            bad = (~torch.isfinite(value)).nonzero()
+            if bad.numel():
+                raise TrainingFailed(f"step {step}: loss is NaN or infinite", index=int(bad[0, 0]))
             opt.zero_grad()
-            value.backward()
+            value.sum().backward()  # the trainings' gradients do not mix: each depends on its own weights
             opt.step()
             if step % 30 == 0 or step == STEPS - 1:
-                curve.append(float(value.detach()))
-        # raw outputs go back to the trusted side through a file: CPU tensors
-        return {
-            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "curve_loss": torch.tensor(curve),
-        }
+                curve.append(value.detach().cpu())
+        curves = torch.stack(curve, dim=1)
+        # raw outputs go back to the trusted side: CPU tensors
+        return [
+            {"weights": {k: v[s].detach().cpu() for k, v in weights.items()}, "curve_loss": curves[s].clone()}
+            for s in range(len(items))
+        ]
 
     def score(
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"

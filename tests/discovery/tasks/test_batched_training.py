@@ -1,15 +1,16 @@
-"""Batched trainings give every (configuration, seed) the score it gets when trained alone.
-
-For every baseline and control of the loss tasks, the discover suite's cells (two seeds of every
-configuration, so that every batch the suite forms has several trainings) are trained twice in
-this process: each alone (``Task.train``, the function called per training) and in the batches
-``run_job`` forms (``Task.train_batch``, the function under ``vmap``). Their fitness must agree to
-1e-5 (they are in fact bit-identical: the vectorised trainer's result for one training does not
-depend on the others in its batch). The same through the real sandbox, and for a candidate that
-cannot run under ``vmap`` (it falls back to one call per training, and says so).
+"""Batched trainings give every (configuration, seed) the score it gets when trained alone. For every
+baseline and control of the loss tasks (and of the example user task, which opts in), the discover
+suite's cells (two seeds of the largest batch the suite forms and of its last one) are trained twice in this process: each alone (``Task.train``, the function called per
+training) and in the batches ``run_job`` forms (``Task.train_batch``, the function under ``vmap``).
+Their fitness must agree to 1e-5 (they are in fact bit-identical: the vectorised trainer's result
+for one training does not depend on the others in its batch). The same through the real sandbox, and
+for a candidate that cannot run under ``vmap`` (it falls back to one call per training, and says
+so).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -29,21 +30,34 @@ def _function(task, source):
     return namespace[task.slot.name]
 
 
+#: a user's task file that opts in to batching (``batch_key``, ``train_batch``)
+EXAMPLE = str(Path(__file__).resolve().parents[3] / "examples" / "regression_task.py")
+
+
+def _library(task):
+    return {**task.baselines, **getattr(task, "controls", {})}
+
+
 def _programs(task_name):
-    task = get_task(task_name)
-    return [(task_name, name) for name in {**task.baselines, **task.controls}]
+    return [(task_name, name) for name in _library(get_task(task_name))]
 
 
-@pytest.mark.parametrize(("task_name", "program"), _programs("preference") + _programs("classification"))
+@pytest.mark.parametrize(
+    ("task_name", "program"), _programs("preference") + _programs("classification") + _programs(EXAMPLE)
+)
 def test_batched_and_alone_fitness_agree_for_every_baseline_and_control(task_name, program):
     task = get_task(task_name)
-    fn = _function(task, {**task.baselines, **task.controls}[program])
+    fn = _function(task, _library(task)[program])
     suite = task.suite("discover")
     job = Job(task=task_name, source="", configs=[c.name for c in suite.configs], seeds=list(SEEDS))
     units = training_units(task, suite, job)
     assert max(len(u) for u in units) > len(SEEDS)  # configurations of equal shapes share a batch
-    inputs = {(c, s): task.prepare(suite.config(c), s) for c, s in ((c, s) for u in units for c, s in u)}
-    for unit in units:
+    assert sorted(cell for unit in units for cell in unit) == sorted((c, s) for c in job.configs for s in SEEDS)
+    # the largest batch (configurations of equal shapes together) and the last one: enough to compare
+    # batched with alone for every program without training the whole suite for each
+    checked = [max(units, key=len), units[-1]]
+    inputs = {(c, s): task.prepare(suite.config(c), s) for c, s in ((c, s) for u in checked for c, s in u)}
+    for unit in checked:
         items = [(suite.config(c), s, inputs[(c, s)]) for c, s in unit]
         batched = local_slot(task.slot.kind, fn, len(items))
         together = task.train_batch(batched, items, "cpu")
