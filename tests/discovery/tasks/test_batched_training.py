@@ -1,11 +1,11 @@
 """Batched trainings give every (configuration, seed) the score it gets when trained alone. For every
 baseline and control of the loss tasks (and of the example user task, which opts in), the discover
-suite's cells (two seeds of the largest batch the suite forms and of its last one) are trained twice in this process: each alone (``Task.train``, the function called per
-training) and in the batches ``run_job`` forms (``Task.train_batch``, the function under ``vmap``).
-Their fitness must agree to 1e-5 (they are in fact bit-identical: the vectorised trainer's result
-for one training does not depend on the others in its batch). The same through the real sandbox, and
-for a candidate that cannot run under ``vmap`` (it falls back to one call per training, and says
-so).
+suite's cells (two seeds of the largest batch the suite forms and of its last one) are trained twice
+in this process: each alone (``Task.train``, the function called per training) and in the batches
+``run_job`` forms (``Task.train_batch``, the function under ``vmap``). Their fitness must agree to
+1e-5 (they are in fact bit-identical: the vectorised trainer's result for one training does not
+depend on the others in its batch). The same through the real sandbox, and for a candidate that
+cannot run under ``vmap`` (it falls back to one call per training, and says so).
 """
 
 from __future__ import annotations
