@@ -183,7 +183,17 @@ class JailedUpdateRule:
             raise TrainingFailed(
                 f"step {step}: the sandbox returned {type(new).__name__} instead of {len(params)} new parameters"
             )
-        return [v.to(p.device) if isinstance(v, torch.Tensor) else v for v, p in zip(new, params, strict=True)]
+        return [_moved(v, p.device, self.batch) for v, p in zip(new, params, strict=True)]
+
+
+def _moved(value: Any, device: torch.device, batch: int) -> Any:
+    """A new parameter value on the trainer's ``device``; batched, a list is the S trainings' values
+    that did not stack (the loop fallback), each moved."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if batch and isinstance(value, list):
+        return [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+    return value
 
 
 def jailed_slot(kind: str, session: Session, call_seconds: float = 0.0, batch: int = 0) -> Any:

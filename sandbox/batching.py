@@ -114,7 +114,8 @@ class BatchedSlot:
 
     # -- update rules ------------------------------------------------------------------------------
     def update(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:
-        """Each parameter's new value, stacked [S, ...] like ``params`` (the rule's state stays here)."""
+        """Each parameter's new value, stacked [S, ...] like ``params`` (the rule's state stays here); in the
+        loop, the list of the S values as the function returned them when they do not stack."""
         import torch
 
         if self.mode == VMAP:
@@ -122,14 +123,14 @@ class BatchedSlot:
                 return self._update_vmap(params, grads, lr, step)
             except Exception as exc:  # noqa: BLE001 - as in :meth:`call`
                 self._give_up_vmap(exc)
-        new = []
+        new: list[Any] = []
         for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
             states = self.states.setdefault(i, [{} for _ in range(self.batch)])
             outs = [self._each(s, param[s], grad[s], states[s], lr, step) for s in range(self.batch)]
             if all(_is_tensor(o) for o in outs) and len({(o.shape, o.dtype) for o in outs}) == 1:
                 new.append(torch.stack(outs))
-            else:  # the trainer's check names what is wrong with the first bad one
-                new.append(next((o for o in outs if not _is_tensor(o)), outs[0]))
+            else:  # the trainer's check names the first training whose value is wrong, and what is wrong
+                new.append(outs)
         return new
 
     def _update_vmap(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:

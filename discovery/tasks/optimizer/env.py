@@ -199,21 +199,45 @@ def forward(p: ProblemParams, w: dict[str, torch.Tensor], x: torch.Tensor) -> to
                 h = torch.relu(h) if p.kind == "mlp" else torch.tanh(h)
         return h
     if p.kind == "cnn":
-        h = F.max_pool2d(torch.relu(F.conv2d(x.view(-1, 1, 8, 8), w["conv1"], w["bconv1"], padding=1)), 2)
-        h = F.max_pool2d(torch.relu(F.conv2d(h, w["conv2"], w["bconv2"], padding=1)), 2)
-        return h.flatten(1) @ w["w"] + w["b"]
+        return _conv_features(w, x) @ w["w"] + w["b"]
     if p.kind == "charlm":
         e = w["embed"][x].flatten(1)
         return torch.tanh(e @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
     raise ValueError(f"problem kind {p.kind!r} has no network")
 
 
+def _conv_features(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The convolutional network's features [B, 4 channels] of images ``x`` [B, 64]."""
+    h = F.max_pool2d(torch.relu(F.conv2d(x.view(-1, 1, 8, 8), w["conv1"], w["bconv1"], padding=1)), 2)
+    h = F.max_pool2d(torch.relu(F.conv2d(h, w["conv2"], w["bconv2"], padding=1)), 2)
+    return h.flatten(1)
+
+
+def forward_batch(p: ProblemParams, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """:func:`forward` of S networks at once: weights stacked [S, ...], each network on its own inputs
+    ``x`` [S, B, ...]; outputs [S, B, ...]. Batched matrix products; the convolutions run one training
+    at a time (a grouped convolution rounds differently with the number of groups), so that a
+    training's outputs do not depend on how many trainings share the batch."""
+    if p.kind == "cnn":
+        conv = ("conv1", "bconv1", "conv2", "bconv2")
+        features = torch.stack([_conv_features({k: w[k][s] for k in conv}, x[s]) for s in range(x.shape[0])])
+        return features @ w["w"] + w["b"].unsqueeze(1)
+    if p.kind == "charlm":
+        rows = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1)
+        e = w["embed"][rows, x].flatten(2)
+        return torch.tanh(e @ w["w1"] + w["b1"].unsqueeze(1)) @ w["w2"] + w["b2"].unsqueeze(1)
+    if p.kind in ("logreg", "mlp", "autoencoder"):  # every bias [S, n] broadcast over the batch
+        return forward(p, {k: v.unsqueeze(1) if v.dim() == 2 else v for k, v in w.items()}, x)
+    raise ValueError(f"problem kind {p.kind!r} has no network")
+
+
 def synthetic_loss(p: ProblemParams, x: torch.Tensor, problem: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The deterministic objective of a synthetic problem (>= 0, 0 at the optimum)."""
+    """The deterministic objective of a synthetic problem (>= 0, 0 at the optimum); for points ``x``
+    stacked [S, dim] (and their problems), one objective per point [S]."""
     if p.kind == "nqm":
-        return 0.5 * (problem["curvature"] * (x - problem["optimum"]) ** 2).sum()
+        return 0.5 * (problem["curvature"] * (x - problem["optimum"]) ** 2).sum(-1)
     z = x - problem["optimum"] + 1.0
-    return (100.0 * (z[1:] - z[:-1] ** 2) ** 2 + (1.0 - z[:-1]) ** 2).sum() / (p.dim - 1)
+    return (100.0 * (z[..., 1:] - z[..., :-1] ** 2) ** 2 + (1.0 - z[..., :-1]) ** 2).sum(-1) / (p.dim - 1)
 
 
 def nqm_curvature(p: ProblemParams) -> torch.Tensor:
@@ -249,47 +273,75 @@ def build_inputs(p: ProblemParams, seed: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- training (sandboxed)
 
+#: version of the trainer's arithmetic (part of the reference cache's key: a change re-trains SGD and AdamW)
+TRAINER_VERSION = "batched-1"
+
 
 class _Batches:
-    """Minibatches (inputs, targets) of one run on ``device``, drawn from a generator seeded by the
-    inputs. The draws happen on the CPU (CUDA generators have other streams) and are then moved,
-    so that every device sees the same batches."""
+    """Minibatches of S trainings of one problem on ``device``, stacked along a first dimension: each
+    training's own data, drawn from a generator seeded by its inputs. The draws happen on the CPU
+    (CUDA generators have other streams) and are then moved, so that every device sees the same batches."""
 
-    def __init__(self, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu"):
+    def __init__(self, p: ProblemParams, batch: list[dict[str, Any]], device: str = "cpu"):
         self.p = p
-        g = torch.Generator().manual_seed(int(inputs["order_seed"]))
-        if p.kind == "charlm":
-            text = inputs["text"].to(device).long()
-            self.windows = text.unfold(0, p.context + 1, 1)
-            self.index = torch.randint(0, self.windows.shape[0], (p.steps, p.batch), generator=g).to(device)
-        elif not p.synthetic:
-            self.x, self.y = inputs["x"].to(device), inputs["y"].to(device)
-            self.index = torch.randint(0, self.x.shape[0], (p.steps, p.batch), generator=g).to(device)
-        else:
-            self.problem = {k: v.to(device) for k, v in inputs["problem"].items()}
-            self.noise = torch.randn(p.steps, p.dim, generator=g).to(device) if p.noise > 0 else None
+        gens = [torch.Generator().manual_seed(int(inputs["order_seed"])) for inputs in batch]
 
-    def loss(self, w: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, float]:
-        """(the loss whose gradient the rule sees at ``step`` (from 1), the loss value recorded)."""
+        def stacked(key: str) -> torch.Tensor:
+            return torch.stack([inputs[key] for inputs in batch]).to(device)
+
+        def draws(high: int) -> torch.Tensor:
+            """Each training's minibatch rows [S, steps, batch], offset into the S trainings' rows laid end to end."""
+            index = torch.stack([torch.randint(0, high, (p.steps, p.batch), generator=g) for g in gens])
+            return (index + high * torch.arange(len(batch)).view(-1, 1, 1)).to(device)
+
+        if p.kind == "charlm":
+            windows = stacked("text").long().unfold(1, p.context + 1, 1)
+            self.index = draws(windows.shape[1])
+            self.windows = windows.flatten(0, 1)
+        elif not p.synthetic:
+            x, y = stacked("x"), stacked("y")
+            self.index = draws(x.shape[1])
+            self.x, self.y = x.flatten(0, 1), y.flatten(0, 1)
+        else:
+            self.problem = {k: torch.stack([i["problem"][k] for i in batch]).to(device) for k in batch[0]["problem"]}
+            self.noise = (
+                torch.stack([torch.randn(p.steps, p.dim, generator=g) for g in gens]).to(device)
+                if p.noise > 0
+                else None
+            )
+
+    def data(self, step: int) -> dict[str, torch.Tensor]:
+        """What each training's loss at ``step`` (from 1) reads, stacked [S, ...]."""
         p = self.p
         if p.synthetic:
-            problem = self.problem
-            value = synthetic_loss(p, w["x"], problem)
-            if self.noise is None:
-                return value, float(value.detach())
-            # noisy quadratic model: gradient noise with variance proportional to the curvature
-            scale = p.noise * torch.sqrt(problem["curvature"])
-            return value + (scale * self.noise[step - 1] * w["x"]).sum(), float(value.detach())
-        idx = self.index[step - 1]
+            noise = {} if self.noise is None else {"noise": self.noise[:, step - 1]}
+            return {**self.problem, **noise}
+        idx = self.index[:, step - 1]
         if p.kind == "charlm":
-            window = self.windows[idx]
-            loss = F.cross_entropy(forward(p, w, window[:, :-1]), window[:, -1])
-        elif p.kind == "autoencoder":
-            xb = self.x[idx]
-            loss = ((forward(p, w, xb) - xb) ** 2).sum(1).mean()
-        else:
-            loss = F.cross_entropy(forward(p, w, self.x[idx]), self.y[idx])
-        return loss, float(loss.detach())
+            return {"window": self.windows[idx]}
+        return {"x": self.x[idx], "y": self.y[idx]}
+
+
+def _losses(p: ProblemParams, w: dict[str, torch.Tensor], data: dict[str, torch.Tensor]) -> Any:
+    """Each training's (loss whose gradient the rule sees, loss value recorded), both [S]."""
+    if p.synthetic:
+        value = synthetic_loss(p, w["x"], data)
+        if "noise" not in data:
+            return value, value
+        # noisy quadratic model: gradient noise with variance proportional to the curvature
+        scale = p.noise * torch.sqrt(data["curvature"])
+        return value + (scale * data["noise"] * w["x"]).sum(-1), value
+    if p.kind == "charlm":
+        window = data["window"]
+        logits, target = forward_batch(p, w, window[..., :-1]), window[..., -1]
+    elif p.kind == "autoencoder":
+        xb = data["x"]
+        loss = ((forward_batch(p, w, xb) - xb) ** 2).sum(2).mean(1)
+        return loss, loss
+    else:
+        logits, target = forward_batch(p, w, data["x"]), data["y"]
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(target.shape).mean(1)
+    return loss, loss
 
 
 def _check_update(new: Any, old: torch.Tensor, name: str, step: int) -> None:
@@ -313,59 +365,159 @@ def _check_update(new: Any, old: torch.Tensor, name: str, step: int) -> None:
         )
 
 
-def train_one(
-    rule: Any, p: ProblemParams, inputs: dict[str, Any], lr: float, torch_seed: int, device: str = "cpu"
-) -> dict[str, Any]:
-    """One run of ``rule`` (an update rule with ``reset`` and ``step``, or a plain function) at
-    learning rate ``lr`` on ``device``: final weights (on the CPU), loss curve, step it diverged
-    at (0: never). The rule starts fresh (no state, no module globals kept) with its random
-    numbers seeded by ``torch_seed``, so that a rule that draws them gets the same ones every time."""
-    rule = as_update_rule(rule)
-    rule.reset(torch_seed)
-    torch.manual_seed(torch_seed)
-    w = {k: v.detach().to(device, copy=True).requires_grad_(True) for k, v in inputs["init"].items()}
+def _checked(new: Any, old: torch.Tensor, name: str, step: int, live: list[bool]) -> torch.Tensor:
+    """The S trainings' new values [S, ...] of one parameter, each checked as a training alone checks its
+    own (a training that stopped is not: its value is not used); the first that broke raises, with its
+    ``index``. ``new``: stacked values, or the list of the S values when they did not stack."""
+    if isinstance(new, torch.Tensor) and new.shape == old.shape and new.dtype == old.dtype and new.device == old.device:
+        return new
+    size, first = old.shape[0], live.index(True)
+    if isinstance(new, torch.Tensor):
+        if new.dim() == 0 or new.shape[0] != size:
+            raise TrainingFailed(
+                f"step {step}: the update of parameter {name!r} came back as shape {tuple(new.shape)} for "
+                f"{size} trainings",
+                index=first,
+            )
+        _check_one(new[first], old[first], name, step, first)  # stacked: one shape, dtype and device for all
+        return new
+    if not (isinstance(new, list) and len(new) == size):
+        _check_one(new, old[first], name, step, first)  # raises: not one value per training
+    for s, value in enumerate(new):
+        if live[s]:
+            _check_one(value, old[s], name, step, s)
+    return torch.stack([value if live[s] else old[s] for s, value in enumerate(new)])
+
+
+def _check_one(new: Any, old: torch.Tensor, name: str, step: int, index: int) -> None:
+    try:
+        _check_update(new, old, name, step)
+    except TrainingFailed as exc:
+        raise TrainingFailed(str(exc), index=index) from None
+
+
+class _Alone:
+    """An unbatched update rule (a function, a LocalUpdateRule, a jailed proxy of one training) as the
+    batched rule of one training: it sees slice 0 and its values come back with a dimension of 1."""
+
+    batch = 1
+    mode = ""
+    fallback = ""
+
+    def __init__(self, rule: Any):
+        self.rule = as_update_rule(rule)
+
+    def reset(self, seeds: list[int]) -> None:
+        self.rule.reset(seeds[0])
+
+    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, step: int) -> list[Any]:
+        news = self.rule.step([q[0] for q in params], [g[0] for g in grads], lr, step)
+        if not isinstance(news, list):
+            return news
+        # a tensor as one stacked value, anything else as the one training's value (the check names it)
+        return [v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v] for v in news]
+
+
+def train_runs(
+    rule: Any, p: ProblemParams, batch: list[dict[str, Any]], lr: float, torch_seeds: list[int], device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """S runs at learning rate ``lr`` on ``device`` as one vectorised training: the S trainings'
+    parameters stacked [S, ...], their losses and gradients computed by batched operations
+    (:func:`forward_batch`; each training's gradient is that of its own loss), and one call
+    of the batched update rule ``rule`` (``reset(seeds)``, ``step(params, grads, lr, step)`` on stacked
+    tensors) per step for all of them. Each training starts fresh, its rule's random numbers seeded by
+    its ``torch_seeds`` entry, and stops on its own when it diverges (its weights stay as they were; the
+    rule then sees its frozen weights and a zero gradient). Per training: final weights (on the CPU),
+    loss curve, step it diverged at (0: never). A training's results do not depend on S."""
+    size = len(batch)
+    rule.reset(list(torch_seeds))
+    torch.manual_seed(torch_seeds[0])
+    w = {
+        k: torch.stack([inputs["init"][k] for inputs in batch]).to(device).requires_grad_(True)
+        for k in batch[0]["init"]
+    }
     names = list(w)
     tensors = [w[k] for k in names]
-    batches = _Batches(p, inputs, device)
+    batches = _Batches(p, batch, device)
     every = max(1, p.steps // CURVE_POINTS)
-    curve: list[float] = []
-    first = None
-    diverged = 0
+    curves: list[list[float]] = [[] for _ in range(size)]
+    first: list[float | None] = [None] * size
+    diverged = [0] * size
+    ones = torch.ones(size, device=device)
     for step in range(1, p.steps + 1):
-        loss, value = batches.loss(w, step)
-        if first is None:
-            first = abs(value)
-        if not math.isfinite(value) or abs(value) > DIVERGE_FACTOR * max(first, 1e-12):
-            diverged = step
-            curve.append(float("nan"))
+        loss, value = _losses(p, w, batches.data(step))
+        for s, v in enumerate(value.detach().tolist()):
+            if diverged[s]:
+                continue
+            if first[s] is None:
+                first[s] = abs(v)
+            if not math.isfinite(v) or abs(v) > DIVERGE_FACTOR * max(first[s] or 0.0, 1e-12):
+                diverged[s] = step
+                curves[s].append(float("nan"))
+            elif (step - 1) % every == 0:
+                curves[s].append(v)
+        if all(diverged):
             break
-        if (step - 1) % every == 0:
-            curve.append(value)
-        grads = torch.autograd.grad(loss, tensors)
-        news = rule.step([t.detach() for t in tensors], list(grads), lr, step)  # one call for every parameter
+        grads = list(torch.autograd.grad(loss, tensors, ones))  # each training's gradient of its own loss
+        live = None if not any(diverged) else torch.tensor([d == 0 for d in diverged], device=device)
+        if live is not None:  # a training that stopped sees its frozen weights and a zero gradient
+            grads = [torch.where(_along(live, g), g, torch.zeros_like(g)) for g in grads]
+        # one call for every parameter of every training (a stopped training's weights as a copy: the rule
+        # may change ``param`` in place; the others' are overwritten by its values anyway)
+        news = rule.step([t.detach() if live is None else t.detach().clone() for t in tensors], grads, lr, step)
+        if not isinstance(news, list) or len(news) != len(names):
+            raise TrainingFailed(
+                f"step {step}: the update rule returned {type(news).__name__}, not {len(names)} values"
+            )
         with torch.no_grad():
             for name, tensor, new in zip(names, tensors, news, strict=True):
-                _check_update(new, tensor, name, step)
-                tensor.copy_(new)
+                checked = _checked(new, tensor, name, step, [d == 0 for d in diverged])
+                tensor.copy_(checked if live is None else torch.where(_along(live, checked), checked, tensor))
     n_points = (p.steps - 1) // every + 1
-    curve += [float("nan")] * (n_points - len(curve))
-    return {
-        "final": {k: v.detach().to("cpu", copy=True) for k, v in w.items()},
-        "curve": torch.tensor(curve[:n_points]),
-        "diverged_at": diverged,
-    }
+    runs = []
+    for s in range(size):
+        curve = curves[s] + [float("nan")] * (n_points - len(curves[s]))
+        runs.append(
+            {
+                "final": {k: v[s].detach().to("cpu", copy=True) for k, v in w.items()},
+                "curve": torch.tensor(curve[:n_points]),
+                "diverged_at": diverged[s],
+            }
+        )
+    return runs
+
+
+def _along(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The [S] ``mask`` shaped to broadcast over a stacked tensor [S, ...]."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def train_grids(rule: Any, p: ProblemParams, batch: list[dict[str, Any]], device: str = "cpu") -> list[dict[str, Any]]:
+    """The learning-rate grid of S (configuration, seed) trainings of equal problems at once: per
+    learning rate, one :func:`train_runs` of all S, each training's rule fresh (``reset``) and seeded
+    with its ``order_seed`` plus the learning rate's index. ``rule`` is batched over S (``reset`` takes
+    S seeds; :mod:`discovery.slots`, :class:`discovery.tasks.base.LocalBatchedUpdateRule`). Raw outputs
+    only, on the CPU, one dict per training."""
+    runs = [
+        train_runs(rule, p, batch, lr, [int(inputs["order_seed"]) + i for inputs in batch], device)
+        for i, lr in enumerate(p.lrs)
+    ]
+    return [
+        {
+            "final": [r[s]["final"] for r in runs],
+            "curve_loss": torch.stack([r[s]["curve"] for r in runs]),
+            "diverged_at": torch.tensor([r[s]["diverged_at"] for r in runs]),
+        }
+        for s in range(len(batch))
+    ]
 
 
 def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Run ``rule`` on ``device`` once per learning rate of the grid; raw outputs only, on the CPU.
-    Each learning rate gets a fresh copy of the rule (``reset``): nothing it remembers crosses runs."""
-    rule = as_update_rule(rule)
-    runs = [train_one(rule, p, inputs, lr, int(inputs["order_seed"]) + i, device) for i, lr in enumerate(p.lrs)]
-    return {
-        "final": [r["final"] for r in runs],
-        "curve_loss": torch.stack([r["curve"] for r in runs]),
-        "diverged_at": torch.tensor([r["diverged_at"] for r in runs]),
-    }
+    """Run ``rule`` (an update rule of one training, or a plain function) on ``device`` once per
+    learning rate of the grid: :func:`train_grids` with a batch of one, so a training scores the same
+    alone as in a batch. Each learning rate gets a fresh copy of the rule (``reset``): nothing it
+    remembers crosses runs."""
+    return train_grids(_Alone(rule), p, [inputs], device)[0]
 
 
 # ----------------------------------------------------------------------------- scoring (trusted)
@@ -451,7 +603,7 @@ def reference_means(
     """Trusted: the grid mean of each trusted reference rule (plain SGD, AdamW) on this
     (configuration, seed), computed once (memory, then a disk cache keyed by the problem, the
     seed and the rules' source) by running the rules in this process."""
-    key = hashlib.sha256(repr((ENV_VERSION, p, seed, rule_sources)).encode()).hexdigest()[:24]
+    key = hashlib.sha256(repr((ENV_VERSION, TRAINER_VERSION, p, seed, rule_sources)).encode()).hexdigest()[:24]
     if key in _references:
         return _references[key]
     cache = cache_dir()

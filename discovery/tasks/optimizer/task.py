@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import (
+    BatchItem,
     ContractError,
     LibraryTask,
     SeedMetrics,
@@ -18,6 +19,7 @@ from discovery.tasks.base import (
     SuiteConfig,
     as_update_rule,
     env_seed,
+    local_slot,
     suite_config,
 )
 from discovery.tasks.optimizer import baselines as library
@@ -28,6 +30,7 @@ from discovery.tasks.optimizer.env import (
     reference_means,
     scoring_context,
     train_grid,
+    train_grids,
 )
 
 SIGNATURE = "def update(param, grad, state, lr, step) -> torch.Tensor"
@@ -156,6 +159,17 @@ class OptimizerTask(LibraryTask):
         """Run the rule ``fn`` over the learning-rate grid with parameters, gradients and the rule's
         state on ``device``; the raw outputs come back on the CPU."""
         return train_grid(fn, ProblemParams.from_mapping(config.params), inputs, device)
+
+    def batch_key(self, config: SuiteConfig) -> Any:
+        """The seeds of a configuration, and configurations of equal problems, train as one batch: the
+        problem's settings hold every shape, the step count and the learning-rate grid the rule sees."""
+        return ProblemParams.from_mapping(config.params)
+
+    def train_batch(self, fn: Any, items: list[BatchItem], device: str = "cpu") -> list[dict[str, Any]]:
+        """:meth:`train` for every item at once (:func:`train_grids`), ``fn`` batched over them: per learning
+        rate, one vectorised training of all items. A training's outputs are those it gets alone."""
+        p = ProblemParams.from_mapping(items[0][0].params)
+        return train_grids(local_slot(self.slot.kind, fn, len(items)), p, [i for _, _, i in items], device)
 
     def score(
         self, config: SuiteConfig, seed: int, inputs: dict[str, Any], outputs: dict[str, Any], device: str = "cpu"
