@@ -2,13 +2,14 @@
 
 The trainer runs on the trusted side (``discovery.training``); only the candidate's slot function
 runs in the jail. Each :class:`DockerSandbox` (one per worker) keeps one long-lived container,
-started at its first session (and again whenever it died, or a session asks for other
-container limits), that runs the warm template (``python -m sandbox.jail.template ENV --fifos
-IN OUT``). Every session is a fresh child forked from that template: it opens its session's FIFOs,
-puts up its own walls (:func:`sandbox.jail.runner.confine_job`: the session directory handed to uid
-65534, every privilege dropped, rlimits, the seccomp filter refusing fork/exec and sockets) and
-only then loads the candidate; it answers calls of the slot over the FIFOs and is killed, and its
-directory wiped, when the session ends.
+started at its first session (and again whenever it died, was OOM-killed or stopped answering:
+noted in :attr:`DockerSandbox.replacements`, or a session asks for other container limits), that
+runs the warm template (``python -m sandbox.jail.template ENV --fifos IN OUT``). Every session is
+a fresh child forked from that template: it opens its session's FIFOs, puts up its own walls
+(:func:`sandbox.jail.runner.confine_job`: the session directory handed to uid 65534, every
+privilege dropped, rlimits, the seccomp filter refusing fork/exec and sockets) and only then loads
+the candidate; it answers calls of the slot over the FIFOs and is killed, and its directory wiped,
+when the session ends.
 
 Around that, the engine enforces for the whole container: no network at all, a read-only root
 filesystem (writable: only the session's directory under ``/job``, a bind mount of this
@@ -78,6 +79,9 @@ START_SECONDS = 120.0
 POLL_SECONDS = 0.5
 #: seconds a request to the template may wait for room in its FIFO
 SEND_SECONDS = 10.0
+#: seconds the template may take to say it forked a session (a fork takes milliseconds): past
+#: them it is taken as hung, and its container is replaced before the session's candidate is blamed
+STARTED_SECONDS = 10.0
 #: the project's trusted package (the tasks, their environments, the trainer), never visible in a jail:
 #: wherever the image holds it, the worker's container covers it with an empty read-only tmpfs
 TRUSTED_PACKAGES = ("discovery",)
@@ -129,8 +133,7 @@ class _ContainerWatch(Watch):
         if self._exit is None:
             for event in self.box._events():
                 if event is None:  # the template (and with it the container) is gone
-                    self.box._remove_container()  # a container that died by itself would stay behind
-                    self.box._forget_container()
+                    self.box._retire(f"ended during {self.session_id}")
                     self.fd = -1
                     self._exit = {"returncode": None, "signal": 9}
                 elif event.get("event") == "exited" and event.get("id") == self.session_id:
@@ -141,13 +144,13 @@ class _ContainerWatch(Watch):
         if self._exit is not None:
             return
         if self._killed:  # asked before and still not gone: the whole container goes
-            self.box._remove_container()
+            self.box._remove_container(f"its template did not end {self.session_id} when asked")
             return
         self._killed = True
         try:
             self.box._send({"op": "kill", "id": self.session_id})
-        except OSError:
-            self.box._remove_container()
+        except OSError as exc:
+            self.box._remove_container(f"its template took no kill request for {self.session_id} ({exc.strerror})")
 
 
 class DockerSandbox(Sandbox):
@@ -178,6 +181,11 @@ class DockerSandbox(Sandbox):
         self._requests_fd = -1
         self._events_fd = -1
         self._buffer = b""
+        #: why this side removed the running container, when it did (for its note in ``replacements``)
+        self._removal = ""
+        #: one line for each container that misbehaved (died, was OOM-killed, hung) and was
+        #: replaced: which, how, and when; the next session starts in a fresh container
+        self.replacements: list[str] = []
         self.root: Path | None = None
         try:
             self.client = docker.from_env()
@@ -254,13 +262,10 @@ class DockerSandbox(Sandbox):
                 write_deadline(directory, seconds)
                 _share(directory)
                 run = {"op": "run", "id": directory.name, "job_dir": f"{CONTAINER_JOB_DIR}/{directory.name}"}
-                try:
-                    self._send(run)
-                except OSError:  # the template went away just now: once more, in a new container
-                    self._remove_container()
-                    self._forget_container()
+                if not self._run(run):  # the template is gone or hung: once more, in a fresh container
                     self._ensure_container(key)
-                    self._send(run)
+                    if not self._run(run):
+                        raise DockerUnavailable(f"the sandbox template does not answer ({self.replacements[-1]})")
                 session = Session(directory, spec, _ContainerWatch(self, directory.name), fds, seconds, max_payload)
                 session.ready()
                 yield session
@@ -274,7 +279,7 @@ class DockerSandbox(Sandbox):
 
     def kill(self) -> None:
         """Remove the container at once, the running session with it (an abort; from any thread)."""
-        self._remove_container()
+        self._remove_container("removed by an abort")
 
     def close(self) -> None:
         """Remove the container and this sandbox's directory."""
@@ -337,8 +342,10 @@ class DockerSandbox(Sandbox):
 
     def _ensure_container(self, key: tuple[int, int, int]) -> None:
         """A running container with a ready template for sessions of these container limits."""
-        if self._container is not None and self._container_key == key and self._alive():
-            return
+        if self._container is not None and self._container_key == key:
+            if self._alive():
+                return
+            self._retire("ended between sessions")
         self._remove_container()
         self._forget_container()
         self._start_container(key)
@@ -444,6 +451,77 @@ class DockerSandbox(Sandbox):
         """Whether the template is still there; drops events that belong to no session (none should)."""
         return None not in self._events()
 
+    def _run(self, run: dict[str, Any]) -> bool:
+        """Ask the template to fork a session and wait until it says it did; False (the container
+        retired, with its note) when the template is gone, takes no request or does not answer."""
+        try:
+            self._send(run)
+        except OSError as exc:
+            self._retire(f"took no request ({exc.strerror})")
+            return False
+        deadline = time.monotonic() + STARTED_SECONDS
+        while True:
+            try:
+                event = self._next_event(deadline)
+            except TimeoutError:
+                self._remove_container(f"its template did not start {run['id']} within {STARTED_SECONDS:g} s")
+                self._retire("")
+                return False
+            if event is None:
+                self._retire(f"ended before {run['id']} started")
+                return False
+            if event.get("event") == "started" and event.get("id") == run["id"]:
+                return True
+
+    def _next_event(self, deadline: float) -> dict[str, Any] | None:
+        """The template's next event (None when it is gone), read to the end of its own line only:
+        what follows (the session's exit) stays in the FIFO, where the session's watch sees it
+        arrive. TimeoutError past ``deadline``."""
+        while b"\n" not in self._buffer:
+            fd = self._events_fd
+            if fd < 0:
+                return None
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError
+            try:
+                byte = os.read(fd, 1)  # one line is some 60 bytes
+            except BlockingIOError:
+                continue
+            if not byte:
+                return None
+            self._buffer += byte
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        return event if isinstance(event, dict) else None
+
+    def _retire(self, what: str) -> None:
+        """Remove the container that misbehaved and note why (``what`` happened, and how it ended)."""
+        container = self._container
+        if container is None:
+            return
+        why = self._removal or f"{what} ({self._end_state(container)})"
+        self.replacements.append(one_line(f"container {container.id[:12]} {why}; replaced by a fresh one"))
+        self._remove_container()
+        self._forget_container()
+
+    @staticmethod
+    def _end_state(container: Any) -> str:
+        """How ``container`` ended, in words, as the engine tells (asked only once it is gone)."""
+        try:
+            container.reload()
+        except Exception:  # noqa: BLE001 - removed from outside, or the engine is down
+            return "removed"
+        state = container.attrs.get("State") or {}
+        if state.get("OOMKilled"):
+            return f"OOM-killed at its {(container.attrs.get('HostConfig') or {}).get('Memory', 0) >> 20} MB limit"
+        status = state.get("Status", "unknown")
+        if status in ("running", "paused", "restarting"):
+            return f"{status}, its template gone"
+        return f"{status}, exit code {state.get('ExitCode')}"
+
     def _events(self, timeout: float = 0.0) -> list[dict[str, Any] | None]:
         """The template's events that have arrived (waiting at most ``timeout``); its end (or
         anything but its JSON lines) reads as None."""
@@ -484,11 +562,14 @@ class DockerSandbox(Sandbox):
                     raise OSError(errno.ETIMEDOUT, "the sandbox template takes no requests") from None
                 select.select([], [self._requests_fd], [], 0.05)
 
-    def _remove_container(self) -> None:
-        """Remove the container now (its processes die with it); safe from any thread."""
+    def _remove_container(self, why: str = "") -> None:
+        """Remove the container now (its processes die with it); safe from any thread. ``why``:
+        this side's reason, noted when the session that sees it gone retires it."""
         container = self._container
         if container is None:
             return
+        if why and not self._removal:
+            self._removal = why
         try:
             container.remove(force=True)
         except Exception:  # noqa: BLE001 - already gone, or the engine is down
@@ -497,6 +578,7 @@ class DockerSandbox(Sandbox):
     def _forget_container(self) -> None:
         """Drop this side's ends of the template's FIFOs (after the container is gone)."""
         self._container, self._container_key = None, None
+        self._removal = ""
         for name in ("_requests_fd", "_events_fd"):
             fd = getattr(self, name)
             setattr(self, name, -1)

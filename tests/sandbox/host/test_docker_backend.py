@@ -31,6 +31,7 @@ from sandbox.host.docker_backend import (
     IPC_SYSCTLS,
     REQUESTS_FIFO,
     SANDBOX_UID,
+    STARTED_SECONDS,
     TEMPLATE_CAPABILITIES,
     TEMPLATE_MEMORY_MB,
     TEMPLATE_PIDS,
@@ -589,6 +590,7 @@ def test_kill_removes_the_container_and_the_next_session_starts_a_new_one(docker
         assert first not in _job_containers(sandbox)
         assert _call(sandbox, "def f():\n    return 2\n")[0] == 2
         assert sandbox._container.id != first
+        assert sandbox.replacements == [f"container {first[:12]} removed by an abort; replaced by a fresh one"]
         # a container that dies by itself ends its session the same way, and is not left behind
         second = sandbox._container.id
         threading.Timer(1.0, sandbox.client.containers.get(second).kill).start()
@@ -596,6 +598,65 @@ def test_kill_removes_the_container_and_the_next_session_starts_a_new_one(docker
         assert outcome.status is Status.CRASHED and "SIGKILL" in outcome.reason, outcome.reason
         assert second not in _job_containers(sandbox)
         assert _call(sandbox, "def f():\n    return 3\n")[0] == 3
+        assert len(sandbox.replacements) == 2
+        assert sandbox.replacements[1].startswith(f"container {second[:12]} ended during session-")
+        assert "(exited, exit code 137)" in sandbox.replacements[1]
+
+
+#: run in a worker container (docker exec, as its root): the template is the first to go when memory runs out
+_TEMPLATE_FIRST_TO_GO = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        continue
+    if argv[1:3] == [b"-m", b"sandbox.jail.template"]:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+            fh.write("1000")
+"""
+
+
+def _misbehave(container: Any, how: str) -> None:
+    """Make a worker's container misbehave from outside, between sessions."""
+    if how == "killed":
+        container.kill()
+        container.wait(timeout=30)
+    elif how == "hung":  # frozen: its template takes requests into its FIFO and never answers
+        container.pause()
+    else:  # the container's memory cgroup runs out, and its OOM killer takes the template
+        assert container.exec_run(_py(_TEMPLATE_FIRST_TO_GO)).exit_code == 0
+        container.reload()
+        limit_mb = container.attrs["HostConfig"]["Memory"] >> 20
+        container.exec_run(_py(f"blob = bytearray({limit_mb + 256} * 2**20)"))
+        container.wait(timeout=60)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("killed", "ended between sessions (exited, exit code 137)"),
+        ("oom", "ended between sessions (OOM-killed at its 2560 MB limit)"),
+        ("hung", "its template did not start session-"),
+    ],
+)
+def test_a_container_that_misbehaves_between_sessions_is_replaced(docker_image: str, how: str, said: str):
+    """The next session runs in a fresh container, its candidate not blamed, and the sandbox says
+    which container was replaced and why."""
+    with DockerSandbox(image=docker_image) as sandbox:
+        assert _call(sandbox, "def f():\n    return 1\n")[0] == 1
+        first = sandbox._container
+        _misbehave(first, how)
+        start = time.monotonic()
+        out, outcome = _call(sandbox, "def f():\n    return 2\n")
+        assert outcome.ok and out == 2, outcome.reason
+        assert time.monotonic() - start < STARTED_SECONDS + 60
+        assert sandbox._container.id != first.id and first.id not in _job_containers(sandbox)
+        assert len(sandbox.replacements) == 1 and sandbox.replacements[0].startswith(f"container {first.id[:12]} ")
+        assert said in sandbox.replacements[0], sandbox.replacements
+        assert _call(sandbox, "def f():\n    return 3\n")[0] == 3
+        assert len(sandbox.replacements) == 1
 
 
 @pytest.mark.docker
