@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from discovery.tasks.base import TrainingFailed
-from sandbox.batching import FALLBACK_CHARS, LOOP, VMAP
+from sandbox.batching import FALLBACK_CHARS, LOOP, VMAP, seeds_for
 from sandbox.host.session import Session
 
 #: Python values a slot argument may be besides a tensor
@@ -159,8 +159,7 @@ class JailedUpdateRule:
         """A fresh copy of the rule (new module, no state), its random numbers seeded with ``seed``;
         batched, one seed per training."""
         if self.batch:
-            seeds = [int(s) for s in seed] if isinstance(seed, list) else [int(seed)] * self.batch
-            self.session.request({"op": "reset", "seeds": seeds}, self.call_seconds)
+            self.session.request({"op": "reset", "seeds": seeds_for(seed, self.batch)}, self.call_seconds)
             self.mode, self.fallback = VMAP, ""
         else:
             self.session.request({"op": "reset", "seed": int(seed)}, self.call_seconds)  # type: ignore[arg-type]

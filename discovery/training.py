@@ -95,7 +95,7 @@ def training_units(task: Task, suite: Suite, job: Job) -> list[list[tuple[str, i
 
 
 def _unit_name(unit: list[tuple[str, int]]) -> str:
-    """``clean seed 0``, or for a batch ``clean seeds 0-2 + noise20 seeds 0-2``."""
+    """``clean seed 0``, or for a batch ``clean seeds 0,1,2 + noise20 seeds 0,1,2``."""
     if len(unit) == 1:
         return f"{unit[0][0]} seed {unit[0][1]}"
     by_config: dict[str, list[int]] = {}

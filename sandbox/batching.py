@@ -33,6 +33,11 @@ LOOP = "loop"
 FALLBACK_CHARS = 200
 
 
+def seeds_for(seed: int | list[int], batch: int) -> list[int]:
+    """One random-number seed per training of a batch: ``seed`` as given (a list), or repeated."""
+    return [int(s) for s in seed] if isinstance(seed, list) else [int(seed)] * batch
+
+
 def _is_tensor(value: Any) -> bool:
     import torch
 

@@ -153,6 +153,24 @@ def descend_batch(loss: Any, opt: Any, parameters: Iterable[Any], step: int, max
     return norm
 
 
+def split_trainings(
+    weights_name: str, weights: Mapping[str, Any], curves: Mapping[str, list[Any]]
+) -> list[dict[str, Any]]:
+    """The raw outputs of each training of a vectorised one: its slice of the stacked ``weights`` (under
+    ``weights_name``) and of every curve (``curve_<name>`` -> the per-step values [S] recorded), on the CPU."""
+    import torch
+
+    stacked = {name: torch.stack(values, dim=1) for name, values in curves.items()}
+    size = next(iter(weights.values())).shape[0]
+    return [
+        {
+            weights_name: {k: v[s].detach().to("cpu", copy=True) for k, v in weights.items()},
+            **{name: curve[s].clone() for name, curve in stacked.items()},
+        }
+        for s in range(size)
+    ]
+
+
 def check_loss_contract(
     fn: Callable[..., Any], args: tuple[Any, ...], batch: int, wrt: str, watched: Mapping[str, Any], context: str = ""
 ) -> None:
@@ -421,9 +439,9 @@ class LocalBatchedUpdateRule(LocalBatchedFunction):
         """Fresh states; training ``s``'s random numbers seeded with ``seed[s]``."""
         import torch
 
-        from sandbox.batching import BatchedSlot
+        from sandbox.batching import BatchedSlot, seeds_for
 
-        seeds = [int(s) for s in seed] if isinstance(seed, list) else [int(seed)] * self.batch
+        seeds = seeds_for(seed, self.batch)
         torch.manual_seed(seeds[0])
         self.slot = BatchedSlot(lambda: self.fn, self.batch, seeds)
 
@@ -433,15 +451,17 @@ class LocalBatchedUpdateRule(LocalBatchedFunction):
 
 
 class OneTraining:
-    """An unbatched slot function (a jailed proxy, or a trusted function) as a batch of one training:
-    called on slice 0 of every tensor argument, its tensor output given the batch dimension back."""
+    """An unbatched slot function (a jailed proxy of one training, or a trusted function) as a batch of
+    one training: it sees slice 0 of every tensor argument, and its values come back with a batch
+    dimension of 1 (anything but a tensor as the one training's value, for the trainer's checks)."""
 
     batch = 1
-    mode = "alone"
+    mode = ""
     fallback = ""
 
     def __init__(self, fn: Any):
         self.fn = fn
+        self._rule: Any = None
 
     def __call__(self, *args: Any) -> Any:
         import torch
@@ -449,16 +469,25 @@ class OneTraining:
         out = self.fn(*[a[0] if isinstance(a, torch.Tensor) else a for a in args])
         return out.unsqueeze(0) if isinstance(out, torch.Tensor) else [out]
 
+    @property
+    def rule(self) -> Any:
+        """``fn`` as an update rule with ``reset`` and ``step`` (:func:`as_update_rule`)."""
+        if self._rule is None:
+            self._rule = as_update_rule(self.fn)
+        return self._rule
+
     def reset(self, seed: int | list[int]) -> None:
         """The update rule's reset, with the batch's one seed."""
-        self.fn.reset(seed[0] if isinstance(seed, list) else seed)
+        self.rule.reset(seed[0] if isinstance(seed, list) else seed)
 
     def step(self, params: list[Any], grads: list[Any], lr: float, step: int) -> list[Any]:
         """The update rule's step on slice 0, each new value given the batch dimension back."""
         import torch
 
-        new = self.fn.step([p[0] for p in params], [g[0] for g in grads], lr, step)
-        return [v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for v in new]
+        new = self.rule.step([p[0] for p in params], [g[0] for g in grads], lr, step)
+        if not isinstance(new, list):
+            return new
+        return [v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v] for v in new]
 
 
 def one_training(fn: Any) -> Any:
@@ -469,9 +498,11 @@ def one_training(fn: Any) -> Any:
 def local_slot(kind: str, fn: Any, batch: int) -> Any:
     """``fn`` if it is already batched (a jailed proxy with ``batch``), else the batched interface of
     the trusted function ``fn`` of a slot of ``kind``, run in this process."""
+    from sandbox.wire import UPDATE_RULE
+
     if getattr(fn, "batch", 0):
         return fn
-    return LocalBatchedUpdateRule(fn, batch) if kind == "update_rule" else LocalBatchedFunction(fn, batch)
+    return LocalBatchedUpdateRule(fn, batch) if kind == UPDATE_RULE else LocalBatchedFunction(fn, batch)
 
 
 def as_update_rule(rule: Any) -> Any:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import check_each, descend_batch
+from discovery.tasks.base import check_each, descend_batch, split_trainings
 from discovery.tasks.classification.data import Split, make_split
 
 
@@ -131,17 +131,9 @@ def train_classifiers(
             losses.append(loss.detach().cpu())
             grad_norms.append(norm.detach().cpu())
             train_acc.append((logits.detach().argmax(2) == targets).float().mean(dim=1).cpu())
-    curves = {
-        name: torch.stack(values, dim=1)
-        for name, values in (("curve_loss", losses), ("curve_grad_norm", grad_norms), ("curve_train_acc", train_acc))
-    }
-    return [
-        {
-            "model": {k: v[s].detach().to("cpu", copy=True) for k, v in params.items()},
-            **{name: curve[s].clone() for name, curve in curves.items()},
-        }
-        for s in range(size)
-    ]
+    return split_trainings(
+        "model", params, {"curve_loss": losses, "curve_grad_norm": grad_norms, "curve_train_acc": train_acc}
+    )
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from discovery.tasks.base import TrainingFailed, as_update_rule, cache_dir
+from discovery.tasks.base import TrainingFailed, cache_dir, one_training
 
 ENV_VERSION = "opt-env-v1"
 #: training loss recorded at about this many points per run (the curve shown as feedback)
@@ -396,28 +396,6 @@ def _check_one(new: Any, old: torch.Tensor, name: str, step: int, index: int) ->
         raise TrainingFailed(str(exc), index=index) from None
 
 
-class _Alone:
-    """An unbatched update rule (a function, a LocalUpdateRule, a jailed proxy of one training) as the
-    batched rule of one training: it sees slice 0 and its values come back with a dimension of 1."""
-
-    batch = 1
-    mode = ""
-    fallback = ""
-
-    def __init__(self, rule: Any):
-        self.rule = as_update_rule(rule)
-
-    def reset(self, seeds: list[int]) -> None:
-        self.rule.reset(seeds[0])
-
-    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, step: int) -> list[Any]:
-        news = self.rule.step([q[0] for q in params], [g[0] for g in grads], lr, step)
-        if not isinstance(news, list):
-            return news
-        # a tensor as one stacked value, anything else as the one training's value (the check names it)
-        return [v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v] for v in news]
-
-
 def train_runs(
     rule: Any, p: ProblemParams, batch: list[dict[str, Any]], lr: float, torch_seeds: list[int], device: str = "cpu"
 ) -> list[dict[str, Any]]:
@@ -517,7 +495,7 @@ def train_grid(rule: Any, p: ProblemParams, inputs: dict[str, Any], device: str 
     learning rate of the grid: :func:`train_grids` with a batch of one, so a training scores the same
     alone as in a batch. Each learning rate gets a fresh copy of the rule (``reset``): nothing it
     remembers crosses runs."""
-    return train_grids(_Alone(rule), p, [inputs], device)[0]
+    return train_grids(one_training(rule), p, [inputs], device)[0]
 
 
 # ----------------------------------------------------------------------------- scoring (trusted)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discovery.tasks.base import cache_dir, check_each, descend_batch
+from discovery.tasks.base import cache_dir, check_each, descend_batch, split_trainings
 
 ENV_VERSION = "pref-env-v1"
 #: what a preference loss must pass gradient to
@@ -277,17 +277,9 @@ def train_policies(
             grad_norms.append(norm.detach().cpu())
             with torch.no_grad():
                 margins.append(((pc - rc) - (pr - rr)).mean(dim=1).cpu())
-    curves = {
-        name: torch.stack(values, dim=1)
-        for name, values in (("curve_loss", losses), ("curve_grad_norm", grad_norms), ("curve_margin", margins))
-    }
-    return [
-        {
-            "policy": {k: v[s].detach().to("cpu", copy=True) for k, v in params.items()},
-            **{name: curve[s].clone() for name, curve in curves.items()},
-        }
-        for s in range(size)
-    ]
+    return split_trainings(
+        "policy", params, {"curve_loss": losses, "curve_grad_norm": grad_norms, "curve_margin": margins}
+    )
 
 
 class ScoringContext:
