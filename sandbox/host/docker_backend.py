@@ -82,6 +82,8 @@ SEND_SECONDS = 10.0
 #: seconds the template may take to say it forked a session (a fork takes milliseconds): past
 #: them it is taken as hung, and its container is replaced before the session's candidate is blamed
 STARTED_SECONDS = 10.0
+#: seconds a container whose template is gone may take to be reported as exited by the engine
+END_STATE_SECONDS = 3.0
 #: the project's trusted package (the tasks, their environments, the trainer), never visible in a jail:
 #: wherever the image holds it, the worker's container covers it with an empty read-only tmpfs
 TRUSTED_PACKAGES = ("discovery",)
@@ -510,11 +512,17 @@ class DockerSandbox(Sandbox):
     @staticmethod
     def _end_state(container: Any) -> str:
         """How ``container`` ended, in words, as the engine tells (asked only once it is gone)."""
-        try:
-            container.reload()
-        except Exception:  # noqa: BLE001 - removed from outside, or the engine is down
-            return "removed"
-        state = container.attrs.get("State") or {}
+        # the template's pipe can close a moment before the engine marks the container exited
+        settle = time.monotonic() + END_STATE_SECONDS
+        while True:
+            try:
+                container.reload()
+            except Exception:  # noqa: BLE001 - removed from outside, or the engine is down
+                return "removed"
+            state = container.attrs.get("State") or {}
+            if state.get("Status") not in ("running", "paused", "restarting") or time.monotonic() > settle:
+                break
+            time.sleep(0.1)
         if state.get("OOMKilled"):
             return f"OOM-killed at its {(container.attrs.get('HostConfig') or {}).get('Memory', 0) >> 20} MB limit"
         status = state.get("Status", "unknown")

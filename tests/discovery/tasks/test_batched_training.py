@@ -3,16 +3,19 @@ baseline and control of the loss tasks (and of the example user task, which opts
 suite's cells (two seeds of the largest batch the suite forms and of its last one) are trained twice
 in this process: each alone (``Task.train``, the function called per training) and in the batches
 ``run_job`` forms (``Task.train_batch``, the function under ``vmap``). Their fitness must agree to
-1e-5 (for all but DiscoPOP they are bit-identical; DiscoPOP, chaotic at beta 0.5, is a known gap
-marked xfail). The same through the real sandbox, and for a candidate that cannot run under ``vmap``
-(it falls back to one call per training, and says so).
+1e-5 (they are bit-identical) with one intra-op thread, as in a sandboxed job: with two, a kernel's
+last bits differ between a batch and a training alone, and DiscoPOP, chaotic at beta 0.5, grows them
+to 3.6e-3. The same through the real sandbox, and for a candidate that cannot run under ``vmap`` (it
+falls back to one call per training, and says so).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from discovery.evaluation import Evaluator
 from discovery.tasks import get_task
@@ -22,6 +25,15 @@ from sandbox.base import Job
 
 TOLERANCE = 1e-5
 SEEDS = (0, 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, as a sandboxed training has: a kernel's last bits may depend on the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _function(task, source):
@@ -38,22 +50,8 @@ def _library(task):
     return {**task.baselines, **getattr(task, "controls", {})}
 
 
-#: known gap: DiscoPOP's loss is chaotic at beta 0.5 (its exp/sigmoid switch), and a last-bit difference
-#: between a batch of 2 and a training alone grows to 3.6e-3 in fitness on beta05_len8 seed 0 (measured)
-NOT_YET_EQUAL = {("preference", "discopop")}
-
-
 def _programs(task_name):
-    return [
-        pytest.param(
-            task_name,
-            name,
-            marks=pytest.mark.xfail(strict=True, reason="batched vs alone differ by 3.6e-3 (chaotic loss)")
-            if (task_name, name) in NOT_YET_EQUAL
-            else (),
-        )
-        for name in _library(get_task(task_name))
-    ]
+    return [(task_name, name) for name in _library(get_task(task_name))]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import torch
 from discovery.evaluation import Evaluator
 from discovery.tasks import TrainingFailed, get_task
 from discovery.tasks.base import local_slot, suite_config
+from discovery.tasks.optimizer import env as optimizer_env
 from discovery.training import training_units
 from sandbox.base import Job
 from sandbox.host.local import LocalSandbox, bubblewrap_problem
@@ -68,6 +69,15 @@ def _function(source: str):  # noqa: ANN202
     namespace: dict = {}
     exec(source, namespace)  # noqa: S102 - the task's own programs and this file's
     return namespace["update"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_references(tmp_path_factory) -> Iterator[None]:
+    """SGD's and AdamW's references computed here, not read from a cache another process wrote."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISCOVERY_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setattr(optimizer_env, "_references", {})
+        yield
 
 
 @pytest.fixture(scope="module")
