@@ -389,6 +389,14 @@ def run(
         int | None, typer.Option("--memory-mb", min=256, help="Memory limit of a CPU job, MB (default 6144).")
     ] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue the run with this id.")] = None,
+    reuse: Annotated[
+        bool | None,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Copy stored results of identical code (same task version, suite, configuration, seed, "
+            "device kind) from the archive instead of training again (default); --no-reuse trains afresh.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
 ) -> None:
     """Run the discovery loop (offline mutation proposer unless a --model is given).
@@ -414,6 +422,7 @@ def run(
             "docker_image": docker_image,
             "device": device,
             "limits": {k: v for k, v in limits.items() if v is not None} or None,
+            "reuse": reuse,
         }
         cfg = load_config(config, overrides)
         if api_base and not model:
@@ -553,6 +562,7 @@ def show(
                 fail(f"no candidate {candidate} in {db}")
             lineage = archive.lineage(candidate)
             run_row = archive.get_run(c.run_id) or {}
+            evaluations = archive.evaluations(candidate)
     except ArchiveError as exc:
         fail(str(exc))
     run_config = run_row.get("config") or {}
@@ -579,6 +589,15 @@ def show(
         f"{_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)}",
         highlight=False,
     )
+    reused = [e.reused_from for e in evaluations if e.reused_from is not None]
+    if reused:
+        sources = ", ".join(str(i) for i in reused[:8]) + (", ..." if len(reused) > 8 else "")
+        console.print(
+            f"evaluations: {len(evaluations) - len(reused)} trained, {len(reused)} reused "
+            f"(copied from the identical trainings {sources})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if c.per_config:
         _print_per_config(c.per_config)
     if len(lineage) > 1:

@@ -89,6 +89,9 @@ class RunConfig(BaseModel):
     budget: int = Field(24, gt=0, description="candidates proposed (unusable replies count)")
     max_cost: float | None = Field(None, gt=0, description="USD, counting calls in flight")
     workers: int = Field(2, gt=0, description="evaluations in parallel (one sandbox, and one GPU, each)")
+    prefetch: int = Field(
+        2, ge=0, description="LLM proposals asked for ahead of a free worker, so no worker waits for a reply"
+    )
     db: str = Field("runs.db", description="the SQLite archive")
     seed: int = Field(0, description="seed of the proposer and selection (suites have their own fixed seeds)")
     sandbox: Literal["local", "docker"] = Field("local", description="local (bubblewrap) | docker")
@@ -100,6 +103,11 @@ class RunConfig(BaseModel):
     )
     limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits per job")
     seeds: int | None = Field(None, gt=0, description="seeds per discover configuration (default: the suite's)")
+    reuse: bool = Field(
+        True,
+        description="copy a stored result of the same code, task version, suite, configuration, seed and "
+        "device kind from the archive instead of training again; false: train everything afresh",
+    )
     islands: int = Field(2, gt=0, description="sub-populations that evolve apart")
     baselines: Literal["reference", "all"] = Field(
         "reference", description="baselines scored at the start: the reference only, or the whole library"

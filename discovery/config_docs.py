@@ -30,6 +30,7 @@ CLI_OPTIONS = {
     "limits.training_seconds": "--training-seconds",
     "limits.job_seconds": "--job-seconds",
     "limits.memory_mb": "--memory-mb",
+    "reuse": "--reuse / --no-reuse",
 }
 
 #: environment variables the tool reads, with what they do

@@ -141,11 +141,24 @@ class Evaluation:
     curve: Any = None
     seconds: float | None = None
     created_at: str = ""
+    id: int | None = None  # the row's id (None before it is stored)
+    # what the result is a pure function of, for reuse (NULL in rows older than schema v5):
+    task: str | None = None
+    task_version: str | None = None
+    code_hash: str | None = None  # the normalized hash of the code that trained
+    device_kind: str | None = None  # cpu or cuda
+    trainer_path: str | None = None  # sequential, batched-vmap xS, batched-loop xS (why)
+    reused_from: int | None = None  # the trained evaluation this one was copied from; None when trained
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Evaluation:
         """Decode an ``evaluations`` row."""
         return _decode(cls, row, _EVALUATION_JSON)
+
+    @property
+    def reused(self) -> bool:
+        """Whether this result was copied from an identical earlier training instead of trained."""
+        return self.reused_from is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""

@@ -40,13 +40,15 @@ class Reply:
     """One scripted answer.
 
     ``content``: the assistant message (status 200). ``status``: HTTP status; errors get an
-    OpenAI-style ``{"error": {...}}`` body. ``delay``: seconds to wait before answering.
+    OpenAI-style ``{"error": {...}}`` body. ``delay``: seconds to wait before answering. ``gate``: an
+    event the answer waits for first (at most ``MAX_DELAY``), so a test can order it after its own events.
     ``body``: a raw response body overriding everything else (e.g. malformed JSON).
     """
 
     content: str = ""
     status: int = 200
     delay: float = 0.0
+    gate: threading.Event | None = None
     body: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
@@ -124,6 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"message": f"no route {self.path}", "type": "not_found"}}))
             return
         reply = self.server.next_reply()
+        give_up = time.monotonic() + MAX_DELAY
+        while reply.gate is not None and not reply.gate.is_set() and time.monotonic() < give_up:
+            if self.server.stopping.wait(0.05):  # wake at once when the server closes
+                self.close_connection = True
+                return
         if reply.delay > 0:
             # Wait, but wake at once when the server closes.
             self.server.stopping.wait(min(reply.delay, MAX_DELAY))

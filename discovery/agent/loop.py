@@ -1,8 +1,12 @@
 """The discovery run: keeps ``workers`` candidate pipelines in flight until the budget is spent.
 
 Proposals and evaluations overlap: each pipeline proposes, then borrows a sandbox only
-while it evaluates, and the loop runs one pipeline more than there are sandboxes when an
-LLM proposes (so a reply is being written while every sandbox is busy). Ctrl-C stops
+while it evaluates. When an LLM proposes, the loop runs ``prefetch`` pipelines more than there
+are sandboxes (so replies are being written while every sandbox is busy, and no sandbox waits
+for the LLM while the budget lasts), and the first proposals are asked for while the baselines
+train. Once the budget is spent, a sandbox that the last candidates leave idle starts the
+held-out scoring of the reference and of the best candidates so far; the held-out phase then
+scores only what the final ranking still lacks. Ctrl-C stops
 starting new candidates and lets the running ones finish; a second Ctrl-C stops at once.
 Either way, and after a SIGKILL, ``--resume`` continues without losing or repeating a
 finished evaluation.
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from discovery.agent.pipeline import Runtime, build_pipeline, evaluate_missing, ranked, step_limit, summarize
@@ -34,6 +39,7 @@ from discovery.proposers.base import Proposer, ProposerUnavailable
 from discovery.proposers.codehash import normalized_hash
 from discovery.records import Candidate
 from discovery.tasks import Task, get_task
+from discovery.tasks.version import task_version
 
 
 @contextmanager
@@ -175,7 +181,7 @@ class DiscoveryRun:
                 raise ConfigError(f"no run {resume} in {config.db}")
             stored = RunConfig(**row["config"])
             # the stored config wins, except what a resume may change when asked to explicitly
-            changeable = {"budget", "workers", "max_cost", "sandbox", "docker_image", "device", "limits"} & (
+            changeable = {"budget", "workers", "max_cost", "sandbox", "docker_image", "device", "limits", "reuse"} & (
                 explicit or set()
             )
             update = {key: getattr(config, key) for key in changeable}
@@ -224,6 +230,7 @@ class DiscoveryRun:
             proposer=self.proposer,
             run_id=self.run_id,
             seed=config.seed,
+            task_version=task_version(self.task),
             stop=self.stop,
         )
         self.graph = build_pipeline(self.rt)
@@ -296,25 +303,43 @@ class DiscoveryRun:
                 self.failed = True
                 self.stop.set()
 
-    def _heldout(self) -> None:
-        """Score the top candidates (and the reference) on the held-out suite, never shown to proposers."""
-        self.progress.phase = "held-out"
-        self.on_progress(self.progress)
+    def _heldout_choice(self) -> list[Candidate]:
+        """The candidates the held-out suite scores: the best ``heldout_top`` so far, and the reference."""
         chosen: list[Candidate | None] = list(ranked(self.rt)[: self.config.heldout_top])
         if self.rt.reference_id:
             chosen.append(self.archive.get_candidate(self.rt.reference_id))
+        return [r for r in chosen if r is not None]
+
+    def _score_heldout(self, row: Candidate) -> None:
+        """Score one candidate on the held-out suite (only the cells it lacks), never shown to proposers."""
         suite = self.task.suite("heldout")
+        report = evaluate_missing(
+            self.rt, row.id, row.code, "heldout", [c.name for c in suite.configs], list(suite.seeds), "heldout"
+        )
+        if report is not None and not report.ok:
+            self.archive.update_candidate(row.id, reason=f"held-out failed: {report.one_line()}")
+        summarize(self.rt, row.id, "heldout")
 
-        def score(row: Candidate) -> None:
-            report = evaluate_missing(
-                self.rt, row.id, row.code, "heldout", [c.name for c in suite.configs], list(suite.seeds), "heldout"
-            )
-            if report is not None and not report.ok:
-                self.archive.update_candidate(row.id, reason=f"held-out failed: {report.one_line()}")
-            summarize(self.rt, row.id, "heldout")
-
+    def _heldout(self) -> None:
+        """Score the top candidates (and the reference) on the held-out suite; those started early
+        (:meth:`_start_heldout_early`) have nothing left to train."""
+        self.progress.phase = "held-out"
+        self.on_progress(self.progress)
         with abortable_executor(self.config.workers, "heldout") as ex:
-            list(ex.map(score, [r for r in chosen if r]))
+            list(ex.map(self._score_heldout, self._heldout_choice()))
+
+    def _start_heldout_early(
+        self, launch: Callable[[Callable[[], Any], dict[str, Any]], None], started: set[str]
+    ) -> bool:
+        """The budget is spent and a sandbox is idle: start scoring the next of the current held-out
+        choice (the reference first); False when none is left. A candidate that a late one pushes out
+        of the top keeps its held-out scores."""
+        for row in sorted(self._heldout_choice(), key=lambda r: r.id != self.rt.reference_id):
+            if row.id not in started:
+                started.add(row.id)
+                launch(partial(self._score_heldout, row), {"heldout": row.id})
+                return True
+        return False
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(self) -> RunResult:
@@ -357,32 +382,44 @@ class DiscoveryRun:
     def _loop(self) -> str:
         cfg = self.config
         baseline_ids = self._seed_baselines()
-        concurrency = cfg.workers + (1 if cfg.uses_llm else 0)
+        # an LLM's replies are asked for ahead of free sandboxes; offline proposals are instant and
+        # wait for the baselines' scores (they mutate the scored candidates)
+        ahead = cfg.prefetch if cfg.uses_llm else 0
+        concurrency = cfg.workers + ahead
         with abortable_executor(concurrency, "candidate") as executor:
             running: dict[Future, dict[str, Any]] = {}
 
-            def launch(state: dict[str, Any]) -> None:
-                running[executor.submit(self._run_pipeline, state)] = state
+            def launch(work: Callable[[], Any], state: dict[str, Any]) -> None:
+                running[executor.submit(work)] = state
+
+            def launch_pipeline(state: dict[str, Any]) -> None:
+                launch(partial(self._run_pipeline, state), state)
 
             # baselines first (the reference is needed for feedback), then unfinished candidates
             for cid in baseline_ids:
                 row = self.archive.get_candidate(cid)
                 if row and not row.status.finished:
-                    launch({"candidate_id": cid})
-            self._drain(running, until_empty=True)
+                    launch_pipeline({"candidate_id": cid})
+            if not cfg.uses_llm:
+                self._drain(running, until_empty=True)
             self.progress.phase = "search"
             for row in self.archive.unfinished_candidates(self.run_id):
-                launch({"candidate_id": row.id})
+                if row.id not in baseline_ids:
+                    launch_pipeline({"candidate_id": row.id})
             self.rt.proposed = self._stored_proposals()
             self.progress.proposed = self.rt.proposed
             island = self.rt.proposed % cfg.islands
+            heldout_started: set[str] = set()
             while not self.stop.is_set():
                 while len(running) < concurrency and self.rt.take_proposal():
-                    launch({"island": island})
+                    launch_pipeline({"island": island})
                     island = (island + 1) % cfg.islands
                     self.progress.proposed = self.rt.proposed
                 if not running:
                     break
+                while self.rt.proposed >= cfg.budget and len(running) < cfg.workers:
+                    if not self._start_heldout_early(launch, heldout_started):
+                        break
                 self._drain(running, until_empty=False)
             self._drain(running, until_empty=True)
         self._refresh_progress()

@@ -62,6 +62,7 @@ from discovery.proposers.codehash import normalized_hash
 from discovery.records import Candidate
 from discovery.selection import choose
 from discovery.tasks import SeedMetrics, Task
+from discovery.tasks.version import device_kind, task_version
 from sandbox.base import Job, Outcome, Status
 from sandbox.host.pool import SandboxPool
 
@@ -113,6 +114,7 @@ class Runtime:
     run_id: str
     reference_id: str | None = None
     seed: int = 0
+    task_version: str = ""  # discovery.tasks.version.task_version(task); "" computes it when needed
     stop: threading.Event = field(default_factory=threading.Event)
     proposed: int = 0  # units of the budget taken (stored proposals and those in flight)
     _counter: int = 0
@@ -187,11 +189,36 @@ def ranked(rt: Runtime) -> list[Candidate]:
 
 
 # -- archive writes -------------------------------------------------------------------------------
-def _record(rt: Runtime, cid: str, report: EvaluationReport, stage: str) -> None:
+def _reuse_key(rt: Runtime, code: str) -> dict[str, str]:
+    """What a result of ``code`` in this run is a pure function of, besides its suite and cell."""
+    return {
+        "task_version": rt.task_version or task_version(rt.task),
+        "code_hash": normalized_hash(code),
+        "device_kind": device_kind(rt.evaluator.device),
+    }
+
+
+def _trained_before(rt: Runtime, cid: str) -> bool:
+    """Whether identical code trained before for this task version and device kind, so that its
+    contract held (every job checks the contract before it trains); only when results are reused."""
+    return rt.config.reuse and rt.archive.has_reusable(rt.task.name, **_reuse_key(rt, _code(rt, cid)))
+
+
+def _record(rt: Runtime, cid: str, report: EvaluationReport, stage: str, key: dict[str, str]) -> None:
     for config in report.configs:
         for m in config.seeds:
             rt.archive.record_evaluation(
-                cid, report.suite, m.config, m.seed, stage, m.fitness, m.metrics, m.curve, m.seconds
+                cid,
+                report.suite,
+                m.config,
+                m.seed,
+                stage,
+                m.fitness,
+                m.metrics,
+                m.curve,
+                m.seconds,
+                trainer_path=m.path,
+                **key,
             )
 
 
@@ -260,8 +287,21 @@ def summarize(rt: Runtime, cid: str, suite_name: str, status: str | None = None)
 def evaluate_missing(
     rt: Runtime, cid: str, code: str, suite: str, configs: list[str], seeds: list[int], stage: str
 ) -> EvaluationReport | None:
-    """Evaluate the (config, seed) pairs not yet stored; None when there was nothing to do."""
+    """Evaluate the (config, seed) pairs not yet stored; None when there was nothing to do.
+
+    With ``reuse`` on, a pair that another candidate (of any run of the archive) trained with the same
+    normalized code, task version and device kind is copied first, marked with the evaluation it came
+    from; only the rest trains, and no sandbox is borrowed when every pair was copied."""
+    key = _reuse_key(rt, code)
     done = rt.archive.done_keys(cid, suite)
+    if rt.config.reuse:
+        missing = [(c, s) for c in configs for s in seeds if (c, s) not in done]
+        found = rt.archive.reusable(
+            rt.task.name, key["task_version"], key["code_hash"], suite, key["device_kind"], missing, exclude=cid
+        )
+        for cell, source in found.items():
+            rt.archive.reuse_evaluation(cid, source, stage)
+            done.add(cell)
     todo_configs = [c for c in configs if any((c, s) not in done for s in seeds)]
     todo_seeds = [s for s in seeds if any((c, s) not in done for c in configs)]
     if not todo_configs:
@@ -269,7 +309,7 @@ def evaluate_missing(
     with rt.pool.borrow() as box:
         report = rt.evaluator.evaluate(code, box, suite, configs=todo_configs, seeds=todo_seeds)
     if report.ok:
-        _record(rt, cid, report, stage)
+        _record(rt, cid, report, stage, key)
     return report
 
 
@@ -372,8 +412,8 @@ def static_check(rt: Runtime, state: CandidateState) -> CandidateState:
 def contract_check(rt: Runtime, state: CandidateState) -> CandidateState:
     """The task's contract check, sandboxed."""
     cid = state["candidate_id"]
-    if rt.archive.done_keys(cid, "discover"):
-        return {}  # it trained before (resume): the contract held
+    if rt.archive.done_keys(cid, "discover") or _trained_before(rt, cid):
+        return {}  # it trained before (resume, or the same code in this archive): the contract held
     job = Job(
         task=rt.evaluator.task_ref,
         source=_code(rt, cid),

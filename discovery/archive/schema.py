@@ -15,7 +15,9 @@ before it commits, so a rebuild must leave every reference valid.
 Indexes: the partial unique index ``(run_id, code_hash) WHERE duplicate_of IS NULL``
 (one evaluated copy of each program per run; duplicates point at it, unusable replies
 have no hash) also serves ``candidates.run_id`` lookups, and
-``UNIQUE(candidate_id, suite, config, seed)`` serves ``evaluations.candidate_id``.
+``UNIQUE(candidate_id, suite, config, seed)`` serves ``evaluations.candidate_id``;
+``idx_evaluations_reuse (task, task_version, code_hash, suite, config, seed, device_kind)``
+serves the lookup of a stored result to reuse (``Archive.reusable``).
 """
 
 from __future__ import annotations
@@ -230,9 +232,39 @@ def _v3_to_v4(db: Database) -> None:
     db.execute("CREATE INDEX idx_candidates_run_status ON candidates (run_id, status)")
 
 
+def _v4_to_v5(db: Database) -> None:
+    """Reuse of stored results: each evaluation keeps what it is a pure function of, and where a copy came from.
+
+    ``task`` (denormalised from the run, for the lookup index), ``task_version``
+    (:func:`discovery.tasks.version.task_version`), ``code_hash`` (the normalized hash of the code
+    that trained), ``device_kind`` (``cpu`` or ``cuda``), ``trainer_path`` (``sequential``,
+    ``batched-vmap xS``, ...) and ``reused_from`` (the id of the trained evaluation a copy was made
+    from; NULL when trained). v4 rows get their task and code hash back from their candidate and
+    run; their task version and device stay unknown (NULL), so they are never reused.
+    """
+    for column in (
+        "task TEXT",
+        "task_version TEXT",
+        "code_hash TEXT",
+        "device_kind TEXT",
+        "trainer_path TEXT",
+        "reused_from INTEGER REFERENCES evaluations (id)",
+    ):
+        db.execute(f"ALTER TABLE evaluations ADD COLUMN {column}")
+    db.execute(
+        "UPDATE evaluations SET "
+        "task = (SELECT r.task FROM candidates c JOIN runs r ON r.id = c.run_id WHERE c.id = evaluations.candidate_id),"
+        " code_hash = (SELECT c.code_hash FROM candidates c WHERE c.id = evaluations.candidate_id)"
+    )
+    db.execute(
+        "CREATE INDEX idx_evaluations_reuse ON evaluations "
+        "(task, task_version, code_hash, suite, config, seed, device_kind)"
+    )
+
+
 Migration = Callable[[Database], None]
 
-MIGRATIONS: list[Migration] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4]
+MIGRATIONS: list[Migration] = [_v0_to_v1, _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 
 
 def _is_lock_error(exc: BaseException) -> bool:

@@ -25,6 +25,11 @@ Records. Candidates and evaluations come back as typed records
 place (their ``from_row``); runs and LLM calls as plain dicts with each ``x_json`` column
 decoded into key ``x`` (see ``codec.decode_row``). ``get_*`` returns ``None`` for an unknown
 id. Fitness is "higher is better" everywhere.
+
+Reuse. An evaluation is a pure function of (task and task version, normalized code, suite,
+configuration, seed, device kind; the held-out suite's secret is the archive's own), which each
+row keeps. ``reusable`` finds stored results of the same function for other candidates, of any
+run, and ``reuse_evaluation`` copies one, its ``reused_from`` naming the trained row.
 """
 
 from __future__ import annotations
@@ -678,21 +683,33 @@ class Archive:
         metrics: dict[str, Any] | None = None,
         curve: Any = None,
         seconds: float | None = None,
+        *,
+        task_version: str | None = None,
+        code_hash: str | None = None,
+        device_kind: str | None = None,
+        trainer_path: str | None = None,
     ) -> bool:
         """Keep one finished (configuration, seed) evaluation of a candidate, exactly once.
 
         Returns ``False`` (and writes nothing) if that (candidate, suite, config, seed) was
         already recorded, e.g. when a resumed run re-evaluates it. ``stage`` says which
-        step produced it (``cascade``, ``full``, ``extra``).
+        step produced it (``cascade``, ``full``, ``extra``). ``task_version``, ``code_hash`` (default:
+        the candidate's), ``device_kind`` and ``trainer_path`` say what the result is a pure function
+        of and how it trained; a row without a task version or a device kind is never reused.
         """
         if suite not in SUITES:
             raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
         with self._writing("record an evaluation") as db:
-            if not self._exists(db, "candidates", candidate_id):
+            owner = db.execute(
+                "SELECT r.task, c.code_hash FROM candidates c JOIN runs r ON r.id = c.run_id WHERE c.id = ?",
+                [candidate_id],
+            ).fetchone()
+            if owner is None:
                 raise ArchiveError(f"unknown candidate {candidate_id} in {self.path}")
             cursor = db.execute(
                 "INSERT OR IGNORE INTO evaluations (candidate_id, suite, config, seed, stage, fitness,"
-                " metrics_json, curve_json, seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " metrics_json, curve_json, seconds, created_at, task, task_version, code_hash, device_kind,"
+                " trainer_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     candidate_id,
                     suite,
@@ -704,6 +721,112 @@ class Archive:
                     to_json(curve),
                     to_real(seconds),
                     now(),
+                    owner[0],
+                    task_version or None,
+                    code_hash or owner[1],
+                    device_kind or None,
+                    trainer_path or None,
+                ],
+            )
+            return cursor.rowcount == 1
+
+    def reusable(
+        self,
+        task: str,
+        task_version: str,
+        code_hash: str,
+        suite: str,
+        device_kind: str,
+        cells: Iterable[tuple[str, int]],
+        *,
+        exclude: str | None = None,
+    ) -> dict[tuple[str, int], Evaluation]:
+        """Stored results of ``cells`` ((config, seed) pairs) for the same task version, normalized
+        code, suite and device kind, by cell: trained rows first, else a copy of one (whose
+        ``reused_from`` names the trained row). ``exclude``: a candidate whose own rows do not count
+        (the one asking). Empty when nothing matches or the version, hash or device is empty."""
+        wanted = {(str(config), int(seed)) for config, seed in cells}
+        if not (wanted and task_version and code_hash and device_kind):
+            return {}
+        configs = sorted({config for config, _ in wanted})
+        sql = (
+            "SELECT * FROM evaluations WHERE task = ? AND task_version = ? AND code_hash = ? AND suite = ?"
+            f" AND device_kind = ? AND config IN ({', '.join('?' for _ in configs)}) AND candidate_id != ?"
+            " ORDER BY reused_from IS NOT NULL, id"
+        )
+        params = [task, task_version, code_hash, suite, device_kind, *configs, exclude or ""]
+        found: dict[tuple[str, int], Evaluation] = {}
+        with self._reading() as db:
+            for row in db.query(sql, params):
+                evaluation = Evaluation.from_row(row)
+                cell = (evaluation.config, evaluation.seed)
+                if cell in wanted and cell not in found:
+                    found[cell] = evaluation
+        return found
+
+    def has_reusable(self, task: str, task_version: str, code_hash: str, device_kind: str) -> bool:
+        """Whether any result of this code was stored for this task version and device kind (then it
+        trained, so it passed the task's contract check: every job checks before it trains)."""
+        if not (task_version and code_hash and device_kind):
+            return False
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT 1 FROM evaluations WHERE task = ? AND task_version = ? AND code_hash = ?"
+                " AND device_kind = ? LIMIT 1",
+                [task, task_version, code_hash, device_kind],
+            ).fetchone()
+        return row is not None
+
+    def reuse_evaluation(self, candidate_id: str, source: Evaluation, stage: str) -> bool:
+        """Record ``source``'s result as the candidate's own evaluation of the same cell, at ``stage``,
+        with ``reused_from`` the trained row it goes back to (a copy of a copy points at the original).
+
+        The stored row is copied, not the record passed in. Returns ``False`` (writing nothing) when the
+        candidate already has that cell. Raises ``ArchiveError`` for an unknown candidate or source, and
+        ``ValueError`` when the source belongs to another task (a bug of the caller)."""
+        if source.id is None:
+            raise ValueError("cannot reuse an evaluation that was never stored (it has no id)")
+        with self._writing("reuse an evaluation") as db:
+            owner = db.execute(
+                "SELECT r.task FROM candidates c JOIN runs r ON r.id = c.run_id WHERE c.id = ?", [candidate_id]
+            ).fetchone()
+            if owner is None:
+                raise ArchiveError(f"unknown candidate {candidate_id} in {self.path}")
+            root_id, seen = int(source.id), set()
+            while True:  # up the chain of copies to the trained row
+                rows = list(db.query("SELECT * FROM evaluations WHERE id = ?", [root_id]))
+                if not rows:
+                    raise ArchiveError(f"unknown evaluation {root_id} in {self.path}")
+                columns = rows[0]
+                if columns["reused_from"] is None:
+                    break
+                if root_id in seen:
+                    raise ArchiveError(f"evaluation {root_id} in {self.path} is reused from itself")
+                seen.add(root_id)
+                root_id = int(columns["reused_from"])
+            if columns["task"] != owner[0]:
+                raise ValueError(f"evaluation {root_id} is of task {columns['task']!r}, not {owner[0]!r}")
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO evaluations (candidate_id, suite, config, seed, stage, fitness,"
+                " metrics_json, curve_json, seconds, created_at, task, task_version, code_hash, device_kind,"
+                " trainer_path, reused_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    candidate_id,
+                    columns["suite"],
+                    columns["config"],
+                    columns["seed"],
+                    stage,
+                    columns["fitness"],
+                    columns["metrics_json"],
+                    columns["curve_json"],
+                    columns["seconds"],
+                    now(),
+                    columns["task"],
+                    columns["task_version"],
+                    columns["code_hash"],
+                    columns["device_kind"],
+                    columns["trainer_path"],
+                    root_id,
                 ],
             )
             return cursor.rowcount == 1

@@ -421,7 +421,8 @@ def per_config_vs_baselines(archive: Archive, c: Candidate) -> pd.DataFrame:
 
 
 def evaluations(archive: Archive, candidate_id: str) -> pd.DataFrame:
-    """The candidate's (suite, config, seed) evaluations: stage, fitness, numeric metrics, seconds."""
+    """The candidate's (suite, config, seed) evaluations: stage, fitness, numeric metrics, seconds, and the
+    evaluation a reused one was copied from."""
     out = []
     for e in archive.evaluations(candidate_id):
         metrics = e.metrics if isinstance(e.metrics, dict) else {}
@@ -434,6 +435,7 @@ def evaluations(archive: Archive, candidate_id: str) -> pd.DataFrame:
                 "fitness": e.fitness,
                 **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
                 "seconds": e.seconds,
+                "reused from": f"evaluation {e.reused_from}" if e.reused else "",  # a copy, not trained here
             }
         )
     return pd.DataFrame(out)

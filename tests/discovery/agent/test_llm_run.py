@@ -46,6 +46,7 @@ def make_config(tmp_path, server, budget: int, retries: int = 3) -> RunConfig:
         models=[ModelConfig(name="openai/test-model", api_base=server.base_url, api_key_env="FAKE_SERVER_KEY")],
         budget=budget,
         workers=1,
+        prefetch=1,  # two proposals in flight at most: the script's replies go out in a known order
         heldout_top=0,
         leaders=0,
         seeds=1,

@@ -270,12 +270,12 @@ def test_reopen_keeps_data_and_version(path: Path) -> None:
         cid = add(arc, rid, "a").id
         arc.record_evaluation(cid, "discover", "c", 0, "full", 0.5, {}, None, 1.0)
     with Archive(path) as arc:
-        assert arc.schema_version == SCHEMA_VERSION == 4
+        assert arc.schema_version == SCHEMA_VERSION == 5
         assert arc.get_run(rid)["config"] == {"x": 1}
         assert arc.get_candidate(cid).name == "a"
         assert arc.done_keys(cid, "discover") == {("c", 0)}
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 4
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 5
     conn.close()
 
 
@@ -358,7 +358,7 @@ def test_v3_archive_migrates_to_records_without_fake_hashes(path: Path, monkeypa
     conn.commit()
     conn.close()
     with Archive(path) as arc:
-        assert arc.schema_version == SCHEMA_VERSION == 4
+        assert arc.schema_version == SCHEMA_VERSION == 5
         dup, orig = arc.get_candidate("c-dup"), arc.get_candidate("c-orig")
         assert (dup.status, dup.code_hash, dup.duplicate_of) == ("duplicate", "abc", "c-orig")
         assert orig.fitness == 0.5 and orig.duplicate_of is None and len(arc.evaluations("c-orig")) == 1
