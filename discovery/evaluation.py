@@ -216,6 +216,7 @@ class Evaluator:
         self.policy = Policy(allowed_imports=task.slot.allowed_imports, slot_name=task.slot.name)
         self._inputs: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._inputs_lock = threading.Lock()
+        self._input_locks: dict[tuple[str, str, int], threading.Lock] = {}
 
     def static_check(self, source: str) -> EvaluationReport | None:
         """A report (status policy, parse or contract) when the source is rejected before running."""
@@ -244,6 +245,11 @@ class Evaluator:
         """Trusted training inputs for one (configuration, seed), built once and cached."""
         key = (suite.name, config, seed)
         with self._inputs_lock:
+            if key in self._inputs:
+                return self._inputs[key]
+            lock = self._input_locks.setdefault(key, threading.Lock())
+        # one lock per cell: two workers build different cells at once (torch ops release the GIL)
+        with lock:
             if key not in self._inputs:
                 self._inputs[key] = self.task.prepare(suite.config(config), seed, self.trusted_device)
             return self._inputs[key]
