@@ -178,6 +178,63 @@ def aggregate(suite: Suite, per_seed: list[SeedMetrics]) -> tuple[Estimate, list
     return mean_ci(per_seed_overall), configs
 
 
+def score_outcome(
+    task: Task,
+    device: str,
+    outcome: Outcome,
+    suite: Suite,
+    configs: list[str],
+    seeds: list[int],
+    inputs: dict[str, Any],
+) -> EvaluationReport:
+    """Trusted: a job's ``outcome`` scored on ``device`` into the report of its (configuration, seed)
+    cells; outputs that are missing, too large or unscorable make the candidate INVALID, never an
+    error here. Runs in the agent, or in a worker's trusted trainer process (workers score in parallel)."""
+    report = EvaluationReport(
+        task=task.name,
+        suite=suite.name,
+        status=outcome.status,
+        stage=outcome.stage,
+        reason=outcome.reason,
+        line=outcome.line,
+        error_class=outcome.error_class,
+        message=outcome.message,
+        log_tail=outcome.stderr_tail,
+    )
+    if not outcome.ok:
+        if not report.stage:
+            report.stage = "train"
+        return report
+    per_seed: list[SeedMetrics] = []
+    for config in configs:
+        for seed in seeds:
+            key = input_key(config, seed)
+            raw = outcome.outputs.get(key)
+            if not isinstance(raw, dict):
+                report.status, report.stage = Status.INVALID, "train"
+                report.reason = f"no outputs for {config} seed {seed}"
+                return report
+            problem = output_problem(raw, task.max_output_elements)
+            if problem:
+                report.status, report.stage = Status.INVALID, "train"
+                report.reason = f"{config} seed {seed}: unusable outputs: {problem}"[:300]
+                return report
+            t0 = time.monotonic()
+            try:
+                metrics = task.score(suite.config(config), seed, inputs[key], raw, device)
+            except Exception as exc:  # outputs are untrusted data: any failure is the candidate's
+                report.status, report.stage = Status.INVALID, "score"
+                report.reason = f"{config} seed {seed}: unusable outputs ({type(exc).__name__}: {exc})"[:300]
+                return report
+            train_seconds = raw.get("train_seconds")
+            metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (time.monotonic() - t0)
+            path = raw.get("trainer_path")
+            metrics.path = path[:300] if isinstance(path, str) else ""
+            per_seed.append(metrics)
+    report.fitness, report.configs = aggregate(suite, per_seed)
+    return report
+
+
 class Evaluator:
     """Evaluates candidate sources of one task through a sandbox; scores on the trusted side."""
 
@@ -285,8 +342,11 @@ class Evaluator:
             limits=self.limits_for(len(inputs)),
             batched=self.batched,
         )
-        outcome = self.run(job, sandbox, inputs, suite)
-        report = self._score(outcome, suite, config_names, seed_list, inputs)
+        if hasattr(sandbox, "evaluate_job"):  # a worker's trusted trainer process trains and scores
+            report = sandbox.evaluate_job(job, inputs, self.task_ref, self.device, suite)
+        else:
+            outcome = self.run(job, sandbox, inputs, suite)
+            report = self._score(outcome, suite, config_names, seed_list, inputs)
         report.seconds = time.monotonic() - start
         return report
 
@@ -322,46 +382,4 @@ class Evaluator:
     def _score(
         self, outcome: Outcome, suite: Suite, configs: list[str], seeds: list[int], inputs: dict[str, Any]
     ) -> EvaluationReport:
-        report = EvaluationReport(
-            task=self.task.name,
-            suite=suite.name,
-            status=outcome.status,
-            stage=outcome.stage,
-            reason=outcome.reason,
-            line=outcome.line,
-            error_class=outcome.error_class,
-            message=outcome.message,
-            log_tail=outcome.stderr_tail,
-        )
-        if not outcome.ok:
-            if not report.stage:
-                report.stage = "train"
-            return report
-        per_seed: list[SeedMetrics] = []
-        for config in configs:
-            for seed in seeds:
-                key = input_key(config, seed)
-                raw = outcome.outputs.get(key)
-                if not isinstance(raw, dict):
-                    report.status, report.stage = Status.INVALID, "train"
-                    report.reason = f"no outputs for {config} seed {seed}"
-                    return report
-                problem = output_problem(raw, self.task.max_output_elements)
-                if problem:
-                    report.status, report.stage = Status.INVALID, "train"
-                    report.reason = f"{config} seed {seed}: unusable outputs: {problem}"[:300]
-                    return report
-                t0 = time.monotonic()
-                try:
-                    metrics = self.task.score(suite.config(config), seed, inputs[key], raw, self.trusted_device)
-                except Exception as exc:  # outputs are untrusted data: any failure is the candidate's
-                    report.status, report.stage = Status.INVALID, "score"
-                    report.reason = f"{config} seed {seed}: unusable outputs ({type(exc).__name__}: {exc})"[:300]
-                    return report
-                train_seconds = raw.get("train_seconds")
-                metrics.seconds = (float(train_seconds) if train_seconds is not None else 0.0) + (time.monotonic() - t0)
-                path = raw.get("trainer_path")
-                metrics.path = path[:300] if isinstance(path, str) else ""
-                per_seed.append(metrics)
-        report.fitness, report.configs = aggregate(suite, per_seed)
-        return report
+        return score_outcome(self.task, self.trusted_device, outcome, suite, configs, seeds, inputs)

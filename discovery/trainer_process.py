@@ -49,6 +49,18 @@ def _run(box: Sandbox, job: Job, inputs: dict[str, Any] | None, task_ref: str, r
     return run_job(box, job, inputs, get_task(task_ref), device, suite=suite)
 
 
+def _evaluate(box: Sandbox, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str, suite: Any) -> Any:
+    """In the child: ``job`` trained as in :func:`_run`, then scored here (an EvaluationReport), so that
+    workers score in parallel and the trained weights never travel back to the agent."""
+    from discovery.devices import trusted_device
+    from discovery.evaluation import score_outcome
+    from discovery.tasks import get_task
+
+    outcome = _run(box, job, inputs, task_ref, run_device, suite)
+    device = trusted_device(run_device)
+    return score_outcome(get_task(task_ref), device, outcome, suite, list(job.configs), list(job.seeds), inputs or {})
+
+
 def _die_with_parent(parent: int) -> None:
     """Be killed when the agent dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG): an orphaned trainer
     must not keep its sandbox running after a killed run."""
@@ -63,7 +75,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def serve(requests: Connection, replies: Connection, gpu: str | None, threads: int, parent: int) -> None:
-    """The child's loop: ("run", args) -> ("ok", Outcome) or ("error", exception); ("close",) ends it."""
+    """The child's loop: ("run", args) -> ("ok", Outcome), ("evaluate", args) -> ("ok", EvaluationReport),
+    or ("error", exception) for either; ("close",) ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when to stop; an abort kills us
     _die_with_parent(parent)
     import torch
@@ -82,7 +95,8 @@ def serve(requests: Connection, replies: Connection, gpu: str | None, threads: i
             if request[0] == "close":
                 return
             try:
-                _send(replies, ("ok", _run(box, *request[1])))
+                work = _evaluate if request[0] == "evaluate" else _run
+                _send(replies, ("ok", work(box, *request[1])))
             except Exception as exc:  # noqa: BLE001 - an internal error of the trainer: the agent reports it
                 try:
                     _send(replies, ("error", exc))
@@ -134,17 +148,31 @@ class TrainerProcess(Sandbox):
         self, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str, suite: Any = None
     ) -> Outcome:
         """``job`` trained in the child (on its worker's device for ``run_device``); its outcome."""
+        died = Outcome(Status.CRASHED, "the worker's trusted trainer process died during the job", stage="train")
+        return self._request("run", (job, inputs, task_ref, run_device, suite), died)
+
+    def evaluate_job(self, job: Job, inputs: dict[str, Any] | None, task_ref: str, run_device: str, suite: Any) -> Any:
+        """``job`` trained and scored in the child: its EvaluationReport (for the agent's Evaluator)."""
+        from discovery.evaluation import score_outcome
+        from discovery.tasks import get_task
+
+        died = Outcome(Status.CRASHED, "the worker's trusted trainer process died during the job", stage="train")
+        report = self._request("evaluate", (job, inputs, task_ref, run_device, suite), None)
+        if report is None:  # scored here, as a crash: no outputs
+            return score_outcome(get_task(task_ref), "cpu", died, suite, list(job.configs), list(job.seeds), {})
+        return report
+
+    def _request(self, kind: str, args: tuple[Any, ...], died: Any) -> Any:
+        """One request to the child and its reply; ``died`` when the child dies on the way."""
         with self._lock:
             try:
                 if self._proc is None or self._proc.poll() is not None:
                     self._start()
-                _send(self._requests, ("run", (job, inputs, task_ref, run_device, suite)))
+                _send(self._requests, (kind, args))
                 status, value = _receive(self._replies)
             except (EOFError, OSError):
                 self.kill()
-                return Outcome(
-                    Status.CRASHED, "the worker's trusted trainer process died during the job", stage="train"
-                )
+                return died
         if status == "error":
             raise value
         return value

@@ -16,7 +16,8 @@ from discovery.evaluation import Evaluator
 from discovery.sandboxes import make_pool
 from discovery.tasks import get_task
 from discovery.trainer_process import TrainerProcess
-from sandbox.base import Status
+from sandbox.base import Job, Status
+from sandbox.host.jobfiles import input_key
 from sandbox.host.local import LocalSandbox, bubblewrap_problem
 
 TASK = get_task("preference")
@@ -47,6 +48,28 @@ def test_a_trainer_process_scores_exactly_like_training_in_this_process():
     assert here.ok and there.ok, (here.one_line(), there.one_line())
     assert there.fitness.mean == here.fitness.mean
     assert there.configs[0].seeds[0].metrics == here.configs[0].seeds[0].metrics
+
+
+def test_the_trainer_process_scores_what_it_trained_as_the_agent_would():
+    # the worker trains and scores in its child (evaluate_job); the agent scoring the same job's raw
+    # outputs itself (run_job, then its own scoring) gets the same report
+    evaluator = Evaluator(TASK)
+    suite = TASK.suite("discover")
+    inputs = {input_key(c, s): evaluator.inputs_for(suite, c, s) for c in ("clean", "noise20") for s in (0, 1)}
+    job = Job(task="preference", source=TASK.seed_program, configs=["clean", "noise20"], seeds=[0, 1])
+    job.limits = evaluator.limits_for(len(inputs))
+    worker = TrainerProcess(threads=1)
+    try:
+        there = worker.evaluate_job(job, inputs, "preference", "cpu", suite)
+        outcome = worker.run_job(job, inputs, "preference", "cpu", suite)
+    finally:
+        worker.close()
+    assert outcome.ok and outcome.outputs, outcome.reason
+    here = evaluator._score(outcome, suite, job.configs, job.seeds, inputs)
+    assert there.ok and here.ok, (there.one_line(), here.one_line())
+    assert [(m.config, m.seed, m.fitness, m.metrics) for c in there.configs for m in c.seeds] == [
+        (m.config, m.seed, m.fitness, m.metrics) for c in here.configs for m in c.seeds
+    ]
 
 
 def test_several_local_workers_get_trainer_processes_and_one_worker_does_not():
