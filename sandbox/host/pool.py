@@ -45,6 +45,28 @@ def threads_per_worker(workers: int) -> int:
     return max(1, min(wanted, share))
 
 
+def _start_all(
+    factory: Callable[[int, str | None, int], Sandbox], args: list[tuple[int, str | None, int]]
+) -> list[Sandbox]:
+    """The workers' sandboxes, started at once (each start waits for a process or container to be
+    ready); if one fails, those that started are closed and its error is raised."""
+    if len(args) == 1:
+        return [factory(*args[0])]
+    with ThreadPoolExecutor(len(args), thread_name_prefix="sandbox-start") as ex:
+        futures = [ex.submit(factory, *a) for a in args]
+    boxes, error = [], None
+    for future in futures:
+        try:
+            boxes.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others are closed
+            error = error or exc
+    if error is not None:
+        for box in boxes:
+            box.close()
+        raise error
+    return boxes
+
+
 class SandboxPool:
     """Owns ``workers`` sandboxes; a submitted function borrows one for its whole duration."""
 
@@ -56,7 +78,9 @@ class SandboxPool:
         gpus = visible_gpus() if gpus is None else list(gpus)
         threads = threads_per_worker(self.workers)
         self._idle: queue.Queue[Sandbox] = queue.Queue()
-        self.sandboxes = [factory(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(self.workers)]
+        self.sandboxes = _start_all(
+            factory, [(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(self.workers)]
+        )
         for box in self.sandboxes:
             self._idle.put(box)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox-worker")
@@ -95,8 +119,12 @@ class SandboxPool:
     def close(self) -> None:
         """Wait for running work, then stop every sandbox."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-        for box in self.sandboxes:
-            box.close()
+        if len(self.sandboxes) > 1:  # each close waits for a process or a container to stop: all at once
+            with ThreadPoolExecutor(len(self.sandboxes), thread_name_prefix="sandbox-close") as ex:
+                list(ex.map(lambda box: box.close(), self.sandboxes))
+        else:
+            for box in self.sandboxes:
+                box.close()
 
     def __enter__(self) -> SandboxPool:
         return self

@@ -218,3 +218,38 @@ def test_kill_cancels_queued_jobs_and_kills_every_sandbox():
     assert all(b.killed for b in pool.sandboxes)  # type: ignore[attr-defined]
     release.set()
     assert running.result(timeout=WAIT) == "done"  # kill stops the sandboxes; the thread itself ends on its own
+
+
+def test_the_workers_sandboxes_start_and_close_at_once():
+    # each start and close waits (a trainer process, a container): a pool of three does them together
+    together = threading.Barrier(3, timeout=WAIT)
+
+    class SlowSandbox(FakeSandbox):
+        def __init__(self, index: int, gpu: str | None, threads: int):
+            together.wait()  # breaks (and fails the test) unless all three are starting at once
+            super().__init__(index, gpu, threads)
+
+        def close(self) -> None:
+            together.wait()
+            super().close()
+
+    pool = SandboxPool(SlowSandbox, 3, gpus=[])
+    assert [box.index for box in pool.sandboxes] == [0, 1, 2]
+    together.reset()
+    pool.close()
+    assert all(box.closed for box in pool.sandboxes)
+
+
+def test_a_sandbox_that_fails_to_start_closes_those_that_started():
+    started: list[FakeSandbox] = []
+
+    class Flaky(FakeSandbox):
+        def __init__(self, index: int, gpu: str | None, threads: int):
+            if index == 1:
+                raise RuntimeError("the worker's trainer process did not start")
+            super().__init__(index, gpu, threads)
+            started.append(self)
+
+    with pytest.raises(RuntimeError, match="did not start"):
+        SandboxPool(Flaky, 3, gpus=[])
+    assert len(started) == 2 and all(box.closed for box in started)
