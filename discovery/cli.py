@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -589,6 +590,11 @@ def show(
         f"{_ci(c.heldout_fitness, c.heldout_ci_low, c.heldout_ci_high)}",
         highlight=False,
     )
+    paths = Counter(e.trainer_path for e in evaluations if e.trainer_path)
+    if paths:
+        console.print(
+            "trainer: " + ", ".join(f"{path} ({n})" for path, n in paths.most_common()), highlight=False, soft_wrap=True
+        )
     reused = [e.reused_from for e in evaluations if e.reused_from is not None]
     if reused:
         sources = ", ".join(str(i) for i in reused[:8]) + (", ..." if len(reused) > 8 else "")

@@ -435,6 +435,7 @@ def evaluations(archive: Archive, candidate_id: str) -> pd.DataFrame:
                 "fitness": e.fitness,
                 **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
                 "seconds": e.seconds,
+                "trainer": e.trainer_path or "",  # sequential, batched-vmap xS, or batched-loop xS (why)
                 "reused from": f"evaluation {e.reused_from}" if e.reused else "",  # a copy, not trained here
             }
         )

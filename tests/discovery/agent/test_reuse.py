@@ -157,6 +157,7 @@ def test_no_reuse_trains_again_and_show_tells_reused_from_trained(two_runs, tmp_
     assert shown.returncode == 0 and "reused" in shown.stdout, shown.stdout + shown.stderr
     plain = _cli("show", fresh.id, "--db", str(db))
     assert plain.returncode == 0 and "reused" not in plain.stdout
+    assert "trainer: batched-vmap x" in plain.stdout  # the path its trainings took (the example task batches)
 
 
 def _stopped_run(db: Path, code_of: Candidate, **settings: object) -> str:
