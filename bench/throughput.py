@@ -29,7 +29,9 @@ The bench then runs the real command line as a subprocess, ``python -m discovery
 preference --workers 2 --model openai/bench-model --api-base http://127.0.0.1:PORT/v1 --budget
 <len(stream)> --db <fresh file> --seed 0 --quiet``, with a fresh archive, a fresh
 ``DISCOVERY_CACHE`` (reference policies and scores are rebuilt: a cold start, as on a new
-machine) and a temporary working directory (so a checkout in the current directory is never
+machine; ``--warm-cache`` primes one cache per tree first, untimed, with ``discovery baselines
+--only dpo``, as on a machine that has run the task before: the held-out suite's environments,
+salted by each archive's secret, are built afresh either way) and a temporary working directory (so a checkout in the current directory is never
 imported: by default the interpreter's installed ``discovery`` runs, an editable checkout or a
 wheel). ``--tree PATH`` runs another checkout instead (``PYTHONPATH=PATH``, with the
 interpreter's editable-install finder removed so nothing of the installed tree leaks in; the
@@ -618,10 +620,31 @@ def _imported_from(python: str, tree: Path | None, env: dict[str, str], cwd: Pat
     return str(path)
 
 
-def run_once(label: str, stream: Sequence[Entry], args: argparse.Namespace, tree: Path | None) -> Measurement:
-    """One ``discovery run`` against a fresh scripted server, archive and cache; the archive read back."""
+def warm_cache(label: str, args: argparse.Namespace, tree: Path | None) -> Path:
+    """A cache directory primed as on a machine that has run the task before: the discover suite's
+    reference policies and scores built by ``discovery baselines --only dpo`` (untimed)."""
+    cache = Path(tempfile.mkdtemp(prefix=f"throughput-cache-{label}-"))
+    work = cache / "work"
+    work.mkdir()
+    env = _environment(tree, cache)
+    cmd = _command(args.python, tree) + ["baselines", "--task", "preference", "--only", "dpo", "--suite", "discover"]
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=args.timeout)
+    shutil.rmtree(work, ignore_errors=True)
+    if done.returncode != 0:
+        raise SystemExit(f"[{label}] priming the cache failed: {(done.stderr or done.stdout)[-500:]}")
+    print(f"[{label}] cache {cache} primed in {time.monotonic() - start:.1f} s (untimed)", flush=True)
+    return cache
+
+
+def run_once(
+    label: str, stream: Sequence[Entry], args: argparse.Namespace, tree: Path | None, cache: Path | None = None
+) -> Measurement:
+    """One ``discovery run`` against a fresh scripted server and archive, and a fresh cache unless
+    ``cache`` (a primed one, :func:`warm_cache`) is given; the archive read back."""
     root = Path(tempfile.mkdtemp(prefix="throughput-"))
-    work, cache, db, log = root / "work", root / "cache", root / "runs.db", root / "run.log"
+    work, db, log = root / "work", root / "runs.db", root / "run.log"
+    cache = cache or root / "cache"
     work.mkdir()
     env = _environment(tree, cache)
     imported = _imported_from(args.python, tree, env, work)
@@ -822,6 +845,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take")
     parser.add_argument("--keep", action="store_true", help="keep each run's archive, cache and log")
     parser.add_argument("--check-stream", action="store_true", help="check the stream against this tree and exit")
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="prime each tree's cache first (untimed), as on a machine that ran the task before",
+    )
     args = parser.parse_args()
     stream = STREAM[: args.replies] if args.replies else STREAM
     if args.check_stream:
@@ -833,16 +861,19 @@ def main() -> None:
     )
     if args.compare is not None:
         runs: dict[str, list[Measurement]] = {"current": [], "before": []}
+        caches: dict[str, Path | None] = {"current": None, "before": None}
+        if args.warm_cache:
+            caches = {"current": warm_cache("current", args, None), "before": warm_cache("before", args, args.compare)}
         for i in range(args.repeats):
             order = [("current", None), ("before", args.compare)]
             for label, tree in order if i % 2 == 0 else order[::-1]:
-                m = run_once(label, stream, args, tree)
+                m = run_once(label, stream, args, tree, caches[label])
                 print_measurement(m)
                 runs[label].append(m)
         summary = compare(runs["current"], runs["before"])
     else:
         label = "tree" if args.tree is not None else "current"
-        m = run_once(label, stream, args, args.tree)
+        m = run_once(label, stream, args, args.tree, warm_cache(label, args, args.tree) if args.warm_cache else None)
         print_measurement(m)
         summary = f"SUMMARY throughput {label} {_one_line(m)}"
     print(summary)
