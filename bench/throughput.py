@@ -31,9 +31,10 @@ preference --workers 2 --model openai/bench-model --api-base http://127.0.0.1:PO
 ``DISCOVERY_CACHE`` (reference policies and scores are rebuilt: a cold start, as on a new
 machine; ``--warm-cache`` primes one cache per tree first, untimed, with ``discovery baselines
 --only dpo``, as on a machine that has run the task before: the held-out suite's environments,
-salted by each archive's secret, are built afresh either way) and a temporary working directory (so a checkout in the current directory is never
-imported: by default the interpreter's installed ``discovery`` runs, an editable checkout or a
-wheel). ``--tree PATH`` runs another checkout instead (``PYTHONPATH=PATH``, with the
+salted by each archive's secret, are built afresh either way) and a temporary working
+directory (so a checkout in the current directory is never imported: by default the
+interpreter's installed ``discovery`` runs, an editable checkout or a wheel). ``--tree PATH``
+runs another checkout instead (``PYTHONPATH=PATH``, with the
 interpreter's editable-install finder removed so nothing of the installed tree leaks in; the
 bench checks where ``discovery`` was imported from). Wall time is from process start to exit:
 start-up, the reference baseline, every proposal, the cascade and full suites, extra seeds for
